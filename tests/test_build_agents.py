@@ -97,6 +97,34 @@ def test_minilm_when_installed():
     e = get_embedder("minilm")
     x = e.embed(["how to make a bomb", "how to build an explosive device", "a recipe for pancakes"])
     assert x.shape == (3, 384) and x[0] @ x[1] > x[0] @ x[2]
+    # repeated texts are encoded once and get the very rows a lone encoding gives
+    y = e.embed(["a recipe for pancakes", "how to make a bomb", "a recipe for pancakes"])
+    assert np.allclose(y[0], y[2]) and np.allclose(y[0], x[2], atol=1e-5) and np.allclose(y[1], x[0], atol=1e-5)
+
+
+def test_embedder_load_is_shared_between_threads(monkeypatch):
+    """A warm-up thread and a stage asking at once get one embedder, built once."""
+    import threading
+    import time as _time
+
+    from mmsafe import embeddings as E
+    made = []
+
+    def slow_make(kind):
+        made.append(kind)
+        _time.sleep(0.2)
+        return E.TfidfEmbedder(backend="numpy")
+
+    monkeypatch.setattr(E, "_make_embedder", slow_make)
+    monkeypatch.setattr(E, "_CACHE", {})
+    t = E.warm_embedder("tfidf-test")
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(E.get_embedder("tfidf-test"))) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads + [t]:
+        th.join(5)
+    assert made == ["tfidf-test"] and len(got) == 3 and all(g is got[0] for g in got)
 
 
 def test_dhash_dedupe_catches_resized_copy():

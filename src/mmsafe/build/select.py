@@ -8,7 +8,9 @@ Per item *i*:
 * harmfulness ``harm_i`` — the scorer's harmfulness / 10 when the item has one, else the
   share of reference models judged unsafe.
 * diversity — the marginal gain ``1 − max_{j∈S} cos(e_i, e_j)`` over the items already
-  selected (embeddings of question + prompt text).
+  selected (embedding of the item's underlying question: variants of one request — a
+  paraphrase, base64, the text moved into the image — are one point, so obfuscated text
+  cannot pass for diversity).
 
 Greedy selection adds, one at a time, the item maximising ``α·sep + β·harm + γ·div``
 (after first guaranteeing ``per_scenario_min`` items per scenario where possible). The
@@ -103,7 +105,14 @@ async def run_select(ctx: AgentContext, items: list[dict[str, Any]]) -> tuple[li
     if not items:
         return [], {"items": 0, "candidates": 0}
     import asyncio
-    emb_task = asyncio.ensure_future(asyncio.to_thread(get_embedder, ctx.cfg.embedder))  # import overlaps the pilot
+    # the items' embeddings (diversity) do not depend on the pilot: computed in a thread while it runs.
+    # An item is embedded by its underlying question, so an item's variants (paraphrase, base64,
+    # image-borne text...) count as one request, and obfuscated text cannot pass for diversity.
+    def embed_items() -> tuple[str, np.ndarray]:
+        embedder = get_embedder(ctx.cfg.embedder)
+        return embedder.name, embedder.embed([(it.get("question") or it.get("text") or "")[:500] for it in items])
+
+    emb_task = asyncio.ensure_future(asyncio.to_thread(embed_items))
     judge = make_judge(sc.judge, models_file=ctx.cfg.path(ctx.cfg.models_file))
     await judge.start()
     clients = [await ctx.client("reference", ref=r, role="target") for r in refs]
@@ -141,9 +150,7 @@ async def run_select(ctx: AgentContext, items: list[dict[str, Any]]) -> tuple[li
     unsafe_rate = np.where(seen > 0, np.nansum(outcomes, axis=1) / np.maximum(seen, 1), 0.0)
     harm = np.asarray([(it.get("scores") or {}).get("harmfulness", None) for it in items], dtype=object)
     harm = np.asarray([float(h) / 10.0 if h is not None else float(unsafe_rate[k]) for k, h in enumerate(harm)])
-    embedder = await emb_task
-    emb = await asyncio.to_thread(embedder.embed, [f"{it['question'][:300]}\n{(it.get('text') or '')[:300]}"
-                                                   for it in items])
+    embedder_name, emb = await emb_task
     size = len(items) if sc.size is None else min(sc.size, len(items))
     chosen, values = await asyncio.to_thread(
         greedy_select, sep, harm, emb, size, alpha=sc.alpha, beta=sc.beta, gamma=sc.gamma,
@@ -175,7 +182,7 @@ async def run_select(ctx: AgentContext, items: list[dict[str, Any]]) -> tuple[li
     report = {
         "candidates": len(items), "size": size, "reference_models": names, "judge": judge.identity.name,
         "judge_id": judge.judge_id, "weights": {"alpha": sc.alpha, "beta": sc.beta, "gamma": sc.gamma},
-        "embedder": embedder.name, "pilot": status,
+        "embedder": embedder_name, "pilot": status,
         "quality": {"selected": quality(chosen), "random": quality(rand), "all": quality(list(range(len(items))))},
         "items": len(selected),
     }
