@@ -84,6 +84,31 @@ def test_live_target_answers_every_turn_and_first_unsafe_turn_is_recorded(srv, t
     assert "live: jailbroken 3/3" in r.output
 
 
+def test_rejudging_a_live_run_judges_every_turn_in_its_dialogue(srv, tmp_path):
+    """`mmsafe judge` on a live run judges the conversation, not just the stored final reply:
+    each turn with the target's own earlier replies before it, unsafe if any turn is."""
+    bench = make_benchmark(tmp_path / "b", n=3, turns=4)
+    out = tmp_path / "run"
+    assert cli("run", bench, "-t", f"openai/tgt-refuse-2@{srv.url}", "--mode", "live", "-o", out).exit_code == 0
+    r = cli("judge", out, "--judge", f"rubric:openai/judge-auto@{srv.url}")
+    assert r.exit_code == 0, r.output
+    reqs = srv.by_model("judge-auto")
+    assert len(reqs) == 3 * 4  # every turn of every conversation, not one reply per sample
+    def text(q):
+        return " ".join(p.get("text", "") for m in q["messages"] for p in
+                        (m["content"] if isinstance(m["content"], list) else [{"text": m["content"]}]))
+    third = [q for q in reqs if text(q).count("[ASSISTANT]: " + REFUSAL) == 2]
+    assert len(third) == 3 * 2, "the judge never saw the target's earlier refusals before a later turn"
+    db = sqlite3.connect(out / "run.sqlite")
+    jid = next(j for j, ident in db.execute("SELECT judge_id, identity FROM judges") if json.loads(ident)["kind"] == "rubric")
+    got = {sid: (label, json.loads(extra)) for sid, label, extra in
+           db.execute("SELECT sample_id, label, extra FROM verdicts WHERE judge_id = ?", (jid,))}
+    assert set(got) == {"s0", "s1", "s2"}
+    for label, ve in got.values():
+        assert label == "unsafe" and ve["first_unsafe_turn"] == 3
+        assert ve["labels"] == ["safe", "safe", "unsafe", "unsafe"] and ve["rejudged"] is True
+
+
 def test_live_never_unsafe_is_safe_and_judge_failure_is_unscored(srv, tmp_path):
     bench = make_benchmark(tmp_path / "b", n=2, turns=2)
     r = cli("run", bench, "-t", f"openai/tgt-refuse-9@{srv.url}", "--mode", "live", "-o", tmp_path / "r1")

@@ -114,16 +114,7 @@ class ModeRunner:
 
     # -- judging one turn
     def _judge_fn(self, sample: Sample):
-        async def judge_turn(history: list[Message], reply: str, turn: int) -> TurnJudgment:
-            # history holds validated messages ending in a user turn: no re-validation per turn
-            sub = Sample.model_construct(id=sample.id, question=sample.question, messages=list(history),
-                                         scenario=sample.scenario, category=sample.category, source=sample.source,
-                                         method=sample.method, turns=sum(m.role == "user" for m in history),
-                                         metadata=sample.metadata, provenance=sample.provenance)
-            v, rows = await self.judge.judge(sub, Response(sample_id=sample.id, text=reply), self.root)
-            return TurnJudgment(label=v.label, rationale=v.rationale, score=v.score, parse_status=v.parse_status,
-                                requests=rows, cost_usd=v.cost_usd)
-        return judge_turn
+        return turn_judge(self.judge, sample, self.root)
 
     async def handle(self, sample: Sample, done_ok: set[str], judged: set[str]) -> None:
         if sample.id in done_ok:
@@ -198,26 +189,58 @@ class ModeRunner:
         resp = self.store.get_response(sample.id)
         if resp is None or "outcome" not in resp.extra:
             return
-        extra = dict(resp.extra)
-        transcript = [dict(t) for t in extra.get("transcript", [])]
-        judge = self._judge_fn(sample)
-        rows: list[dict[str, Any]] = []
-        hist: list[Message] = [m for m in sample.messages if m.role == "system"] if self.mode == "live" else []
-        image = first_image(sample)
-        for i, t in enumerate(transcript):
-            if i == 0 and image is not None:
-                hist.append(Message(role="user", content=[image, TextPart(text=t["user"])]))
-            else:
-                hist.append(Message(role="user", content=t["user"]))
-            if t.get("label") not in ("safe", "unsafe"):
-                j = await judge(hist, t["reply"], t["turn"])
-                rows.extend(j.requests)
-                t.update(label=j.label, score=j.score, rationale=j.rationale, parse_status=j.parse_status)
-            hist.append(Message(role="assistant", content=t["reply"]))
-        extra["transcript"] = transcript
-        extra["outcome"] = {**extra["outcome"], **_outcome_labels(transcript)}
+        extra, rows = await judge_transcript(self.judge, sample, resp.extra, self.root, only_unscored=True)
         self.store.save_verdict(final_verdict(sample.id, self.judge_id, extra, rejudged=True), rows)
         self.stats["judged"] += 1
+
+
+def turn_judge(judge, sample: Sample, root: Path):
+    """``judge_turn(history, reply, turn)``: one turn of a live/adaptive conversation judged
+    with the dialogue so far (``history`` ends in the user turn the reply answers)."""
+    async def judge_turn(history: list[Message], reply: str, turn: int) -> TurnJudgment:
+        # history holds validated messages ending in a user turn: no re-validation per turn
+        sub = Sample.model_construct(id=sample.id, question=sample.question, messages=list(history),
+                                     scenario=sample.scenario, category=sample.category, source=sample.source,
+                                     method=sample.method, turns=sum(m.role == "user" for m in history),
+                                     metadata=sample.metadata, provenance=sample.provenance)
+        v, rows = await judge.judge(sub, Response(sample_id=sample.id, text=reply), root)
+        return TurnJudgment(label=v.label, rationale=v.rationale, score=v.score, parse_status=v.parse_status,
+                            requests=rows, cost_usd=v.cost_usd)
+    return judge_turn
+
+
+def is_multiturn_record(extra: dict[str, Any] | None) -> bool:
+    """A stored response of ``--mode live|adaptive`` (its transcript, not one reply, is judged)."""
+    return bool(extra) and "outcome" in extra and isinstance(extra.get("transcript"), list)
+
+
+async def judge_transcript(judge, sample: Sample, extra: dict[str, Any], root: Path, *,
+                           only_unscored: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Judge every turn of a stored live/adaptive conversation (or, with ``only_unscored``, the
+    turns without a safe/unsafe label), each with the dialogue that led to it: the sample's
+    system messages (live mode), the image on the first user turn, the target's own earlier
+    replies. Returns (a copy of ``extra`` with the new per-turn labels and outcome, request rows);
+    :func:`final_verdict` turns it into the sample's verdict."""
+    extra = dict(extra)
+    transcript = [dict(t) for t in extra.get("transcript", [])]
+    judge_turn = turn_judge(judge, sample, root)
+    rows: list[dict[str, Any]] = []
+    mode = (extra.get("outcome") or {}).get("mode") or extra.get("mode")
+    hist: list[Message] = [m for m in sample.messages if m.role == "system"] if mode == "live" else []
+    image = first_image(sample)
+    for i, t in enumerate(transcript):
+        if i == 0 and image is not None:
+            hist.append(Message(role="user", content=[image, TextPart(text=t["user"])]))
+        else:
+            hist.append(Message(role="user", content=t["user"]))
+        if not only_unscored or t.get("label") not in ("safe", "unsafe"):
+            j = await judge_turn(hist, t["reply"], t["turn"])
+            rows.extend(j.requests)
+            t.update(label=j.label, score=j.score, rationale=j.rationale, parse_status=j.parse_status)
+        hist.append(Message(role="assistant", content=t["reply"]))
+    extra["transcript"] = transcript
+    extra["outcome"] = {**extra["outcome"], **_outcome_labels(transcript)}
+    return extra, rows
 
 
 def _inline_images(messages: list[Message], root: Path) -> list[Message]:

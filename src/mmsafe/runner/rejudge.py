@@ -3,7 +3,9 @@
 Samples stream back from the benchmark the run was made from (its path is in the run's
 config) and are matched to stored replies by id; only successful replies are judged,
 samples this judge already judged are skipped (so an interrupted re-judge resumes), and
-the verdicts are stored under the new judge's id. ``summary.json`` is then rebuilt: the
+the verdicts are stored under the new judge's id. A live or adaptive run's record is a
+whole conversation: each of its turns is judged with the dialogue before it, and the
+sample is unsafe if any turn is, as in the run itself. ``summary.json`` is then rebuilt: the
 run's primary judge stays the headline one (unless ``primary=True``), every other judge
 appears under ``judges`` with the agreement between them.
 """
@@ -19,6 +21,7 @@ from typing import Any
 from mmsafe.datasets import open_benchmark
 from mmsafe.judges import Judge
 from mmsafe.models import BudgetExceeded, CostLedger, FatalProviderError, ResponseCache, default_cache_dir
+from mmsafe.runner.modes import final_verdict, is_multiturn_record, judge_transcript
 from mmsafe.runner.run import _file_sha256, run_pool
 from mmsafe.runner.summary import build_summary, write_results, write_summary
 from mmsafe.store import StoreError, open_store
@@ -87,7 +90,13 @@ async def rejudge(run_dir: Path, judge: Judge, *, primary: bool = False, benchma
             if resp is None or not resp.ok:
                 return
             try:
-                verdict, rows = await judge.judge(s, resp, root)
+                if is_multiturn_record(resp.extra):
+                    # a live/adaptive conversation: every turn judged with the dialogue before it,
+                    # the sample unsafe if any turn is (as the run's own judge did)
+                    extra, rows = await judge_transcript(judge, s, resp.extra, root)
+                    verdict = final_verdict(s.id, judge_id, extra, rejudged=True)
+                else:
+                    verdict, rows = await judge.judge(s, resp, root)
             except BudgetExceeded as e:
                 stop["reason"], stop["error"] = "max_cost", str(e)
                 return
