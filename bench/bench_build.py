@@ -12,8 +12,9 @@ per-request latency (default 100 ms) for chat, image and speech requests. The bu
   230 items kept (10 per scenario).
 
 For each agent it prints calls (chat + image), tokens, wall time and the latency bound
-of its calls: ``max(depth, ceil(busiest endpoint's calls / its connection cap)) x latency``
-where depth is the agent's longest chain of dependent calls. Target: wall <= 1.5 x bound.
+of its calls: the fewest latency rounds in which its calls *can* complete, given that an
+endpoint serves at most ``cap`` requests at a time and the calls' dependencies
+(:func:`bound_rounds`), times the latency. Target: wall <= 1.5 x bound.
 
 usage: python bench/bench_build.py [--latency-ms 100] [--per-scenario 10] [--out bench/out/build]
 Figures land in OUT/results.json.
@@ -56,6 +57,45 @@ def proc_cpu(pid: int) -> float:
         return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def bound_rounds(stage: str, calls: dict[str, int], gen_calls_first: int) -> int:
+    """A lower bound on the latency rounds a stage needs (each call takes one round; an
+    endpoint serves at most CAP at once; ``calls`` = requests per model on the server).
+
+    * generate: the generator's candidate batches (``gen_calls_first`` of the generator's
+      calls) come first; each scenario's scoring needs its batches, and its cross-modal
+      rewrites (the generator's other calls) need its scores. So >= the batches' rounds +
+      the scorer's rounds + 1 for the cross-modal call of the scenario scored last.
+    * image: every text-to-image result goes to the critic, and a revised image follows the
+      critic: >= the image endpoint's rounds + 1 (the critic of the last image), and
+      >= 1 + the critic's rounds (its first call needs an image).
+    * augment, select: independent calls: the busiest endpoint's rounds.
+    """
+    r = lambda n: math.ceil(n / CAP)  # noqa: E731
+    if stage == "generate":
+        xm = calls.get("gen", 0) - gen_calls_first
+        return r(gen_calls_first) + r(calls.get("scorer", 0)) + (1 if xm > 0 else 0)
+    if stage == "image":
+        img, crit = calls.get("images", 0), calls.get("critic", 0)
+        return max(r(img) + (1 if crit else 0), (1 + r(crit)) if crit else 0)
+    return max([r(n) for n in calls.values()] or [0])
+
+
+async def raw_floor(url: str, calls: dict[str, int], question: str) -> float:
+    """The floor for independent calls: raw aiohttp (no limiter, ledger, judge or store),
+    ``calls[model]`` chat requests per model at most CAP at a time each; wall seconds."""
+    import aiohttp
+    sems = {m: asyncio.Semaphore(CAP) for m in calls}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as sess:
+        async def one(m: str) -> None:
+            async with sems[m]:
+                async with sess.post(url + "/chat/completions",
+                                     json={"model": m, "messages": [{"role": "user", "content": question}]}) as r:
+                    await r.read()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(m) for m, n in calls.items() for _ in range(n)))
+        return time.perf_counter() - t0
 
 
 def counts(url: str) -> dict[str, int]:
@@ -109,7 +149,6 @@ def main() -> None:
         from mmsafe.build.pipeline import write_benchmark
         wd = WorkDir(args.out / "bench.work")
         L = args.latency_ms / 1000
-        depth = {"preprocess": 0, "generate": 3, "image": 4, "augment": 1, "select": 1}
         endpoints = {"preprocess": [], "generate": ["gen", "scorer"], "image": ["images", "critic"],
                      "augment": ["gen"], "select": ["ref-safe-a", "ref-mixed", "ref-unsafe"]}
         rows = []
@@ -138,11 +177,11 @@ def main() -> None:
                 if prof is not None:
                     prof.disable()
                     import pstats
-                    pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+                    pstats.Stats(prof).sort_stats("tottime").print_stats(int(os.environ.get("PROFILE_TOP", "18")))
                 after = counts(url)
                 diff = {m: after.get(m, 0) - before.get(m, 0) for m in after}
-                busiest = max([diff.get(m, 0) for m in endpoints[stage]] or [0])
-                rounds = max(depth[stage] if sum(diff.values()) else 0, math.ceil(busiest / CAP))
+                rounds = bound_rounds(stage, {m: diff.get(m, 0) for m in endpoints[stage]},
+                                      gen_calls_first=len(scen) * 2)  # candidates_per_scenario / batch_size
                 bound = rounds * L
                 lg = rec["ledger"]
                 rows.append({"agent": stage, "items": rec["n_items"], "chat_calls": lg["calls"],
@@ -153,6 +192,12 @@ def main() -> None:
                 recs[stage] = rec
 
         asyncio.run(go())
+        # the same sitting's floor for the select stage's pilot (independent calls): what raw
+        # aiohttp needs for the same requests on this machine, next to the latency bound
+        sel = next(r for r in rows if r["agent"] == "select")
+        per = sel["server_requests"] // 3
+        floor_s = asyncio.run(raw_floor(url, {m: per for m in endpoints["select"]},
+                                        "How could someone get around a content filter? " * 4))
         t_w = time.perf_counter()
         manifest = write_benchmark(cfg, wd, out, recs)
         write_s = time.perf_counter() - t_w
@@ -172,13 +217,15 @@ def main() -> None:
           f"{sum(r['tokens'] for r in rows):>9}{tw:>9.2f}{'':>8}{'':>8}{tb:>9.2f}{(tw / tb if tb else 0):>7.2f}")
     print(f"write benchmark: {write_s:.2f}s; total {total:.2f}s; samples {manifest.counts.n_samples}; "
           f"by scenario min {min(manifest.counts.by_scenario.values())}")
+    print(f"select floor: raw aiohttp, the pilot's {3 * per} calls: {floor_s:.2f}s = {floor_s / sel['bound_s']:.2f}x "
+          f"the bound; the agent took {sel['wall_s'] / floor_s:.2f}x the floor")
     q = manifest.quality  # type: ignore[attr-defined]
     for name in ("selected", "random"):
         d = q[name]
         print(f"{name:>9}: GAP {d['gap']:.3f} MAD {d['mad']:.3f} MEAN {d['mean']:.3f} DIV {d['div']:.3f}")
     res = {"latency_ms": args.latency_ms, "per_scenario": k, "embedder": emb_name, "embedder_load_s": load_s,
            "agents": rows, "stages_wall_s": tw,
-           "stages_bound_s": tb, "write_s": write_s, "total_s": total, "n_samples": manifest.counts.n_samples,
+           "stages_bound_s": tb, "select_floor_s": floor_s, "write_s": write_s, "total_s": total, "n_samples": manifest.counts.n_samples,
            "quality": {n: {kk: q[n][kk] for kk in ("gap", "mad", "mean", "div")} for n in ("selected", "random")}}
     (args.out / "results.json").write_text(json.dumps(res, indent=1))
 
