@@ -177,7 +177,7 @@ def main() -> None:
                 if prof is not None:
                     prof.disable()
                     import pstats
-                    pstats.Stats(prof).sort_stats("tottime").print_stats(int(os.environ.get("PROFILE_TOP", "18")))
+                    pstats.Stats(prof).sort_stats(os.environ.get("PROFILE_SORT", "tottime")).print_stats(int(os.environ.get("PROFILE_TOP", "18")))
                 after = counts(url)
                 diff = {m: after.get(m, 0) - before.get(m, 0) for m in after}
                 rounds = bound_rounds(stage, {m: diff.get(m, 0) for m in endpoints[stage]},

@@ -263,3 +263,29 @@ def test_mock_models_run_over_loopback():
     comp = asyncio.run(go("mock/complier")).text
     assert comp.startswith("Sure") and MOCK_TAG in comp
     assert "turns=1" in asyncio.run(go("mock/echo")).text
+
+
+def test_image_is_encoded_once_per_content_and_checked_against_its_hash(tmp_path):
+    """The same image sent to several targets/turns is read and base64-encoded once; a file
+    that no longer matches the benchmark's sha256 is refused with its path, not sent."""
+    import base64
+    import hashlib
+
+    from mmsafe.models import openai_compat as oc
+    from mmsafe.types import AssetError
+
+    data = b"\x89PNG\r\n\x1a\n" + b"pixels" * 50
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "a.png").write_bytes(data)
+    part = ImagePart(path="assets/a.png", sha256=hashlib.sha256(data).hexdigest())
+    msgs = [Message(role="user", content=[part, TextPart(text="what is shown?")])]
+    first = oc.encode_openai_messages(msgs, tmp_path)
+    url = first[0]["content"][0]["image_url"]["url"]
+    assert url == "data:image/png;base64," + base64.b64encode(data).decode()
+    (tmp_path / "assets" / "a.png").unlink()  # served from the content-addressed cache now
+    assert oc.encode_openai_messages(msgs, tmp_path) == first
+
+    (tmp_path / "assets" / "b.png").write_bytes(data + b"edited")
+    stale = ImagePart(path="assets/b.png", sha256=hashlib.sha256(data).hexdigest())
+    with pytest.raises(AssetError, match="assets/b.png: sha256 does not match"):
+        oc.encode_openai_messages([Message(role="user", content=[stale])], tmp_path)

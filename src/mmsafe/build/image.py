@@ -116,11 +116,7 @@ class T2IClient:
                     status, raw, ra, last = 0, b"", None, f"connection error: {e}"
             if status == 200:
                 try:
-                    import orjson
-                    data = orjson.loads(raw)["data"][0]["b64_json"]
-                    img = base64.b64decode(data)
-                    with Image.open(io.BytesIO(img)) as im:
-                        im.verify()
+                    img = await asyncio.to_thread(_decode_image, raw)  # off the event loop: PIL + base64
                 except Exception as e:
                     raise T2IError(f"image endpoint returned no usable b64_json image ({e})") from None
                 self.ctx.extra["image_cost_usd"] += self.cfg.price_per_image
@@ -152,6 +148,15 @@ class T2IClient:
         return buf.getvalue()
 
 
+def _decode_image(raw: bytes) -> bytes:
+    """The image bytes of an OpenAI-images ``b64_json`` reply, checked to be an image."""
+    import orjson
+    img = base64.b64decode(orjson.loads(raw)["data"][0]["b64_json"])
+    with Image.open(io.BytesIO(img)) as im:
+        im.verify()
+    return img
+
+
 def parse_critic(text: str | None) -> tuple[bool, str]:
     d = extract_json(text)
     if not isinstance(d, dict) or not isinstance(d.get("evokes"), bool):
@@ -167,13 +172,15 @@ async def run_image(ctx: AgentContext, items: list[dict[str, Any]]) -> tuple[lis
     report: dict[str, Any] = {"rendered": 0, "by_kind": {}, "critic_rounds": {}, "failed": 0, "fallback": 0,
                               "critic_unparsable": 0, "critic_accepted": 0, "critic_gave_up": 0}
 
-    async def t2i_with_critic(it: dict[str, Any], prompt: str) -> tuple[bytes, dict[str, Any]]:
+    async def t2i_with_critic(it: dict[str, Any], prompt: str) -> tuple[bytes, str, dict[str, Any]]:
+        """The accepted (or last) image: its bytes, its work-dir path and provenance."""
         assert t2i is not None
         rounds: list[dict[str, Any]] = []
         data = b""
+        rel = ""
         for r in range(cfg.critic_rounds):
             data = await t2i.generate(prompt)
-            rel = wd.put_image(data)
+            rel = await asyncio.to_thread(wd.put_image, data)  # hashing and file I/O off the event loop
             rec: dict[str, Any] = {"round": r + 1, "prompt": prompt, "sha256": rel.split("/")[1].split(".")[0]}
             rounds.append(rec)
             if critic is None:
@@ -198,7 +205,7 @@ async def run_image(ctx: AgentContext, items: list[dict[str, Any]]) -> tuple[lis
             prompt = f"{prompt}. {suggestion}" if suggestion else prompt
         n = str(len(rounds))
         report["critic_rounds"][n] = report["critic_rounds"].get(n, 0) + 1
-        return data, {"generator": t2i.name, "critic": critic.name if critic else None, "rounds": rounds}
+        return data, rel, {"generator": t2i.name, "critic": critic.name if critic else None, "rounds": rounds}
 
     def render_local(it: dict[str, Any], spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Offline kinds (and t2i kinds without an endpoint): Pillow work, run in a thread."""
@@ -238,21 +245,18 @@ async def run_image(ctx: AgentContext, items: list[dict[str, Any]]) -> tuple[lis
                 prov.update(extra)
                 if extra.get("fallback"):
                     report["fallback"] += 1
-                img = None
             else:
-                data, p = await t2i_with_critic(it, spec["prompt"])
+                data, img_rel, p = await t2i_with_critic(it, spec["prompt"])
                 prov.update(p)
-                img = data
                 if kind == "composite":
                     def comp() -> str:
                         top = Image.open(io.BytesIO(data)).convert("RGB")
                         return wd.put_image(typography.composite_image(top, spec["text"]))
                     img_rel = await asyncio.to_thread(comp)
-                    img = None
         except (T2IError, typography.TypographyError, ValueError, KeyError) as e:
             report["failed"] += 1
             return {**it, "image_error": f"{type(e).__name__}: {e}"}
-        rel = wd.put_image(img) if img is not None else img_rel
+        rel = img_rel
         prov["sha256"] = rel.split("/")[1].split(".")[0]
         report["rendered"] += 1
         report["by_kind"][kind] = report["by_kind"].get(kind, 0) + 1

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import email.utils
 import os
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,37 @@ def _mime(part: ImagePart | AudioPart) -> str:
     return "audio/wav" if ext not in ("mp3",) else "audio/mpeg"
 
 
+_B64_LOCK = threading.Lock()
+_B64_CACHE: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+_B64_MAX_CHARS = 64 * 1024 * 1024  # base64 text kept in all (LRU)
+_b64_chars = 0
+
+
+def asset_b64(part: ImagePart | AudioPart, root: Path) -> str:
+    """An asset's base64 text, read once per content hash: the same image goes to several
+    targets, judges and turns, and re-reading and re-encoding it each time is pure overhead.
+    A part with a sha256 is checked against it when first read (a file changed since the
+    benchmark was written is an AssetError naming it, never a silently different image)."""
+    global _b64_chars
+    if not part.sha256 or part.path is None:
+        return base64.b64encode(read_asset(part, root)).decode()
+    key = (str(root), part.path, part.sha256)
+    with _B64_LOCK:
+        hit = _B64_CACHE.get(key)
+        if hit is not None:
+            _B64_CACHE.move_to_end(key)
+            return hit
+    b64 = base64.b64encode(read_asset(part, root, verify=True)).decode()
+    if len(b64) <= _B64_MAX_CHARS // 16:
+        with _B64_LOCK:
+            if key not in _B64_CACHE:
+                _B64_CACHE[key] = b64
+                _b64_chars += len(b64)
+                while _b64_chars > _B64_MAX_CHARS and _B64_CACHE:
+                    _b64_chars -= len(_B64_CACHE.popitem(last=False)[1])
+    return b64
+
+
 def encode_openai_messages(messages: list[Message], root: Path | None,
                            system: str | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
@@ -64,14 +97,13 @@ def encode_openai_messages(messages: list[Message], root: Path | None,
                 parts.append({"type": "text", "text": p.text})
             elif p.type == "image":
                 if p.path is not None and root is not None:
-                    b64 = base64.b64encode(read_asset(p, root)).decode()
-                    url = f"data:{_mime(p)};base64,{b64}"
+                    url = f"data:{_mime(p)};base64,{asset_b64(p, root)}"
                 else:
                     url = p.uri or ""
                 parts.append({"type": "image_url", "image_url": {"url": url}})
             elif p.type == "audio":
                 if p.path is not None and root is not None:
-                    data = base64.b64encode(read_asset(p, root)).decode()
+                    data = asset_b64(p, root)
                 else:
                     raise ProviderError(f"audio part without a local file ({p.uri}) cannot be sent",
                                         fatal=False)
