@@ -252,18 +252,16 @@ class ModelClient:
             if hit is not None:
                 led.cached += 1
                 return hit
-        try:
-            payload = self.provider.encode(messages, root, system)
-        except ProviderError as e:  # e.g. a part this wire format cannot carry: this request fails, not the run
-            led.errors += 1
-            return ChatResult(text=None, error=str(e), attempts=0)
-        return await self._send(payload, p, key)
+        # encoded once a connection slot is free, not when queued: a stage that queues thousands
+        # of requests does not read and base64 every image up front (and hold them all)
+        return await self._send(None, p, key, encode=lambda: self.provider.encode(messages, root, system))
 
     async def chat_payload(self, payload: Any, params: dict[str, Any] | None = None) -> ChatResult:
         """Send an already-encoded payload (no cache)."""
         return await self._send(payload, {**self.params, **(params or {})}, None)
 
-    async def _send(self, payload: Any, p: dict[str, Any], key: str | None) -> ChatResult:
+    async def _send(self, payload: Any, p: dict[str, Any], key: str | None,
+                    encode: Any = None) -> ChatResult:
         cfg = self.cfg
         led = self.ledger.roles[self.role]
         attempt = 0
@@ -276,8 +274,14 @@ class ModelClient:
             await self.limiter.acquire()
             try:
                 self.ledger.check_budget()  # again: the budget may have run out while this request queued
-            except BudgetExceeded:
-                self.limiter.release(ok=True)
+                if payload is None:
+                    payload = encode()
+            except ProviderError as e:  # e.g. a part this wire format cannot carry: this request fails, not the run
+                self.limiter.release(ok=False)  # nothing was sent: no evidence either way for the limit
+                led.errors += 1
+                return ChatResult(text=None, error=str(e), attempts=0)
+            except BaseException:  # BudgetExceeded, AssetError (a missing or changed file) ...
+                self.limiter.release(ok=False)
                 raise
             try:
                 res = await self.provider.complete(payload, p, cfg.timeout_s)
