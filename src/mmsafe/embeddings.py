@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Embedder", "TfidfEmbedder", "MiniLMEmbedder", "get_embedder", "warm_embedder", "minilm_available",
+__all__ = ["Embedder", "TfidfEmbedder", "MiniLMEmbedder", "get_embedder", "minilm_available",
            "cosine_matrix", "near_duplicate_groups", "dedupe_indices"]
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -173,7 +173,7 @@ def get_embedder(kind: str = "auto") -> Embedder:
     """``auto`` (MiniLM if installed and loadable, else TF-IDF), ``minilm``, ``tfidf``,
     ``tfidf-numpy`` or ``tfidf-sklearn``.
 
-    Thread-safe: concurrent callers (a warm-up thread and a stage) share one load."""
+    Thread-safe: concurrent callers (stages' worker threads) share one load."""
     e = _CACHE.get(kind)
     if e is not None:
         return e
@@ -181,20 +181,6 @@ def get_embedder(kind: str = "auto") -> Embedder:
         if kind not in _CACHE:
             _CACHE[kind] = _make_embedder(kind)
         return _CACHE[kind]
-
-
-def warm_embedder(kind: str = "auto") -> threading.Thread:
-    """Start loading an embedder in a background thread (imports + weights take seconds
-    with MiniLM) so that work which needs it later does not wait; errors surface at the
-    later :func:`get_embedder` call, not here."""
-    def load() -> None:
-        try:
-            get_embedder(kind)
-        except Exception:
-            pass
-    t = threading.Thread(target=load, name=f"mmsafe-embedder-{kind}", daemon=True)
-    t.start()
-    return t
 
 
 def _make_embedder(kind: str) -> Embedder:
