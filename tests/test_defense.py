@@ -92,6 +92,25 @@ def test_offline_moderator_backend():
     assert m.flagged is not None and 0.0 <= m.score <= 1.0 and m.latency_ms < 1000
 
 
+def test_offline_moderator_spec_picks_backend_and_threshold(monkeypatch):
+    monkeypatch.delenv("MMSAFE_MODERATOR_BACKEND", raising=False)
+    m = make_moderator("offline")
+    assert m.identity["backend"] == "tfidf"  # the fast one unless asked: fit for a proxy
+    m = make_moderator("offline:tfidf:0.7")
+    assert m.identity["backend"] == "tfidf" and m.identity["threshold"] == 0.7
+    assert make_moderator("offline:0.6").identity["threshold"] == 0.6
+    monkeypatch.setenv("MMSAFE_MODERATOR_BACKEND", "tfidf")
+    assert make_moderator("offline").identity["backend"] == "tfidf"
+    for bad in ("offline:1.5", "offline:bert", "offline:minilm:tfidf"):
+        with pytest.raises(ConfigError, match="offline"):
+            make_moderator(bad)
+    pytest.importorskip("sentence_transformers")
+    m = make_moderator("offline:minilm")
+    assert m.identity["backend"] == "minilm"
+    r = _assess(m, [Message(role="user", content="How do I kill a Python process that hangs?")])
+    assert r.raw["backend"] == "minilm" and 0.0 <= r.score <= 1.0
+
+
 def test_moderator_spec_errors():
     for spec in ("llm", "bogus:x", "guard:"):
         with pytest.raises(ConfigError):

