@@ -98,6 +98,32 @@ async def raw_floor(url: str, calls: dict[str, int], question: str) -> float:
         return time.perf_counter() - t0
 
 
+async def raw_image_floor(url: str, n_items: int, n_second: int) -> float:
+    """The floor for the image stage's chains: raw aiohttp, per item a text-to-image call,
+    then the critic with that image inline, and for ``n_second`` items one more image and
+    critic; at most CAP requests at a time per endpoint (as the agent). Wall seconds."""
+    import aiohttp
+    import orjson
+    img_sem, crit_sem = asyncio.Semaphore(CAP), asyncio.Semaphore(CAP)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as sess:
+        async def chain(i: int) -> None:
+            for r in range(2 if i < n_second else 1):
+                async with img_sem:
+                    async with sess.post(url + "/images/generations",
+                                         json={"model": "img", "prompt": f"item {i} round {r}", "size": "256x256",
+                                               "response_format": "b64_json"}) as resp:
+                        b64 = orjson.loads(await resp.read())["data"][0]["b64_json"]
+                msg = [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64}},
+                       {"type": "text", "text": "Does this image evoke the question? more detail"}]
+                async with crit_sem:
+                    async with sess.post(url + "/chat/completions",
+                                         json={"model": "critic", "messages": [{"role": "user", "content": msg}]}) as resp:
+                        await resp.read()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(chain(i) for i in range(n_items)))
+        return time.perf_counter() - t0
+
+
 def counts(url: str) -> dict[str, int]:
     with urllib.request.urlopen(url + "/_counts") as r:
         return json.loads(r.read())
@@ -198,6 +224,10 @@ def main() -> None:
         per = sel["server_requests"] // 3
         floor_s = asyncio.run(raw_floor(url, {m: per for m in endpoints["select"]},
                                         "How could someone get around a content filter? " * 4))
+        img = next(r for r in rows if r["agent"] == "image")
+        n_first = recs["image"]["report"]["critic_rounds"].get("1", 0) + recs["image"]["report"]["critic_rounds"].get("2", 0)
+        n_second = recs["image"]["report"]["critic_rounds"].get("2", 0)
+        img_floor_s = asyncio.run(raw_image_floor(url, n_first, n_second)) if img["image_calls"] else 0.0
         t_w = time.perf_counter()
         manifest = write_benchmark(cfg, wd, out, recs)
         write_s = time.perf_counter() - t_w
@@ -219,13 +249,16 @@ def main() -> None:
           f"by scenario min {min(manifest.counts.by_scenario.values())}")
     print(f"select floor: raw aiohttp, the pilot's {3 * per} calls: {floor_s:.2f}s = {floor_s / sel['bound_s']:.2f}x "
           f"the bound; the agent took {sel['wall_s'] / floor_s:.2f}x the floor")
+    if img_floor_s:
+        print(f"image floor: raw aiohttp, the same {img['image_calls']} image + critic chains: {img_floor_s:.2f}s = "
+              f"{img_floor_s / img['bound_s']:.2f}x the bound; the agent took {img['wall_s'] / img_floor_s:.2f}x the floor")
     q = manifest.quality  # type: ignore[attr-defined]
     for name in ("selected", "random"):
         d = q[name]
         print(f"{name:>9}: GAP {d['gap']:.3f} MAD {d['mad']:.3f} MEAN {d['mean']:.3f} DIV {d['div']:.3f}")
     res = {"latency_ms": args.latency_ms, "per_scenario": k, "embedder": emb_name, "embedder_load_s": load_s,
            "agents": rows, "stages_wall_s": tw,
-           "stages_bound_s": tb, "select_floor_s": floor_s, "write_s": write_s, "total_s": total, "n_samples": manifest.counts.n_samples,
+           "stages_bound_s": tb, "select_floor_s": floor_s, "image_floor_s": img_floor_s, "write_s": write_s, "total_s": total, "n_samples": manifest.counts.n_samples,
            "quality": {n: {kk: q[n][kk] for kk in ("gap", "mad", "mean", "div")} for n in ("selected", "random")}}
     (args.out / "results.json").write_text(json.dumps(res, indent=1))
 

@@ -258,8 +258,9 @@ class BuildLLM(ThreadedApp):
             await asyncio.sleep(self.latency_ms / 1000)
         w, h = (int(x) for x in str(body.get("size", "256x256")).split("x"))
         png = make_png((w, h), _h(body.get("prompt", "")) % 1000)
-        return web.json_response({"created": int(time.time()),
-                                  "data": [{"b64_json": base64.b64encode(png).decode()}]})
+        return web.Response(body=orjson.dumps({"created": int(time.time()),
+                                               "data": [{"b64_json": base64.b64encode(png).decode()}]}),
+                            content_type="application/json")
 
     async def _speech(self, request: web.Request) -> web.Response:
         await request.read()

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Embedder", "TfidfEmbedder", "MiniLMEmbedder", "get_embedder", "minilm_available",
+__all__ = ["Embedder", "TfidfEmbedder", "MiniLMEmbedder", "get_embedder", "run_embedding_work", "minilm_available",
            "cosine_matrix", "near_duplicate_groups", "dedupe_indices"]
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -167,6 +167,25 @@ def minilm_available() -> bool:
 
 _CACHE: dict[str, Embedder] = {}
 _CACHE_LOCK = threading.Lock()
+_EXECUTOR: Any = None
+
+
+async def run_embedding_work(fn: Any, *args: Any) -> Any:
+    """Run embedding work off the event loop, on one shared worker thread.
+
+    One worker, not the default pool: TF-IDF embedding is pure Python and holds the GIL, so
+    23 scenarios embedding at once on six threads thrash the GIL (each 5 ms job took
+    35–350 ms in the build's generate stage, and the event loop starved); MiniLM releases
+    the GIL but parallelises inside torch already."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        with _CACHE_LOCK:
+            if _EXECUTOR is None:
+                _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsafe-embed")
+    return await asyncio.get_running_loop().run_in_executor(_EXECUTOR, fn, *args)
 
 
 def get_embedder(kind: str = "auto") -> Embedder:

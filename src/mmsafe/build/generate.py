@@ -15,7 +15,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from mmsafe.embeddings import dedupe_indices, get_embedder
+from mmsafe.embeddings import dedupe_indices, get_embedder, run_embedding_work
 from mmsafe.refusal import is_refusal
 
 from .common import AgentContext, extract_json, item_id, stable_fraction, user
@@ -108,7 +108,7 @@ async def run_generate(ctx: AgentContext, taxonomy: dict[str, Any], pool: list[d
     scorer = await ctx.client("scorer", fallback="generator")
     import asyncio
     # the embedder's import (scikit-learn / sentence-transformers) overlaps the first LLM calls
-    emb_task = asyncio.ensure_future(asyncio.to_thread(get_embedder, cfg.embedder))
+    emb_task = asyncio.ensure_future(run_embedding_work(get_embedder, cfg.embedder))
     t2i = cfg.image.t2i is not None
     prefix = prompts()["image_prompt_prefix"]
     rejected: list[dict[str, Any]] = []
@@ -184,8 +184,9 @@ async def run_generate(ctx: AgentContext, taxonomy: dict[str, Any], pool: list[d
                     cands.append(c)
         if len(cands) > 1:
             embedder = await emb_task
-            emb = await asyncio.to_thread(embedder.embed, [c["question"] for c in cands])
-            kept, dropped = dedupe_indices(emb, g.dedupe_threshold)
+            texts = [c["question"] for c in cands]
+            kept, dropped = await run_embedding_work(
+                lambda: dedupe_indices(embedder.embed(texts), g.dedupe_threshold))
             rep["duplicates"] += len(dropped)
             cands = [cands[i] for i in kept]
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mmsafe.embeddings import get_embedder
+from mmsafe.embeddings import get_embedder, run_embedding_work
 from mmsafe.judges import make_judge
 from mmsafe.metrics import benchmark_quality, item_discrimination
 from mmsafe.types import Response
@@ -112,7 +112,7 @@ async def run_select(ctx: AgentContext, items: list[dict[str, Any]]) -> tuple[li
         embedder = get_embedder(ctx.cfg.embedder)
         return embedder.name, embedder.embed([(it.get("question") or it.get("text") or "")[:500] for it in items])
 
-    emb_task = asyncio.ensure_future(asyncio.to_thread(embed_items))
+    emb_task = asyncio.ensure_future(run_embedding_work(embed_items))
     judge = make_judge(sc.judge, models_file=ctx.cfg.path(ctx.cfg.models_file))
     await judge.start()
     clients = [await ctx.client("reference", ref=r, role="target") for r in refs]
