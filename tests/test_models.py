@@ -265,8 +265,8 @@ def test_mock_models_run_over_loopback():
     assert "turns=1" in asyncio.run(go("mock/echo")).text
 
 
-def test_image_is_encoded_once_per_content_and_checked_against_its_hash(tmp_path):
-    """The same image sent to several targets/turns is read and base64-encoded once; a file
+def test_resent_image_is_kept_encoded_and_checked_against_its_hash(tmp_path):
+    """An image sent again (several targets, jurors, turns) is kept base64-encoded; a file
     that no longer matches the benchmark's sha256 is refused with its path, not sent."""
     import base64
     import hashlib
@@ -282,6 +282,7 @@ def test_image_is_encoded_once_per_content_and_checked_against_its_hash(tmp_path
     first = oc.encode_openai_messages(msgs, tmp_path)
     url = first[0]["content"][0]["image_url"]["url"]
     assert url == "data:image/png;base64," + base64.b64encode(data).decode()
+    assert oc.encode_openai_messages(msgs, tmp_path) == first  # second use: kept from now on
     (tmp_path / "assets" / "a.png").unlink()  # served from the content-addressed cache now
     assert oc.encode_openai_messages(msgs, tmp_path) == first
 

@@ -53,13 +53,15 @@ def _mime(part: ImagePart | AudioPart) -> str:
 
 _B64_LOCK = threading.Lock()
 _B64_CACHE: OrderedDict[tuple[str, str, str], str] = OrderedDict()
-_B64_MAX_CHARS = 64 * 1024 * 1024  # base64 text kept in all (LRU)
+_B64_MAX_CHARS = 16 * 1024 * 1024  # base64 text kept in all (LRU): recent images, re-sent within a stage
 _b64_chars = 0
+_B64_SEEN: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
 
 def asset_b64(part: ImagePart | AudioPart, root: Path) -> str:
-    """An asset's base64 text, read once per content hash: the same image goes to several
-    targets, judges and turns, and re-reading and re-encoding it each time is pure overhead.
+    """An asset's base64 text, kept (LRU) once an image is sent a second time: the same image
+    goes to several targets, jurors and turns, and re-reading and re-encoding it each time is
+    pure overhead.
     A part with a sha256 is checked against it when first read (a file changed since the
     benchmark was written is an AssetError naming it, never a silently different image)."""
     global _b64_chars
@@ -74,7 +76,12 @@ def asset_b64(part: ImagePart | AudioPart, root: Path) -> str:
     b64 = base64.b64encode(read_asset(part, root, verify=True)).decode()
     if len(b64) <= _B64_MAX_CHARS // 16:
         with _B64_LOCK:
-            if key not in _B64_CACHE:
+            # kept from its second use on: an image sent once (a plain run) costs no memory
+            if key not in _B64_SEEN:
+                _B64_SEEN[key] = None
+                while len(_B64_SEEN) > 8192:
+                    _B64_SEEN.popitem(last=False)
+            elif key not in _B64_CACHE:
                 _B64_CACHE[key] = b64
                 _b64_chars += len(b64)
                 while _b64_chars > _B64_MAX_CHARS and _B64_CACHE:
