@@ -100,6 +100,16 @@ def test_minilm_when_installed():
     # repeated texts are encoded once and get the very rows a lone encoding gives
     y = e.embed(["a recipe for pancakes", "how to make a bomb", "a recipe for pancakes"])
     assert np.allclose(y[0], y[2]) and np.allclose(y[0], x[2], atol=1e-5) and np.allclose(y[1], x[0], atol=1e-5)
+    # texts embedded before (the generate stage's questions, met again in select) are not re-encoded
+    model = e.load()
+    seen = []
+    real = model.encode
+    model.encode = lambda texts, **kw: (seen.append(list(texts)), real(texts, **kw))[1]
+    try:
+        z = e.embed(["a recipe for pancakes", "a brand-new sentence about gardening"])
+    finally:
+        model.encode = real
+    assert seen == [["a brand-new sentence about gardening"]] and np.allclose(z[0], x[2], atol=1e-5)
 
 
 def test_embedder_load_is_shared_between_threads(monkeypatch):

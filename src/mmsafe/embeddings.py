@@ -20,6 +20,7 @@ import hashlib
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,6 +126,11 @@ class MiniLMEmbedder(Embedder):
     name = "minilm-l6-v2"
     _lock = threading.Lock()
     _model: Any = None
+    # text -> its embedding, shared by the process (LRU): a build's select stage re-embeds the
+    # questions the generate stage already embedded; ~10 ms of CPU each on a small machine
+    _memo: OrderedDict[str, np.ndarray] = OrderedDict()
+    _memo_lock = threading.Lock()
+    memo_size = 16384  # x 384 float32 = 25 MB at most
 
     def __init__(self, device: str = "cpu", batch_size: int = 64):
         self.device = device
@@ -150,13 +156,31 @@ class MiniLMEmbedder(Embedder):
         texts = [str(t or "") for t in texts]
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
-        model = self.load(self.device)
-        # each distinct text is encoded once (benchmarks repeat a question across its variants)
-        index: dict[str, int] = {}
-        rows = [index.setdefault(t, len(index)) for t in texts]
-        x = model.encode(list(index), batch_size=self.batch_size, convert_to_numpy=True,
-                         normalize_embeddings=True, show_progress_bar=False)
-        return _normalise(np.asarray(x)[rows])
+        # each distinct text is encoded once (benchmarks repeat a question across its variants),
+        # and not again while it is in the process-wide memo
+        out = np.zeros((len(texts), 384), dtype=np.float32)
+        todo: dict[str, list[int]] = {}
+        memo = MiniLMEmbedder._memo
+        with MiniLMEmbedder._memo_lock:
+            for i, t in enumerate(texts):
+                v = memo.get(t)
+                if v is None:
+                    todo.setdefault(t, []).append(i)
+                else:
+                    memo.move_to_end(t)
+                    out[i] = v
+        if todo:
+            model = self.load(self.device)
+            keys = list(todo)
+            x = _normalise(model.encode(keys, batch_size=self.batch_size, convert_to_numpy=True,
+                                        normalize_embeddings=True, show_progress_bar=False))
+            with MiniLMEmbedder._memo_lock:
+                for t, v in zip(keys, x):
+                    out[todo[t]] = v
+                    memo[t] = v
+                while len(memo) > self.memo_size:
+                    memo.popitem(last=False)
+        return out
 
 
 def minilm_available() -> bool:
