@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -236,22 +235,28 @@ def test_analyzers_match_sklearn():
     assert char_wb_analyzer(text_, (2, 5)) == c(text_)
 
 
-def _sklearn_design(model, texts):
-    """(sparse TF-IDF matrix, MiniLM embeddings or None) that sklearn /
-    sentence-transformers give for ``texts`` (one-turn units) from the exported
-    vocabularies and idf."""
+def _sklearn_tfidf_blocks(model):
+    """sklearn TfidfVectorizers set up with the model's exported vocabularies and idf."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    meta = model.meta
     blocks = []
     for key, idf in (("word", model._blocks[0].idf), ("char", model._blocks[1].idf)):
-        cfg = meta[key]
+        cfg = model.meta[key]
         v = TfidfVectorizer(analyzer=cfg["analyzer"], ngram_range=tuple(cfg["ngram_range"]),
                             vocabulary={t: i for i, t in enumerate(cfg["vocab"])},
                             sublinear_tf=True, norm="l2")
         v.fit(["x"])
         v.idf_ = idf
         blocks.append(v)
+    return blocks
+
+
+def _sklearn_design(model, texts):
+    """(sparse TF-IDF matrix, MiniLM embeddings or None) that sklearn /
+    sentence-transformers give for ``texts`` (one-turn units) from the exported
+    vocabularies and idf."""
+    meta = model.meta
+    blocks = _sklearn_tfidf_blocks(model)
     from scipy import sparse
 
     X = sparse.hstack([b.transform(texts) * meta[k].get("scale", 1.0)
@@ -357,15 +362,7 @@ def test_numpy_decision_matches_sklearn(tfidf_model):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     meta = model.meta
-    blocks = []
-    for key, idf in (("word", model._blocks[0].idf), ("char", model._blocks[1].idf)):
-        cfg = meta[key]
-        v = TfidfVectorizer(analyzer=cfg["analyzer"], ngram_range=tuple(cfg["ngram_range"]),
-                            vocabulary={t: i for i, t in enumerate(cfg["vocab"])},
-                            sublinear_tf=True, norm="l2")
-        v.fit(["x"])
-        v.idf_ = idf
-        blocks.append(v)
+    blocks = _sklearn_tfidf_blocks(model)
     texts = HARMFUL + BENIGN_LOOKALIKES + ["\n".join(t for r, t in ESCALATION if r == "user"), ""]
     mats = [b.transform(texts) for b in blocks]
     lcfg = meta.get("lexicon")
