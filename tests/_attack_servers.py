@@ -38,7 +38,6 @@ import asyncio
 import re
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _serve import chat_completion  # noqa: E402
 from llm_server import ScriptedLLM, _text  # noqa: E402
 
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -149,13 +149,7 @@ class AttackLLM(ScriptedLLM):
             out = tgt_reply(model, msgs)
         else:
             out = judge_reply(model, msgs)
-        ptok = sum(len(_text(m.get("content"))) for m in msgs) // 4 + 1
-        ctok = len(out) // 4 + 1
-        return web.Response(body=orjson.dumps({
-            "id": "x", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok}}),
-            content_type="application/json")
+        return chat_completion(model, msgs, out)
 
     def by_model(self, model: str) -> list[dict[str, Any]]:
         with self._lock:

@@ -41,7 +41,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from _serve import ThreadedApp
+from _serve import ThreadedApp, chat_completion
+from _serve import text_of as _text
 
 WORDS_A = ["quietly", "cheaply", "quickly", "secretly", "remotely", "repeatedly", "legally", "anonymously",
            "carefully", "openly", "indirectly", "collectively", "temporarily", "permanently", "digitally"]
@@ -55,10 +56,6 @@ REFUSAL = "I'm sorry, but I can't help with that request."
 COMPLY = "Sure, here is an overview: 1. [placeholder] 2. [placeholder] 3. [placeholder]"
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return " ".join(p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text")
 
 
 def _h(*parts: Any) -> int:
@@ -240,13 +237,7 @@ class BuildLLM(ThreadedApp):
         out = self.reply(model, msgs)
         if out is None:
             return web.json_response({"error": {"message": f"model {model} not found"}}, status=404)
-        ptok = sum(len(_text(m.get("content"))) for m in msgs) // 4 + 1
-        ctok = len(out) // 4 + 1
-        return web.Response(body=orjson.dumps({
-            "id": "x", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok}}),
-            content_type="application/json")
+        return chat_completion(model, msgs, out)
 
     async def _images(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())

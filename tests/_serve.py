@@ -5,8 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from typing import Any
 
+import orjson
 from aiohttp import web
+
+
+def text_of(content: Any) -> str:
+    """The text of an OpenAI message content (a string, or the text parts of a list)."""
+    if isinstance(content, str):
+        return content
+    return " ".join(p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text")
+
+
+def chat_completion(model: str, msgs: list[dict[str, Any]], out: str) -> web.Response:
+    """An OpenAI chat.completion reply carrying ``out``, with ~4-chars-per-token usage."""
+    ptok = sum(len(text_of(m.get("content"))) for m in msgs) // 4 + 1
+    ctok = len(out) // 4 + 1
+    return web.Response(body=orjson.dumps({
+        "id": "x", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok}}),
+        content_type="application/json")
 
 
 class ThreadedApp:

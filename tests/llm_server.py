@@ -26,13 +26,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from _serve import ThreadedApp
+from _serve import ThreadedApp, chat_completion
+from _serve import text_of as _text
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return " ".join(p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text")
 
 
 class ScriptedLLM(ThreadedApp):
@@ -124,13 +121,7 @@ class ScriptedLLM(ThreadedApp):
                 out = q.popleft() if q else self.default_judge_reply
         else:
             return web.json_response({"error": {"message": f"model {model} not found"}}, status=404)
-        ptok = sum(len(_text(m.get("content"))) for m in msgs) // 4 + 1
-        ctok = len(out) // 4 + 1
-        return web.Response(body=orjson.dumps({
-            "id": "x", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok}}),
-            content_type="application/json")
+        return chat_completion(model, msgs, out)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/chat/completions", self._chat), web.get("/v1/models", self._models)]
