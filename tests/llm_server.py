@@ -9,6 +9,8 @@ subprocesses can all talk to it. The model name in a request picks the behaviour
 - ``malformed``: 200 with a body that is not JSON
 - ``hang``: never answers
 - ``slow-MS``: answers ``comply`` after MS milliseconds
+- ``staggered``: answers ``comply`` after (10 - i) x 40 ms for a last user turn that starts
+  "Sample i" (conftest's benchmarks), so earlier samples finish later
 - ``judge-*``: returns the text queued with :meth:`ScriptedLLM.queue` for that model
   (or ``default_judge_reply``)
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import threading
 import time
 from typing import Any
@@ -98,6 +101,10 @@ class ScriptedLLM(ThreadedApp):
                 content_type="application/json")
         if model == "hang":
             await asyncio.sleep(3600)
+        if model == "staggered":
+            m = re.match(r"Sample (\d+)", _text(msgs[-1].get("content")) if msgs else "")
+            await asyncio.sleep(max(0, 10 - int(m.group(1))) * 0.04 if m else 0)
+            model = "comply"
         if model.startswith("slow-"):
             await asyncio.sleep(int(model.split("-", 1)[1]) / 1000)
             model = "comply"

@@ -53,6 +53,18 @@ def test_run_writes_store_results_and_summary(llm, tmp_path):
     assert (tmp_path / "run" / "run.sqlite").exists()
 
 
+def test_results_follow_benchmark_order_not_completion_order(llm, tmp_path):
+    bench = make_benchmark(tmp_path / "b", n=6, image=False)
+    r = cli("run", bench, "--target", f"openai/staggered@{llm.url}", "--out", tmp_path / "run",
+            "--max-connections", "8", "--no-cache")
+    assert r.exit_code == 0, r.output
+    rows = read_results(tmp_path / "run")
+    assert [x["id"] for x in rows] == [f"s{i}" for i in range(6)]
+    with sqlite3.connect(tmp_path / "run" / "run.sqlite") as db:
+        finished = [r[0] for r in db.execute("SELECT sample_id FROM responses ORDER BY created")]
+    assert finished != [f"s{i}" for i in range(6)]  # s0 answered after later samples: not the completion order
+
+
 def test_rerun_fills_gaps_without_resending(llm, tmp_path):
     bench = make_benchmark(tmp_path / "b", n=10, image=False)
     out = tmp_path / "run"

@@ -116,7 +116,7 @@ class ModeRunner:
     def _judge_fn(self, sample: Sample):
         return turn_judge(self.judge, sample, self.root)
 
-    async def handle(self, sample: Sample, done_ok: set[str], judged: set[str]) -> None:
+    async def handle(self, sample: Sample, done_ok: set[str], judged: set[str], order: int | None = None) -> None:
         if sample.id in done_ok:
             self.stats["skipped_done"] += 1
             if sample.id not in judged:
@@ -127,7 +127,7 @@ class ModeRunner:
         else:
             resp, rows = await self._adaptive(sample)
         self.stats["sent"] += 1
-        self.store.save_response(sample, resp, rows)
+        self.store.save_response(sample, resp, rows, order=order)
         if not resp.ok:
             self.stats["errors"] += 1
             return

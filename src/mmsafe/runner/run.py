@@ -311,9 +311,9 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
         from mmsafe.runner.modes import make_mode_runner
         mode_runner = make_mode_runner(opts, client, judge, judge_id, store, root, stats, ledger, cache)
 
-    async def handle(sample: Sample) -> None:
+    async def handle(sample: Sample, order: int) -> None:
         if mode_runner is not None:  # live / adaptive: one record per sample, written at its end
-            await mode_runner.handle(sample, done_ok, judged)
+            await mode_runner.handle(sample, done_ok, judged, order=order)
             return
         resp: Response | None = None
         if sample.id not in done_ok:
@@ -325,7 +325,7 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
                             cost_usd=res.cost_usd, latency_ms=res.latency_ms, attempts=res.attempts,
                             cached=res.cached, error=res.error,
                             extra={"defense": res.extra["defense"]} if "defense" in res.extra else {})
-            store.save_response(sample, resp, request_log(res, "target", sample.id, target.name))
+            store.save_response(sample, resp, request_log(res, "target", sample.id, target.name), order=order)
             if not resp.ok:
                 stats["errors"] += 1
                 return
@@ -339,11 +339,12 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
             store.save_verdict(verdict, reqs)
             stats["judged"] += 1
 
-    async def process(sample: Sample) -> None:
+    async def process(item: tuple[int, Sample]) -> None:
+        order, sample = item  # order: the sample's position in the benchmark (results.jsonl follows it)
         if stop["reason"]:
             return
         try:
-            await handle(sample)
+            await handle(sample, order)
         except BudgetExceeded as e:
             stop["reason"], stop["error"] = "max_cost", str(e)
         except FatalProviderError as e:
@@ -351,22 +352,22 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
         except Exception as e:  # an unforeseen input or a bug costs this sample, never the run
             msg = (f"{type(e).__name__}: {e}".splitlines() or ["error"])[0][:500]
             try:
-                store.save_response(sample, Response(sample_id=sample.id, error=f"internal: {msg}"), [])
+                store.save_response(sample, Response(sample_id=sample.id, error=f"internal: {msg}"), [], order=order)
                 stats["errors"] += 1
             except Exception:
                 stop["reason"], stop["error"] = "crash", f"sample {sample.id}: {msg}"
         stats["done"] += 1
         progress()
 
-    def todo() -> Iterator[Sample]:
-        for s in iter_selected(bench, opts.limit):
+    def todo() -> Iterator[tuple[int, Sample]]:
+        for i, s in enumerate(iter_selected(bench, opts.limit)):
             if stop["reason"]:
                 return
             if s.id in done_ok and s.id in judged:
                 stats["done"] += 1
                 stats["skipped_done"] += 1
                 continue
-            yield s
+            yield i, s
 
     await client.start()
     await judge.start()

@@ -84,6 +84,13 @@ class SQLiteRunStore(RunStore):
             raise StoreError(f"{path}: store schema {v} is newer than this mmsafe ({SCHEMA_VERSION})")
         self._seq = (self.db.execute("SELECT COALESCE(MAX(seq), -1) FROM responses").fetchone()[0]
                      if not readonly else 0)
+        # seq: the sample's position in the benchmark (stores made since results follow the
+        # benchmark order); a store that already holds responses in completion order keeps
+        # that, so seq stays unique (the viewer and the export page on it)
+        self._bench_order = self.get_meta("seq_order") == "benchmark"
+        if not readonly and not self._bench_order and self._seq == -1:
+            self.set_meta("seq_order", "benchmark")
+            self._bench_order = True
 
     # -- meta
     def get_meta(self, key: str) -> Any | None:
@@ -127,14 +134,23 @@ class SQLiteRunStore(RunStore):
             self.db.execute("BEGIN")
             self._insert_requests(requests)
 
-    def save_response(self, sample: Sample, response: Response, requests: list[dict[str, Any]]) -> None:
+    def save_response(self, sample: Sample, response: Response, requests: list[dict[str, Any]],
+                      order: int | None = None) -> None:
+        """Store a sample's response (an ``ok`` one is never overwritten). ``order`` is the sample's
+        position in the benchmark: results are read back in that order, whatever order the
+        concurrent requests finished in (without it, in the order of saving)."""
         group = _scalar(sample.metadata.get("group", sample.id))
         control = "benign" if is_control(sample.metadata) else None
         status = "ok" if response.ok else "error"
         self.db.execute("BEGIN")
         try:
             self._insert_requests(requests)
-            self._seq += 1
+            if order is None or not self._bench_order:
+                self._seq += 1
+                seq = self._seq
+            else:
+                seq = order
+                self._seq = max(self._seq, order)
             self.db.execute(
                 "INSERT INTO responses VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(sample_id) DO UPDATE SET status=excluded.status, text=excluded.text,"
@@ -143,7 +159,7 @@ class SQLiteRunStore(RunStore):
                 " cost_usd=excluded.cost_usd, latency_ms=excluded.latency_ms, attempts=excluded.attempts,"
                 " cached=excluded.cached, created=excluded.created, extra=excluded.extra"
                 " WHERE responses.status != 'ok'",
-                (sample.id, self._seq, group, sample.scenario, sample.category,
+                (sample.id, seq, group, sample.scenario, sample.category,
                  sample.method, sample.turns, sample.question, status, response.text, response.error,
                  response.model, response.finish_reason, response.usage.input_tokens,
                  response.usage.output_tokens, response.cost_usd, response.latency_ms, response.attempts,
