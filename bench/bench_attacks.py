@@ -194,6 +194,8 @@ def main() -> None:
     ap.add_argument("--no-floor", dest="floor", action="store_false",
                     help="skip the raw-aiohttp floor runs (same request pattern, no harness)")
     a = ap.parse_args()
+    from mmsafe.runtime import tune_gc
+    tune_gc()  # as `mmsafe` (cli.main) does: the jobs run in-process here
     procs, url = start_server(a.latency_ms, a.server_processes)
     results = []
     try:

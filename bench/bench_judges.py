@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--cap", type=int, default=100, help="judge endpoint connection cap")
     ap.add_argument("--latency-ms", type=float, default=100.0)
     args = ap.parse_args()
+    from mmsafe.runtime import tune_gc
+    tune_gc()  # as `mmsafe` (cli.main) does: the stages run in-process here
     if not FAKELLM.exists():
         print(f"../shared/bench/fakellm.py not found ({FAKELLM}); nothing to measure")
         return

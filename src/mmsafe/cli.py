@@ -6,7 +6,6 @@ stderr naming the file, line, field or option); 130 interrupted (re-run to resum
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import sys
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 import mmsafe
+from mmsafe.runtime import run_async
 from mmsafe.types import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -194,7 +194,7 @@ def run(
     import gc
     gc.freeze()  # the long-lived import-time objects leave the collector's scans: less CPU per request
     with progress:
-        outcome = asyncio.run(execute(opts))
+        outcome = run_async(execute(opts))
     _print_summary(outcome.summary, out_dir)
     if outcome.stopped == "max_cost":
         err.print(f"[yellow]stopped:[/] {outcome.fatal_error}; re-run with a higher --max-cost to continue")
@@ -252,7 +252,7 @@ def judge_cmd(
     j = make_judge(judge, models_file=models, options=_pairs(judge_opt, "--judge-opt"))
     progress, update = _progress_printer(0, f"judge {j.identity.name}")
     with progress:
-        res = asyncio.run(rejudge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
+        res = run_async(rejudge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
                                   use_cache=cache, on_progress=update))
     st = res.stats
     blk = (res.summary.get("judges") or {}).get(res.judge_id) or res.summary
@@ -292,7 +292,7 @@ def calibrate_cmd(
     if fmt is not None and fmt not in FORMATS:
         fail(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     j = make_judge(judge, models_file=models, options=_pairs(judge_opt, "--judge-opt"))
-    rec = asyncio.run(calibrate(j, data, fmt, concurrency=max_connections, use_cache=cache, force=force,
+    rec = run_async(calibrate(j, data, fmt, concurrency=max_connections, use_cache=cache, force=force,
                                 limit=limit))
     if as_json:
         sys.stdout.write(json.dumps(rec) + "\n")
@@ -353,7 +353,7 @@ def moderate(
         finally:
             await mod.close()
 
-    results = asyncio.run(go())
+    results = run_async(go())
     n_flag = n_err = 0
     table = Table(title=f"moderation ({moderator})")
     for col in ("id", "flagged", "score", "scenario"):
@@ -509,7 +509,7 @@ def dialogues(
     from mmsafe.models import BudgetExceeded, FatalProviderError
     try:
         with progress:
-            rep = asyncio.run(generate_dialogues(
+            rep = run_async(generate_dialogues(
                 benchmark, out_dir, gcfg, overwrite=overwrite, safemt_json=safemt_json, lengths=lens, methods=meths,
                 limit=limit, max_attempts=max_attempts, max_connections=max_connections, use_cache=cache, epoch=epoch,
                 max_cost=max_cost, name=name, send_image=None if image else False, on_progress=upd))
@@ -641,7 +641,7 @@ def build_main(
     from mmsafe.build import load_config
     from mmsafe.build.pipeline import run_build
     cfg = load_config(config)
-    res = asyncio.run(run_build(cfg, out_dir, work=work, force=force, only=only or None, log=_build_log))
+    res = run_async(run_build(cfg, out_dir, work=work, force=force, only=only or None, log=_build_log))
     _print_build(res)
 
 
@@ -672,7 +672,7 @@ def build_stage(
             if cache is not None:
                 cache.close()
 
-    rec = asyncio.run(go())
+    rec = run_async(go())
     out.print(json.dumps({"stage": name, "items": rec["n_items"], "skipped": rec.get("skipped", False),
                           "ledger": rec["ledger"]}, indent=1))
 
@@ -688,7 +688,7 @@ def build_write(
     from mmsafe.build import load_config
     from mmsafe.build.pipeline import run_build
     cfg = load_config(config)
-    res = asyncio.run(run_build(cfg, out_dir, work=work, only=["__none__"], log=_build_log))
+    res = run_async(run_build(cfg, out_dir, work=work, only=["__none__"], log=_build_log))
     _print_build(res)
 
 
@@ -708,7 +708,7 @@ def build_taxonomy(
 ):
     """Ask a panel of LLMs which requests they should refuse; merge, dedupe, write an editable YAML."""
     from mmsafe.build.taxonomy import discover_taxonomy, write_taxonomy
-    tax, led = asyncio.run(discover_taxonomy(panel, merger, models_file=models, n=n, threshold=threshold,
+    tax, led = run_async(discover_taxonomy(panel, merger, models_file=models, n=n, threshold=threshold,
                                              embedder=embedder, base_taxonomy=base, name=name))
     write_taxonomy(tax, out_file)
     p = tax["provenance"]
@@ -740,6 +740,8 @@ def version():
 
 
 def main() -> None:
+    from mmsafe.runtime import tune_gc
+    tune_gc()
     try:
         app()
     except KeyboardInterrupt:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from importlib import resources
@@ -22,6 +21,7 @@ from rich.table import Table
 
 from mmsafe.attacks import typography
 from mmsafe.datasets import BenchmarkWriter
+from mmsafe.runtime import run_async
 from mmsafe.types import BenchmarkManifest, ImagePart, Message, Sample, TextPart
 
 DEMO_TARGETS = ("mock/refuser", "mock/mixed", "mock/complier")
@@ -84,9 +84,9 @@ def run_demo(out_dir: Path, out: Console, err: Console) -> list[dict[str, Any]]:
         run_dir = out_dir / "runs" / spec.replace("/", "-")
         judge = make_judge("keyword")
         opts = RunOptions(benchmark=bench_dir, target=tcfg, judge=judge, out=run_dir, use_cache=False)
-        asyncio.run(execute(opts))
+        run_async(execute(opts))
         # a second, independent judge on the same stored replies: no re-generation
-        asyncio.run(rejudge(run_dir, make_judge("offline"), use_cache=False))
+        run_async(rejudge(run_dir, make_judge("offline"), use_cache=False))
         summaries.append(json.loads((run_dir / "summary.json").read_text()))
         run_dirs.append(run_dir)
     table = Table(title="mmsafe demo — leaderboard", caption="targets are MOCK reference models, not real LLMs")

@@ -6,7 +6,6 @@ ASR; the over-refusal column is what keeps the comparison honest.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from dataclasses import replace
@@ -18,6 +17,7 @@ import orjson
 from mmsafe import metrics
 from mmsafe.refusal import is_refusal
 from mmsafe.runner import RunOptions, execute
+from mmsafe.runtime import run_async
 from mmsafe.store import open_store
 
 
@@ -48,7 +48,7 @@ def evaluate_defenses(harmful: Path, benign: Path | None, base: RunOptions, defe
     for spec, defense in defenses:
         tag = _slug(spec)
         opts = replace(base, benchmark=harmful, out=out / tag / "harmful", defense=defense, judge=make_judge())
-        h = asyncio.run(execute(opts)).summary
+        h = run_async(execute(opts)).summary
         row: dict[str, Any] = {"defense": spec or "none", "run_dir": str(out / tag / "harmful"),
                                "asr": h["asr"], "asr_ci": h["asr_ci"], "n_scored": h["n_scored"],
                                "n_unscored": h["n_unscored"], "n_errors": h["n_errors"],
@@ -60,7 +60,7 @@ def evaluate_defenses(harmful: Path, benign: Path | None, base: RunOptions, defe
                                "actions": (h.get("defense") or {}).get("actions")}
         if benign is not None:
             bopts = replace(base, benchmark=benign, out=out / tag / "benign", defense=defense, judge=make_judge())
-            asyncio.run(execute(bopts))
+            run_async(execute(bopts))
             row["over_refusal"] = over_refusal(out / tag / "benign")
         elif h.get("controls"):
             c = h["controls"]

@@ -21,7 +21,6 @@ Results are written to ``$MMSAFE_CACHE_DIR/calibration/<judge_id>-<data sha>.jso
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import hashlib
 import io
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mmsafe.judges.base import Judge
+from mmsafe.runtime import run_async
 from mmsafe.types import InputError, Message, Response, Sample
 
 FORMATS = ("csv", "gptfuzz", "jailjudge", "xstest", "harmbench")
@@ -401,7 +401,7 @@ async def calibrate(judge: Judge, path: Path, fmt: str | None = None, *, concurr
 
 
 def calibrate_sync(judge: Judge, path: Path, fmt: str | None = None, **kw: Any) -> dict[str, Any]:
-    return asyncio.run(calibrate(judge, path, fmt, **kw))
+    return run_async(calibrate(judge, path, fmt, **kw))
 
 
 def format_table(rec: dict[str, Any]) -> str:
