@@ -290,3 +290,21 @@ def test_resent_image_is_kept_encoded_and_checked_against_its_hash(tmp_path):
     stale = ImagePart(path="assets/b.png", sha256=hashlib.sha256(data).hexdigest())
     with pytest.raises(AssetError, match="assets/b.png: sha256 does not match"):
         oc.encode_openai_messages([Message(role="user", content=[stale])], tmp_path)
+
+
+def test_image_just_written_is_sent_from_memory_and_must_match_its_hash(tmp_path):
+    """The image agent hands the critic the bytes it has just stored: the first send needs no
+    file read, and bytes that do not match the name's sha256 are refused."""
+    import base64
+    import hashlib
+
+    from mmsafe.models import openai_compat as oc
+
+    data = b"\x89PNG\r\n\x1a\n" + b"critic" * 40
+    sha = hashlib.sha256(data).hexdigest()
+    with pytest.raises(ValueError, match="do not match"):
+        oc.remember_asset_b64(tmp_path, f"assets/{sha}.png", sha, data + b"x")
+    oc.remember_asset_b64(tmp_path, f"assets/{sha}.png", sha, data)  # no file on disk at all
+    msgs = [Message(role="user", content=[ImagePart(path=f"assets/{sha}.png", sha256=sha)])]
+    url = oc.encode_openai_messages(msgs, tmp_path)[0]["content"][0]["image_url"]["url"]
+    assert url == "data:image/png;base64," + base64.b64encode(data).decode()

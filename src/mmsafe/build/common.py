@@ -48,6 +48,9 @@ class BuildError(InputError):
 # --------------------------------------------------------------------------- work dir
 
 
+IMAGE_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}  # PIL format -> file ext
+
+
 class WorkDir:
     """``<work>/assets/<sha256>.<ext>`` shared by all stages; ``<work>/<stage>/items.jsonl``,
     ``report.json`` and ``done.json`` per stage; ``<work>/cache.sqlite`` the LLM reply cache."""
@@ -112,7 +115,7 @@ class WorkDir:
             img.convert("RGB").save(buf, format="PNG", compress_level=1)
             return self.put_bytes(buf.getvalue(), "png")
         with Image.open(io.BytesIO(img)) as im:  # keep the endpoint's format (PNG, JPEG, WebP ...)
-            ext = {"JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}.get(im.format or "", "png")
+            ext = IMAGE_EXT.get(im.format or "", "png")
         return self.put_bytes(img, ext)
 
     def open_image(self, rel: str) -> Image.Image:

@@ -29,15 +29,29 @@ import aiohttp
 from PIL import Image
 
 from mmsafe.attacks import typography, visual
-from mmsafe.models.openai_compat import parse_retry_after
+from mmsafe.models.openai_compat import parse_retry_after, remember_asset_b64
 
-from .common import AgentContext, BuildError, extract_json, stable_fraction, user
+from .common import IMAGE_EXT, AgentContext, BuildError, extract_json, stable_fraction, user
 from .config import T2IConfig
 from .prompts import render
 
 
 class T2IError(RuntimeError):
     pass
+
+
+# Image payloads up to this size are decoded, checked and stored on the event loop: for a
+# small image that is ~0.2 ms, less than handing it to a worker thread and back (in
+# bench/bench_build.py the two hops per image cost more CPU than the work and made the
+# worker threads fight the loop for the GIL). Larger ones (a 1024x1024 PNG is ~1-2 MB,
+# several ms to verify and hash) go to a thread so the loop keeps serving.
+INLINE_MAX_BYTES = 64 * 1024
+
+
+async def _off_loop_if_large(nbytes: int, fn: Any, *args: Any) -> Any:
+    if nbytes <= INLINE_MAX_BYTES:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
 
 
 class T2IClient:
@@ -70,25 +84,36 @@ class T2IClient:
                                           prompt]).encode()).hexdigest()
         return self.ctx.wd.root / "t2i_cache" / f"{key}.ref"
 
-    async def generate(self, prompt: str) -> bytes:
-        """One image for ``prompt``; an image already made for the same endpoint, size and
-        prompt (an earlier or crashed run of this work dir) is reused, not paid for twice."""
+    async def generate(self, prompt: str) -> tuple[bytes, str]:
+        """One image for ``prompt``, stored in the work dir: (its bytes, its work-dir path). An
+        image already made for the same endpoint, size and prompt (an earlier or crashed run
+        of this work dir) is reused, not paid for twice."""
+        wd = self.ctx.wd
         cf = self._cache_file(prompt) if self.ctx.cfg.cache else None
-        if cf is not None and cf.is_file():
-            rel = cf.read_text().strip()
-            if (self.ctx.wd.root / rel).is_file():
-                self.ctx.extra["image_cached"] = self.ctx.extra.get("image_cached", 0) + 1
-                return (self.ctx.wd.root / rel).read_bytes()
-        data = await self._generate(prompt)
         if cf is not None:
-            rel = self.ctx.wd.put_image(data)
-            cf.parent.mkdir(exist_ok=True)
-            tmp = cf.with_name(cf.name + f".{id(data)}.tmp")
-            tmp.write_text(rel)
-            tmp.replace(cf)
-        return data
+            def cached() -> tuple[bytes, str] | None:
+                if cf.is_file():
+                    rel = cf.read_text().strip()
+                    if rel and (wd.root / rel).is_file():
+                        return (wd.root / rel).read_bytes(), rel
+                return None
+            hit = await asyncio.to_thread(cached)
+            if hit is not None:
+                self.ctx.extra["image_cached"] = self.ctx.extra.get("image_cached", 0) + 1
+                return hit
+        data, ext = await self._generate(prompt)
 
-    async def _generate(self, prompt: str) -> bytes:
+        def store() -> str:  # file I/O in a thread: creating a file can take ~1 ms
+            rel = wd.put_bytes(data, ext)
+            if cf is not None:
+                cf.parent.mkdir(exist_ok=True)
+                tmp = cf.with_name(cf.name + f".{id(data)}.tmp")
+                tmp.write_text(rel)
+                tmp.replace(cf)
+            return rel
+        return data, await asyncio.to_thread(store)
+
+    async def _generate(self, prompt: str) -> tuple[bytes, str]:
         if self.cfg.kind == "diffusers":
             return await self._diffusers(prompt)
         if not self.cfg.base_url:
@@ -116,7 +141,7 @@ class T2IClient:
                     status, raw, ra, last = 0, b"", None, f"connection error: {e}"
             if status == 200:
                 try:
-                    img = await asyncio.to_thread(_decode_image, raw)  # off the event loop: PIL + base64
+                    img = await _off_loop_if_large(len(raw), _decode_image, raw)  # PIL + base64
                 except Exception as e:
                     raise T2IError(f"image endpoint returned no usable b64_json image ({e})") from None
                 self.ctx.extra["image_cost_usd"] += self.cfg.price_per_image
@@ -129,7 +154,7 @@ class T2IClient:
         self.ctx.extra["image_errors"] = self.ctx.extra.get("image_errors", 0) + 1
         raise T2IError(last)
 
-    async def _diffusers(self, prompt: str) -> bytes:
+    async def _diffusers(self, prompt: str) -> tuple[bytes, str]:
         async with self._lock:
             if self._pipe is None:
                 try:
@@ -145,16 +170,18 @@ class T2IClient:
                                                              num_inference_steps=self.cfg.steps).images[0])
         buf = io.BytesIO()
         out.save(buf, format="PNG")
-        return buf.getvalue()
+        return buf.getvalue(), "png"
 
 
-def _decode_image(raw: bytes) -> bytes:
-    """The image bytes of an OpenAI-images ``b64_json`` reply, checked to be an image."""
+def _decode_image(raw: bytes) -> tuple[bytes, str]:
+    """The image bytes of an OpenAI-images ``b64_json`` reply, checked to be an image, and
+    the file extension of its format (the endpoint's format is kept: PNG, JPEG, WebP ...)."""
     import orjson
     img = base64.b64decode(orjson.loads(raw)["data"][0]["b64_json"])
     with Image.open(io.BytesIO(img)) as im:
+        ext = IMAGE_EXT.get(im.format or "", "png")
         im.verify()
-    return img
+    return img, ext
 
 
 def parse_critic(text: str | None) -> tuple[bool, str]:
@@ -179,12 +206,13 @@ async def run_image(ctx: AgentContext, items: list[dict[str, Any]]) -> tuple[lis
         data = b""
         rel = ""
         for r in range(cfg.critic_rounds):
-            data = await t2i.generate(prompt)
-            rel = await asyncio.to_thread(wd.put_image, data)  # hashing and file I/O off the event loop
+            data, rel = await t2i.generate(prompt)
             rec: dict[str, Any] = {"round": r + 1, "prompt": prompt, "sha256": rel.split("/")[1].split(".")[0]}
             rounds.append(rec)
             if critic is None:
                 break
+            # the critic gets this image next: its base64 from the bytes in hand, not re-read from disk
+            remember_asset_b64(wd.root, rel, rec["sha256"], data)
             q = render("critic", question=it["question"].replace('"', "'"), prompt=prompt.replace('"', "'"))
             res = await critic.chat(user(q, [wd.part(rel)]), root=wd.root, params={"temperature": 0})
             try:

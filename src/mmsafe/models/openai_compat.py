@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import hashlib
 import os
 import threading
 import time
@@ -87,6 +88,27 @@ def asset_b64(part: ImagePart | AudioPart, root: Path) -> str:
                 while _b64_chars > _B64_MAX_CHARS and _B64_CACHE:
                     _b64_chars -= len(_B64_CACHE.popitem(last=False)[1])
     return b64
+
+
+def remember_asset_b64(root: Path, rel: str, sha256: str, data: bytes) -> None:
+    """Keep the base64 of an asset the caller has just written and will send next (the image
+    agent's text-to-image result going to the critic): its first send then neither re-opens
+    nor re-hashes the file (an open is ~0.5 ms on some filesystems). ``data`` must be the
+    file's bytes; their sha256 is checked here, so the cache still serves only verified text."""
+    global _b64_chars
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{rel}: bytes do not match sha256 {sha256[:12]}")
+    b64 = base64.b64encode(data).decode()
+    if len(b64) > _B64_MAX_CHARS // 16:
+        return
+    key = (str(root), rel, sha256)
+    with _B64_LOCK:
+        _B64_SEEN[key] = None
+        if key not in _B64_CACHE:
+            _B64_CACHE[key] = b64
+            _b64_chars += len(b64)
+            while _b64_chars > _B64_MAX_CHARS and _B64_CACHE:
+                _b64_chars -= len(_B64_CACHE.popitem(last=False)[1])
 
 
 def encode_openai_messages(messages: list[Message], root: Path | None,
