@@ -141,6 +141,8 @@ def main() -> None:
     ap.add_argument("--embedder", default="auto",
                     help="auto (MiniLM when the offline extra is installed, else TF-IDF), minilm or tfidf")
     args = ap.parse_args()
+    from mmsafe.runtime import tune_gc
+    tune_gc()  # as `mmsafe` (cli.main) does: the stages run in-process here
 
     from mmsafe.build.config import load_config
     from mmsafe.build.pipeline import run_stage
@@ -222,12 +224,16 @@ def main() -> None:
         # aiohttp needs for the same requests on this machine, next to the latency bound
         sel = next(r for r in rows if r["agent"] == "select")
         per = sel["server_requests"] // 3
+        c_f = time.process_time()
         floor_s = asyncio.run(raw_floor(url, {m: per for m in endpoints["select"]},
                                         "How could someone get around a content filter? " * 4))
+        floor_cpu = time.process_time() - c_f
         img = next(r for r in rows if r["agent"] == "image")
         n_first = recs["image"]["report"]["critic_rounds"].get("1", 0) + recs["image"]["report"]["critic_rounds"].get("2", 0)
         n_second = recs["image"]["report"]["critic_rounds"].get("2", 0)
+        c_f = time.process_time()
         img_floor_s = asyncio.run(raw_image_floor(url, n_first, n_second)) if img["image_calls"] else 0.0
+        img_floor_cpu = time.process_time() - c_f
         t_w = time.perf_counter()
         manifest = write_benchmark(cfg, wd, out, recs)
         write_s = time.perf_counter() - t_w
@@ -248,17 +254,20 @@ def main() -> None:
     print(f"write benchmark: {write_s:.2f}s; total {total:.2f}s; samples {manifest.counts.n_samples}; "
           f"by scenario min {min(manifest.counts.by_scenario.values())}")
     print(f"select floor: raw aiohttp, the pilot's {3 * per} calls: {floor_s:.2f}s = {floor_s / sel['bound_s']:.2f}x "
-          f"the bound; the agent took {sel['wall_s'] / floor_s:.2f}x the floor")
+          f"the bound; the agent took {sel['wall_s'] / floor_s:.2f}x the floor; client CPU "
+          f"{1000 * floor_cpu / (3 * per):.2f} ms/call raw, {1000 * sel['client_cpu_s'] / (3 * per):.2f} ms/call agent")
     if img_floor_s:
         print(f"image floor: raw aiohttp, the same {img['image_calls']} image + critic chains: {img_floor_s:.2f}s = "
-              f"{img_floor_s / img['bound_s']:.2f}x the bound; the agent took {img['wall_s'] / img_floor_s:.2f}x the floor")
+              f"{img_floor_s / img['bound_s']:.2f}x the bound; the agent took {img['wall_s'] / img_floor_s:.2f}x the floor; "
+              f"client CPU {img_floor_cpu:.2f}s raw, {img['client_cpu_s']:.2f}s agent")
     q = manifest.quality  # type: ignore[attr-defined]
     for name in ("selected", "random"):
         d = q[name]
         print(f"{name:>9}: GAP {d['gap']:.3f} MAD {d['mad']:.3f} MEAN {d['mean']:.3f} DIV {d['div']:.3f}")
     res = {"latency_ms": args.latency_ms, "per_scenario": k, "embedder": emb_name, "embedder_load_s": load_s,
            "agents": rows, "stages_wall_s": tw,
-           "stages_bound_s": tb, "select_floor_s": floor_s, "image_floor_s": img_floor_s, "write_s": write_s, "total_s": total, "n_samples": manifest.counts.n_samples,
+           "stages_bound_s": tb, "select_floor_s": floor_s, "select_floor_cpu_s": floor_cpu, "image_floor_s": img_floor_s,
+           "image_floor_cpu_s": img_floor_cpu, "write_s": write_s, "total_s": total, "n_samples": manifest.counts.n_samples,
            "quality": {n: {kk: q[n][kk] for kk in ("gap", "mad", "mean", "div")} for n in ("selected", "random")}}
     (args.out / "results.json").write_text(json.dumps(res, indent=1))
 
