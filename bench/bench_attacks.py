@@ -43,6 +43,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from mmsafe.runtime import event_loop_name, run_async  # noqa: E402  (the CLI's loop: uvloop when installed)
+
 from PIL import Image  # noqa: E402
 
 from mmsafe.datasets import BenchmarkWriter  # noqa: E402
@@ -100,7 +102,7 @@ def bench_dialogues(url: str, work: Path, c: int, latency_s: float, questions: i
     src = make_source(work / "src", questions)
     gen = resolve_endpoint(f"openai/gen-ok@{url}", "generator", max_connections=c)
     c0, t0 = cpu(), time.perf_counter()
-    rep = asyncio.run(generate_dialogues(src, work / "dialogues", gen, overwrite=True, use_cache=False))
+    rep = run_async(generate_dialogues(src, work / "dialogues", gen, overwrite=True, use_cache=False))
     wall = time.perf_counter() - t0
     cpu_s = cpu() - c0
     reqs = rep.ledger["generator"]["calls"]
@@ -130,7 +132,7 @@ def bench_adaptive(url: str, work: Path, c: int, latency_s: float, samples: int,
     opts = RunOptions(benchmark=src, target=target, judge=judge, out=out, mode="adaptive", attacker=attacker,
                       max_turns=5, max_backtracks=3, use_cache=False)
     c0, t0 = cpu(), time.perf_counter()
-    outcome = asyncio.run(execute(opts))
+    outcome = run_async(execute(opts))
     wall = time.perf_counter() - t0
     cpu_s = cpu() - c0
     s = outcome.summary
@@ -171,7 +173,7 @@ def bench_floor(url: str, c: int, latency_s: float, samples: int, chain: int, mo
             return time.perf_counter() - t0
 
     c0 = cpu()
-    wall = asyncio.run(run())
+    wall = run_async(run())
     cpu_s = cpu() - c0
     bound = c / (latency_s * chain)
     return {"workload": label, "samples": samples, "requests": samples * chain, "concurrency": c,
@@ -216,7 +218,7 @@ def main() -> None:
             p.terminate()
         for p in procs:
             p.wait(5)
-    print(f"loopback server latency {a.latency_ms:g} ms, concurrency {a.concurrency}")
+    print(f"loopback server latency {a.latency_ms:g} ms, concurrency {a.concurrency}, event loop {event_loop_name()}")
     print(f"{'workload':<10} {'samples':>7} {'requests':>8} {'wall s':>7} {'samples/s':>9} {'bound/s':>8} "
           f"{'ratio':>6} {'CPU ms/req':>10}")
     for r in results:

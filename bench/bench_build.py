@@ -37,6 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from mmsafe.runtime import event_loop_name, run_async  # noqa: E402  (the CLI's loop: uvloop when installed)
+
 CAP = 64  # connections per endpoint
 
 
@@ -219,20 +221,20 @@ def main() -> None:
                              "ratio": round(wall / bound, 2) if bound else None})
                 recs[stage] = rec
 
-        asyncio.run(go())
+        run_async(go())
         # the same sitting's floor for the select stage's pilot (independent calls): what raw
         # aiohttp needs for the same requests on this machine, next to the latency bound
         sel = next(r for r in rows if r["agent"] == "select")
         per = sel["server_requests"] // 3
         c_f = time.process_time()
-        floor_s = asyncio.run(raw_floor(url, {m: per for m in endpoints["select"]},
+        floor_s = run_async(raw_floor(url, {m: per for m in endpoints["select"]},
                                         "How could someone get around a content filter? " * 4))
         floor_cpu = time.process_time() - c_f
         img = next(r for r in rows if r["agent"] == "image")
         n_first = recs["image"]["report"]["critic_rounds"].get("1", 0) + recs["image"]["report"]["critic_rounds"].get("2", 0)
         n_second = recs["image"]["report"]["critic_rounds"].get("2", 0)
         c_f = time.process_time()
-        img_floor_s = asyncio.run(raw_image_floor(url, n_first, n_second)) if img["image_calls"] else 0.0
+        img_floor_s = run_async(raw_image_floor(url, n_first, n_second)) if img["image_calls"] else 0.0
         img_floor_cpu = time.process_time() - c_f
         t_w = time.perf_counter()
         manifest = write_benchmark(cfg, wd, out, recs)
@@ -244,7 +246,8 @@ def main() -> None:
     tb = sum(r["bound_s"] for r in rows)
     tw = sum(r["wall_s"] for r in rows)
     print(f"build: 23 scenarios x {k} items, latency {args.latency_ms:g} ms, cap {CAP} connections/endpoint, "
-          f"embedder {emb_name} (one-time load {load_s:.2f}s wall, {load_cpu:.2f}s cpu, not in the stages)")
+          f"embedder {emb_name} (one-time load {load_s:.2f}s wall, {load_cpu:.2f}s cpu, not in the stages), "
+          f"event loop {event_loop_name()} (the floors too)")
     print(f"{'agent':<11}{'items':>7}{'chat':>7}{'image':>7}{'tokens':>9}{'wall s':>9}{'cpu s':>8}{'srv cpu':>8}{'bound s':>9}{'ratio':>7}")
     for r in rows:
         print(f"{r['agent']:<11}{r['items']:>7}{r['chat_calls']:>7}{r['image_calls']:>7}{r['tokens']:>9}"
@@ -264,7 +267,7 @@ def main() -> None:
     for name in ("selected", "random"):
         d = q[name]
         print(f"{name:>9}: GAP {d['gap']:.3f} MAD {d['mad']:.3f} MEAN {d['mean']:.3f} DIV {d['div']:.3f}")
-    res = {"latency_ms": args.latency_ms, "per_scenario": k, "embedder": emb_name, "embedder_load_s": load_s,
+    res = {"latency_ms": args.latency_ms, "per_scenario": k, "event_loop": event_loop_name(), "embedder": emb_name, "embedder_load_s": load_s,
            "agents": rows, "stages_wall_s": tw,
            "stages_bound_s": tb, "select_floor_s": floor_s, "select_floor_cpu_s": floor_cpu, "image_floor_s": img_floor_s,
            "image_floor_cpu_s": img_floor_cpu, "write_s": write_s, "total_s": total, "n_samples": manifest.counts.n_samples,

@@ -32,6 +32,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from mmsafe.runtime import event_loop_name, run_async  # noqa: E402  (the CLI's loop: uvloop when installed)
 FAKELLM = REPO.parent / "shared" / "bench" / "fakellm.py"
 OUT = REPO / "bench" / "out" / "judges"
 
@@ -142,7 +144,7 @@ def main() -> None:
             j = make_judge(spec, models_file=models)
             before = requests_served(port)
             t0, c0 = time.perf_counter(), time.process_time()
-            res = asyncio.run(rejudge(run, j, max_connections=args.cap, use_cache=False))
+            res = run_async(rejudge(run, j, max_connections=args.cap, use_cache=False))
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             calls = requests_served(port) - before
             if depth is None:  # jury with early exit: 1 round when stage 1 is unanimous, else 2
@@ -154,11 +156,12 @@ def main() -> None:
                          "ratio": round(wall / bound, 2) if bound else None,
                          "unscored": res.summary.get("judges", {}).get(res.judge_id, {}).get("n_unscored")})
         jury = next(r for r in rows if r["judge"] == "jury:fake")
-        floor = asyncio.run(raw_floor(url, jury["calls"], args.cap, "Is this reply safe or unsafe? " * 20))
+        floor = run_async(raw_floor(url, jury["calls"], args.cap, "Is this reply safe or unsafe? " * 20))
     finally:
         proc.kill()
         proc.wait()
-    print(f"judges: {args.n} stored replies, judge endpoint cap {args.cap}, latency {args.latency_ms:g} ms")
+    print(f"judges: {args.n} stored replies, judge endpoint cap {args.cap}, latency {args.latency_ms:g} ms, "
+          f"event loop {event_loop_name()} (the floor too)")
     print(f"{'judge':<28}{'judged':>8}{'calls':>8}{'wall s':>9}{'cpu s':>8}{'per s':>9}{'bound s':>9}{'ratio':>7}")
     for r in rows:
         print(f"{r['judge']:<28}{r['judged']:>8}{r['calls']:>8}{r['wall_s']:>9.2f}{r['cpu_s']:>8.2f}{r['per_s']:>9.1f}"

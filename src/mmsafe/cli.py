@@ -447,7 +447,8 @@ def serve_guard(
     err.print(f"mmsafe guard proxy on http://{host}:{port}/v1 -> {upstream} (moderator {moderator}, mode {mode}, "
               f"auth {'on' if proxy.token else 'off (loopback only)'})")
     try:
-        web.run_app(proxy.app(), host=host, port=port, access_log=None, print=None)
+        from mmsafe.runtime import new_event_loop
+        web.run_app(proxy.app(), host=host, port=port, access_log=None, print=None, loop=new_event_loop())
     except OSError as e:
         fail(f"cannot serve on {host}:{port}: {e.strerror or e}")
 

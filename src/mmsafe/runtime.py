@@ -53,7 +53,14 @@ def event_loop_name() -> str:
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(coro)`` on uvloop when available (see the module doc)."""
     if event_loop_name() == "uvloop":
-        import uvloop
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
             return runner.run(coro)
     return asyncio.run(coro)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A fresh loop of the kind ``run_async`` uses (for servers started with their own runner)."""
+    if event_loop_name() == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
