@@ -121,6 +121,34 @@ def test_cache_key_uses_image_hash_and_epoch(llm, tmp_path):
     assert cache_key(ident, {}, m1, tmp_path, None, 0) == cache_key(ident, {}, m1, tmp_path, None, 0)
 
 
+def test_cached_reply_for_an_image_edited_in_place_is_refused_like_a_send(llm, tmp_path):
+    """The cache key uses the benchmark's sha256; a file changed since then must not get the
+    old image's cached reply (a send would refuse it): AssetError naming the file either way."""
+    import hashlib
+
+    from mmsafe.types import AssetError
+    data = b"\x89PNG\r\n\x1a\n" + b"cached" * 30
+    (tmp_path / "img.png").write_bytes(data)
+    msgs = [Message(role="user", content=[ImagePart(path="img.png", sha256=hashlib.sha256(data).hexdigest()),
+                                          TextPart(text="what is shown?")])]
+    cache = ResponseCache(tmp_path / "c.sqlite")
+
+    async def send():
+        c = client_for(llm, "comply", cache=cache)
+        await c.start()
+        try:
+            return await c.chat(msgs, root=tmp_path)
+        finally:
+            await c.close()
+    assert asyncio.run(send()).ok
+    again = asyncio.run(send())
+    assert again.cached and llm.count("comply") == 1  # unchanged file: served from the cache
+    (tmp_path / "img.png").write_bytes(data + b"edited")
+    with pytest.raises(AssetError, match="img.png: sha256 does not match"):
+        asyncio.run(send())
+    assert llm.count("comply") == 1
+
+
 def test_cache_expiry(tmp_path):
     from mmsafe.models import ChatResult
     cache = ResponseCache(tmp_path / "c.sqlite", ttl_s=-1)

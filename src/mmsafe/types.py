@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 import time
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
@@ -299,6 +300,33 @@ def read_asset(part: ImagePart | AudioPart, root: Path, *, verify: bool = False,
     if verify and part.sha256 and hashlib.sha256(data).hexdigest() != part.sha256:
         raise AssetError(f"{part.path}: sha256 does not match the benchmark")
     return data
+
+
+_VERIFIED: dict[tuple[str, str, str, int, int], None] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def verify_asset(part: ImagePart | AudioPart, root: Path) -> None:
+    """Check a file-backed asset against its sha256, as a send would (AssetError naming the
+    file otherwise), without re-reading a file already checked in this process and unchanged
+    since (same size and mtime). For replies served from the response cache: a file edited
+    after the benchmark was written fails the same way whether or not its reply is cached."""
+    if part.path is None or not part.sha256:
+        return
+    p = asset_file(part, root)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise AssetError(f"{part.path}: file not found") from None
+    key = (str(root), part.path, part.sha256, st.st_size, st.st_mtime_ns)
+    with _VERIFIED_LOCK:
+        if key in _VERIFIED:
+            return
+    read_asset(part, root, verify=True)
+    with _VERIFIED_LOCK:
+        if len(_VERIFIED) >= 65536:
+            _VERIFIED.clear()
+        _VERIFIED[key] = None
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from mmsafe.models.base import ChatResult, EndpointConfig, Provider, ProviderError
-from mmsafe.types import AssetError, Message, TextPart, read_asset, sha256_bytes
+from mmsafe.types import AssetError, Message, TextPart, read_asset, sha256_bytes, verify_asset
 
 
 class BudgetExceeded(Exception):
@@ -250,6 +250,12 @@ class ModelClient:
             key = cache_key(self._identity, p, messages, root, system, self.epoch)
             hit = self.cache.get(key)
             if hit is not None:
+                if root is not None:  # the files must still be what the key says (a send would check)
+                    for m in messages:
+                        if not isinstance(m.content, str):
+                            for part in m.content:
+                                if not isinstance(part, TextPart):
+                                    verify_asset(part, root)
                 led.cached += 1
                 return hit
         # encoded once a connection slot is free, not when queued: a stage that queues thousands
