@@ -112,6 +112,26 @@ def test_minilm_when_installed():
     assert seen == [["a brand-new sentence about gardening"]] and np.allclose(z[0], x[2], atol=1e-5)
 
 
+def test_torch_leaves_a_core_for_the_event_loop_unless_the_user_chose(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from mmsafe import embeddings as E
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("MMSAFE_TORCH_THREADS", raising=False)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(E.os, "cpu_count", lambda: 4)
+        E._leave_a_core_for_the_loop()
+        assert torch.get_num_threads() == 3
+        monkeypatch.setattr(E.os, "cpu_count", lambda: 1)
+        E._leave_a_core_for_the_loop()
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("MMSAFE_TORCH_THREADS", "2")
+        E._leave_a_core_for_the_loop()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_embedder_load_is_shared_between_threads(monkeypatch):
     """Worker threads asking at once get one embedder, built once."""
     import threading
