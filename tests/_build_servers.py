@@ -274,6 +274,11 @@ if __name__ == "__main__":  # standalone: python tests/_build_servers.py LATENCY
     import sys
     srv = BuildLLM(latency_ms=float(sys.argv[1]) if len(sys.argv) > 1 else 0.0)
     srv.keep_bodies = False
+    try:  # the bench's server: a real endpoint runs elsewhere; here it shares 2 cores with the client
+        import uvloop
+        srv.loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
     srv.start()
     print(srv.url, flush=True)
     threading.Event().wait()
