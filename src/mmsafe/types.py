@@ -316,8 +316,9 @@ def verify_asset(part: ImagePart | AudioPart, root: Path) -> None:
     p = asset_file(part, root)
     try:
         st = os.stat(p)
-    except FileNotFoundError:
-        raise AssetError(f"{part.path}: file not found") from None
+    except OSError:  # missing, unreadable ...: the same AssetError a send gives
+        read_asset(part, root, verify=True)
+        raise AssetError(f"{part.path}: file not readable") from None
     key = (str(root), part.path, part.sha256, st.st_size, st.st_mtime_ns)
     with _VERIFIED_LOCK:
         if key in _VERIFIED:
