@@ -137,3 +137,28 @@ def test_failed_export_leaves_no_file(runs, tmp_path):
     with pytest.raises(InputError):
         export_run(runs["a"], "jsonl", out, judge_id="nope")
     assert not out.exists() and not list(tmp_path.glob(".x.jsonl*"))
+
+
+def test_export_of_a_run_still_writing_is_a_snapshot(runs, tmp_path, monkeypatch):
+    """Rows are ordered by benchmark position, so a response saved mid-export may sort before
+    the cursor: the export reads one snapshot (what the store held when it began), not a mix."""
+    import shutil
+
+    from mmsafe.report import export as ex
+    from mmsafe.report import load_run
+    from mmsafe.store.sqlite import open_store
+    from mmsafe.types import Message, Response, Sample
+    run_dir = tmp_path / "live"
+    shutil.copytree(runs["a"], run_dir)
+    before = [r[0] for r in store_rows(run_dir)]
+    monkeypatch.setattr(ex, "BATCH", 2)
+    it = ex.iter_export_rows(load_run(run_dir))
+    got = [next(it)["sample_id"] for _ in range(3)]
+    writer = open_store(run_dir)  # a resumed run adds two samples: one sorts first, one last
+    for sid, order in (("late-first", -5), ("late-last", 10 ** 6)):
+        writer.save_response(Sample(id=sid, question="q", messages=[Message(role="user", content="hi")]),
+                             Response(sample_id=sid, text="ok"), [], order=order)
+    writer.close()
+    got += [r["sample_id"] for r in it]
+    assert got == before
+    assert [r[0] for r in store_rows(run_dir)][0] == "late-first"  # the store did change meanwhile

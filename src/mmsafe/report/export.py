@@ -47,6 +47,9 @@ def iter_export_rows(run: RunInfo, judge_id: str | None = None) -> Iterator[dict
                          f"(known: {', '.join(j['judge_id'] for j in run.judges) or 'none'})")
     store = open_store(run.run_dir, readonly=True)
     try:
+        # one read transaction: the export is a snapshot, even of a run still writing (rows are
+        # ordered by benchmark position, so a row saved mid-export could land behind the cursor)
+        store.db.execute("BEGIN")
         last = -1
         while True:
             rows = store.db.execute(_ROWS_SQL, (jid, last, BATCH)).fetchall()  # keyset pagination on seq
