@@ -573,8 +573,9 @@ def evaluate(public, authored, target_fpr, folds):
     return rows
 
 
-def print_table(rows):
-    cols = [("fold", "fold"), ("train", "trained on"), ("threshold", "thr"),
+def print_table(rows, cols=None):
+    """A markdown table of per-fold figures (``cols``: (key, header) pairs; default the doc's)."""
+    cols = cols or [("fold", "fold"), ("train", "trained on"), ("threshold", "thr"),
             ("sst_recall", "SST rec"), ("ail_recall", "AIL rec"), ("xstest_recall", "XS-unsafe rec"),
             ("oai_recall", "OAI rec"), ("xstest_fpr", "XS-safe FPR"), ("oai_fpr", "OAI-benign FPR"),
             ("heldout_harmful_recall", "held-out authored harmful rec"),

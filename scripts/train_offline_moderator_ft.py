@@ -429,27 +429,14 @@ class FoldModel:
 def evaluate(public, authored, args, tok, bert, target_fpr=0.08):
     rows = []
     for name in args.folds:
-        train_sets, test_sets, part = base.FOLDS[name]
+        train_sets, test_names, part = base.FOLDS[name]
         a_tr, a_te = base.split_authored(authored, part)
         train = [it for s in train_sets for it in public[s]] + a_tr
         print(f"=== fold {name}: train {'+'.join(train_sets)}+authored ({len(train)} items)", flush=True)
         t0 = time.time()
         m = FoldModel().fit(train, target_fpr, args, tok, bert, args.states_cache)
-        sets = {}
-        for s in test_sets:
-            items = public[s]
-            y = np.array([it["label"] for it in items])
-            sets[f"{s}_recall"] = [it for it, l in zip(items, y) if l == 1]
-            if (y == 0).any():
-                sets[f"{s}_fpr"] = [it for it, l in zip(items, y) if l == 0]
-        dh = [it for it in a_te if it["source"] == "dialogue" and it["label"] == 1]
-        sets["heldout_harmful_recall"] = [it for it in a_te if it["source"] == "harmful"]
-        sets["heldout_benign_fpr"] = [it for it in a_te if it["source"] == "benign"]
-        sets["heldout_dialogue_recall"] = dh
-        sets["heldout_subtle_recall"] = [it for it in dh if it["kind"] == "subtle"]
-        sets["heldout_dialogue_fpr"] = [it for it in a_te if it["source"] == "dialogue" and it["label"] == 0
-                                        and it["kind"] != "mix"]
-        sets["heldout_mix_fpr"] = [it for it in a_te if it["kind"] == "mix"]
+        sets = eval_sets(public, a_te, test_names)
+        dh = sets.get("heldout_dialogue_recall", [])
         sets["heldout_dialogue_recall_last_turn_only"] = [
             dict(it, kind="single", text=it["turns"][-1], turns=[it["turns"][-1]]) for it in dh]
         scores = {k: m.score_items(v) for k, v in sets.items() if v}
@@ -491,17 +478,7 @@ def print_table(rows):
             ("heldout_dialogue_recall_last_turn_only", "MT rec (last turn only)"),
             ("heldout_subtle_recall", "subtle MT rec"), ("heldout_dialogue_fpr", "benign MT FPR"),
             ("heldout_mix_fpr", "benign mixed-MT FPR")]
-
-    def fmt(v):
-        if isinstance(v, float):
-            return "-" if math.isnan(v) else f"{v:.3f}"
-        return "-" if v is None else str(v)
-    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(fmt(r.get(k)) for k, _ in cols) + " |")
-    t = "\n".join(lines)
-    print(t)
-    return t
+    return base.print_table(rows, cols)
 
 
 FT_NAMES = {"q": "q", "k": "k", "v": "v", "o": "o", "i": "i", "f": "f"}
@@ -600,7 +577,7 @@ def export(m: FoldModel, args, out_dir: Path, rows, public, authored, tok, bert,
     print(f"weights {sz / 1e6:.2f} MB in {out_dir}")
 
 
-def test_sets(public, a_te, test_names):
+def eval_sets(public, a_te, test_names):
     sets = {}
     for s in test_names:
         items = public[s]
@@ -626,7 +603,7 @@ def baseline_scores(public, authored, folds, prefix, emb_cache):
         train_sets, test_names, part = base.FOLDS[name]
         a_tr, a_te = base.split_authored(authored, part)
         train = [it for s in train_sets for it in public[s]] + a_tr
-        sets = test_sets(public, a_te, test_names)
+        sets = eval_sets(public, a_te, test_names)
         out = {}
         for backend in ("minilm", "tfidf"):
             base.EMB = base.TurnEmbeddings(emb_cache) if backend == "minilm" else None
