@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import io
 import os
 import re
@@ -221,8 +222,12 @@ class AgentContext:
 
     async def gather(self, coros: Iterable[Awaitable[Any]]) -> list[Any]:
         async def one(c: Awaitable[Any]) -> Any:
-            async with self.sem:
-                return await c
+            try:
+                async with self.sem:
+                    return await c
+            finally:  # cancelled while queued (e.g. a budget stop): close it, no "never awaited" warning
+                if inspect.iscoroutine(c) and inspect.getcoroutinestate(c) == inspect.CORO_CREATED:
+                    c.close()
         return list(await asyncio.gather(*(one(c) for c in coros)))
 
 
