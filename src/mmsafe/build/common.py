@@ -221,14 +221,23 @@ class AgentContext:
         return tot
 
     async def gather(self, coros: Iterable[Awaitable[Any]]) -> list[Any]:
+        coros = list(coros)
+
         async def one(c: Awaitable[Any]) -> Any:
-            try:
-                async with self.sem:
-                    return await c
-            finally:  # cancelled while queued (e.g. a budget stop): close it, no "never awaited" warning
+            async with self.sem:
+                return await c
+        tasks = [asyncio.ensure_future(one(c)) for c in coros]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:  # a failure or a stop (budget): the stage's queued calls stop too
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:  # calls cancelled before they started: closed, no "never awaited" warning
+            for c in coros:
                 if inspect.iscoroutine(c) and inspect.getcoroutinestate(c) == inspect.CORO_CREATED:
                     c.close()
-        return list(await asyncio.gather(*(one(c) for c in coros)))
 
 
 # --------------------------------------------------------------------------- parsing
