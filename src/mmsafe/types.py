@@ -254,6 +254,10 @@ class InputError(ValueError):
     """Bad user input (file, line, field or option named in the message). The CLI exits 2."""
 
 
+class ConfigError(InputError):
+    """A model spec, models file, plugin or credential problem (CLI exit code 2)."""
+
+
 class AssetError(InputError):
     """An image or audio reference that cannot be used (missing, escaping, oversized, corrupt)."""
 

@@ -85,6 +85,19 @@ class ModeratorDefense(Defense):
         self.identity = {"kind": "moderator", "mode": mode, "on_error": on_error, "moderator": moderator.identity,
                          "policies": self.policies.source}
 
+    @classmethod
+    def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str, models_file: Path | None = None,
+                  policies: Path | None = None) -> "ModeratorDefense":
+        """``moderator:BACKEND[?mode=inject|block|flag&on_error=allow|block]``."""
+        if not arg:
+            raise ConfigError(f"defense {spec!r}: moderator needs a backend: offline, llm:MODEL or guard:MODEL")
+        if options.get("mode", "inject") not in ("inject", "block", "flag"):
+            raise ConfigError(f"defense {spec!r}: mode {options['mode']!r}: choose inject, block or flag")
+        _check_options(spec, options, {"mode", "on_error"})
+        return cls(make_moderator(arg, models_file), mode=options.get("mode", "inject"),
+                   on_error=options.get("on_error", "allow"),
+                   policies=PolicyLibrary.load(policies) if policies else None)
+
     def bind(self, *, ledger=None, cache=None) -> None:
         self.moderator.bind(ledger=ledger, cache=cache)
 
@@ -117,6 +130,15 @@ class InputGuardDefense(ModeratorDefense):
         super().__init__(GuardModerator(model, models_file), mode="block", on_error=on_error)
         self.identity = {"kind": "input-guard", "on_error": on_error, "guard": self.moderator.identity}
 
+    @classmethod
+    def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str,
+                  models_file: Path | None = None) -> "InputGuardDefense":
+        """``input-guard:MODEL[?on_error=allow|block]``."""
+        if not arg:
+            raise ConfigError(f"defense {spec!r}: input-guard needs a guard model, e.g. input-guard:openai/llama-guard-3")
+        _check_options(spec, options, {"on_error"})
+        return cls(arg, models_file, on_error=options.get("on_error", "allow"))
+
 
 class OutputGuardDefense(Defense):
     name = "output-guard"
@@ -126,6 +148,16 @@ class OutputGuardDefense(Defense):
         from mmsafe.judges import make_judge
         self.judge = make_judge(f"guard:{model}", models_file=models_file)
         self.identity = {"kind": "output-guard", "guard": self.judge.identity.model_dump()}
+
+    @classmethod
+    def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str,
+                  models_file: Path | None = None) -> "OutputGuardDefense":
+        """``output-guard:MODEL``."""
+        if not arg:
+            raise ConfigError(f"defense {spec!r}: output-guard needs a guard model, "
+                              "e.g. output-guard:openai/llama-guard-3")
+        _check_options(spec, options, set())
+        return cls(arg, models_file)
 
     def bind(self, *, ledger=None, cache=None) -> None:
         if hasattr(self.judge, "bind"):
@@ -184,37 +216,28 @@ class SystemPromptDefense(Defense):
                 "moderation": None}
 
 
+def _check_options(spec: str, options: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(options) - allowed
+    if unknown:
+        raise ConfigError(f"defense {spec!r}: unknown option(s) {', '.join(sorted(unknown))}")
+
+
 def make_defense(spec: str, models_file: Path | None = None, policies: Path | None = None) -> Defense:
+    """``NAME[:ARG][?k=v&…]`` -> a Defense; NAME is a registered defense (built-in or plugin) or module.path:Name."""
+    from mmsafe.registry import construct, registry, split_named
     head, _, query = spec.rpartition("?") if "?" in spec else (spec, "", "")
     opts = dict(parse_qsl(query)) if query else {}
-    kind, _, arg = head.partition(":")
-    if kind == "moderator":
-        if not arg:
-            raise ConfigError(f"defense {spec!r}: moderator needs a backend: offline, llm:MODEL or guard:MODEL")
-        if opts.get("mode", "inject") not in ("inject", "block", "flag"):
-            raise ConfigError(f"defense {spec!r}: mode {opts['mode']!r}: choose inject, block or flag")
-        unknown = set(opts) - {"mode", "on_error"}
-        if unknown:
-            raise ConfigError(f"defense {spec!r}: unknown option(s) {', '.join(sorted(unknown))}")
-        return ModeratorDefense(make_moderator(arg, models_file), mode=opts.get("mode", "inject"),
-                                on_error=opts.get("on_error", "allow"),
-                                policies=PolicyLibrary.load(policies) if policies else None)
-    allowed = {"moderator": {"mode", "on_error"}, "input-guard": {"on_error"}, "system-prompt": {"text"}}.get(kind, set())
-    unknown = set(opts) - allowed
-    if unknown and kind != "moderator":
-        raise ConfigError(f"defense {spec!r}: unknown option(s) {', '.join(sorted(unknown))}")
-    if kind in ("input-guard", "output-guard"):
-        if not arg:
-            raise ConfigError(f"defense {spec!r}: {kind} needs a guard model, e.g. {kind}:openai/llama-guard-3")
-        if kind == "input-guard":
-            return InputGuardDefense(arg, models_file, on_error=opts.get("on_error", "allow"))
-        return OutputGuardDefense(arg, models_file)
-    if kind == "keyword-filter":
-        return KeywordFilterDefense()
-    if kind == "system-prompt":
-        return SystemPromptDefense(opts.get("text"))
-    raise ConfigError(f"defense {spec!r}: choose moderator:BACKEND, input-guard:MODEL, output-guard:MODEL, "
-                      "keyword-filter or system-prompt")
+    reg = registry("defenses")
+    name, arg = split_named(head, reg)
+    if name.startswith("moderator.") or (name not in reg and ":" not in name):
+        names = [n for n in reg.names() if not n.startswith("moderator.")]
+        raise ConfigError(f"defense {spec!r}: choose moderator:BACKEND, input-guard:MODEL, output-guard:MODEL, "
+                          f"keyword-filter or system-prompt (registered: {', '.join(names)}; or module.path:Name)")
+    d = construct(reg.resolve(name), what="defense", spec=spec, arg=arg, options=opts,
+                  context={"models_file": models_file, "policies": policies})
+    if not isinstance(d, Defense):
+        raise ConfigError(f"defense {spec!r}: {name} made a {type(d).__name__}, not a mmsafe Defense")
+    return d
 
 
 class DefendedClient:

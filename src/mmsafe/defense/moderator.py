@@ -183,6 +183,24 @@ class OfflineModerator(Moderator):
 
     kind = "offline"
 
+    @classmethod
+    def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str = "offline") -> "OfflineModerator":
+        """``offline[:tfidf|minilm|auto][:THRESHOLD]``."""
+        threshold = None
+        backend = None
+        for part in [p for p in arg.split(":") if p] if arg else []:
+            if part in ("tfidf", "minilm", "auto") and backend is None:
+                backend = part
+                continue
+            try:
+                threshold = float(part)
+            except ValueError:
+                threshold = -1.0
+            if not 0.0 < threshold < 1.0:
+                raise ConfigError(f"moderator spec {spec!r}: expected offline[:tfidf|minilm|auto][:THRESHOLD] "
+                                  "with a threshold between 0 and 1")
+        return cls(threshold=threshold, backend=backend)
+
     def __init__(self, threshold: float | None = None, backend: str | None = None):
         import os
 
@@ -376,28 +394,30 @@ class GuardModerator(_ClientModerator):
 
 
 def make_moderator(spec: str, models_file: Path | None = None) -> Moderator:
-    """``offline[:BACKEND][:THRESHOLD]`` (BACKEND tfidf | minilm | auto) | ``llm:MODEL`` | ``guard:MODEL``."""
+    """``offline[:BACKEND][:THRESHOLD]`` (BACKEND tfidf | minilm | auto) | ``llm:MODEL`` | ``guard:MODEL``
+    | a plugin registered as ``moderator.NAME`` in the "defenses" group | ``module.path:Name[:ARG]``."""
+    from mmsafe.registry import construct, is_reference, registry
     kind, _, arg = spec.partition(":")
+    reg = registry("defenses")
     if kind == "offline":
-        threshold = None
-        backend = None
-        for part in [p for p in arg.split(":") if p] if arg else []:
-            if part in ("tfidf", "minilm", "auto") and backend is None:
-                backend = part
-                continue
-            try:
-                threshold = float(part)
-            except ValueError:
-                threshold = -1.0
-            if not 0.0 < threshold < 1.0:
-                raise ConfigError(f"moderator spec {spec!r}: expected offline[:tfidf|minilm|auto][:THRESHOLD] "
-                                  "with a threshold between 0 and 1")
-        return OfflineModerator(threshold=threshold, backend=backend)
+        return OfflineModerator.from_spec(arg, {}, spec=spec)
     if kind in ("llm", "guard"):
         if not arg:
             raise ConfigError(f"moderator spec {spec!r}: {kind} needs a model, e.g. {kind}:openai/gpt-4o-mini")
         return LLMModerator(arg, models_file) if kind == "llm" else GuardModerator(arg, models_file)
-    raise ConfigError(f"moderator spec {spec!r}: choose offline, llm:MODEL or guard:MODEL")
+    name = f"moderator.{kind}"
+    if name not in reg:
+        head, _, rest = spec.partition(":")
+        cls_name, _, arg = rest.partition(":")
+        name = f"{head}:{cls_name}"
+        if not is_reference(name):
+            raise ConfigError(f"moderator spec {spec!r}: choose offline, llm:MODEL or guard:MODEL "
+                              "(or a plugin moderator, or module.path:Name)")
+    m = construct(reg.resolve(name), what="moderator spec", spec=spec, arg=arg, options={},
+                  context={"models_file": models_file})
+    if not isinstance(m, Moderator):
+        raise ConfigError(f"moderator spec {spec!r}: {name} made a {type(m).__name__}, not a mmsafe Moderator")
+    return m
 
 
 async def moderate_all(moderator: Moderator, convs, root: Path | None, concurrency: int = 16):

@@ -22,47 +22,37 @@ from mmsafe.judges.base import Judge
 from mmsafe.judges.keyword import KeywordJudge
 from mmsafe.models.base import ConfigError
 
-JUDGE_KINDS = ("keyword", "rubric", "jury", "guard", "offline")
+JUDGE_KINDS = ("keyword", "rubric", "jury", "guard", "offline")  # the built-ins; plugins add more
 
 
-def make_judge(spec: str, *, models_file: Path | None = None, context=None,
+def make_judge(spec: str, *, models_file: Path | None = None, context: Any = None,
                options: dict[str, Any] | None = None) -> Judge:
-    """Build a judge from a command-line spec; ``options`` add to (and override) the spec's ``?k=v``."""
-    from mmsafe.judges.llm import Options, resolve_judge_endpoint, split_spec
+    """Build a judge from a command-line spec; ``options`` add to (and override) the spec's ``?k=v``.
+
+    ``NAME`` is a judge registered in :func:`mmsafe.registry.registry` ("judges": the
+    built-ins and plugins by entry point) or ``module.path:Name``.
+    """
+    from mmsafe.judges.llm import split_spec
+    from mmsafe.registry import PluginError, construct, registry, split_named
 
     spec = (spec or "").strip()
-    kind, arg, opts = split_spec(spec)
+    _, _, opts = split_spec(spec)
     opts.update({k: v for k, v in (options or {}).items() if v is not None})
-    o = Options(spec, opts)
-    if kind == "keyword":
-        if arg:
-            raise ConfigError(f"judge spec {spec!r}: 'keyword' takes no model")
-        window = o.int("window", 300, lo=1)
-        o.check_all_used()
-        return KeywordJudge(window=window) if window != 300 else KeywordJudge()
-    if kind == "rubric":
-        from mmsafe.judges.rubric import RubricJudge
-        if "," in arg:
-            raise ConfigError(f"judge spec {spec!r}: 'rubric' takes one model (use jury:M1,M2 for several)")
-        return RubricJudge.from_options(resolve_judge_endpoint(arg, spec, models_file), o)
-    if kind == "jury":
-        from mmsafe.judges.jury import JuryJudge
-        models = [m.strip() for m in arg.split(",")] if arg else []
-        if not models or any(not m for m in models):
-            raise ConfigError(f"judge spec {spec!r}: 'jury' needs one or more models, e.g. jury:openai/gpt-4o,M2")
-        return JuryJudge.from_options([resolve_judge_endpoint(m, spec, models_file) for m in models], o)
-    if kind == "guard":
-        from mmsafe.judges.guard import GuardJudge
-        return GuardJudge.from_options(resolve_judge_endpoint(arg, spec, models_file), o)
-    if kind == "offline":
-        from mmsafe.judges.offline import OfflineJudge
-        if arg:
-            raise ConfigError(f"judge spec {spec!r}: 'offline' takes no model (use offline?weights=DIR)")
-        weights = o.str("weights")
-        threshold = o.float("threshold", None, lo=0.0, hi=1.0)
-        o.check_all_used()
-        return OfflineJudge(weights=weights, threshold=threshold, spec=spec)
-    raise ConfigError(f"judge spec {spec!r}: unknown judge kind {kind!r}; choose one of {', '.join(JUDGE_KINDS)}")
+    reg = registry("judges")
+    name, arg = split_named(spec.partition("?")[0], reg)
+    if name not in reg and ":" not in name:
+        raise ConfigError(f"judge spec {spec!r}: unknown judge kind {name!r}; choose one of "
+                          f"{', '.join(reg.names())} (or module.path:Name)")
+    obj = reg.resolve(name)
+    judge = construct(obj, what="judge spec", spec=spec, arg=arg, options=opts,
+                      context={"models_file": models_file})
+    if not isinstance(judge, Judge):
+        raise PluginError(f"judge spec {spec!r}: {name} made a {type(judge).__name__}, not a mmsafe Judge")
+    if getattr(judge, "identity", None) is None:  # a plugin that did not name itself
+        from mmsafe.types import JudgeIdentity
+        judge.identity = JudgeIdentity(kind=name, models=[arg] if arg else [],
+                                       settings={k: str(v) for k, v in sorted(opts.items())})
+    return judge
 
 
 __all__ = ["JUDGE_KINDS", "Judge", "KeywordJudge", "make_judge"]

@@ -17,6 +17,7 @@ class Judge(ABC):
     """A judge has an identity (kind, models, prompt hash, settings) and judges one reply."""
 
     identity: JudgeIdentity
+    """Set by the judge; a plugin that leaves it unset gets one from its registered name and options."""
 
     @property
     def judge_id(self) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from mmsafe.judges.llm import LLMJudge, Options, fill, load_template, text_hash, usage_of
 from mmsafe.judges.parse import looks_like_refusal
-from mmsafe.models.base import EndpointConfig
+from mmsafe.models.base import ConfigError, EndpointConfig
 from mmsafe.types import JudgeIdentity, Message, Response, Sample, TextPart, Verdict
 
 LLAMA_GUARD3_CATEGORIES: dict[str, str] = {
@@ -76,6 +76,13 @@ class GuardJudge(LLMJudge):
             prompt_hash=text_hash(self.template, cat_text) if fmt == "prompt" else text_hash("messages"),
             settings={**self.base_settings(), "format": fmt, "categories": len(self.categories)},
             label="Llama Guard-style guard model")
+
+    @classmethod
+    def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str,
+                  models_file: Path | None = None) -> "GuardJudge":
+        """``guard:MODEL[?format=prompt|messages&categories=14&template=F]``."""
+        from mmsafe.judges.llm import resolve_judge_endpoint
+        return cls.from_options(resolve_judge_endpoint(arg, spec, models_file), Options(spec, options))
 
     @classmethod
     def from_options(cls, endpoint: EndpointConfig, opts: Options) -> "GuardJudge":

@@ -27,7 +27,7 @@ from typing import Any
 from mmsafe.judges.llm import (LLMJudge, Options, RUBRIC_NAMES, fill, gather_all, judge_message, load_rubrics,
                                load_template, render_dialogue, rubric_for, text_hash, usage_of)
 from mmsafe.judges.parse import ParsedJudgment, parse_judgment
-from mmsafe.models.base import ChatResult, EndpointConfig
+from mmsafe.models.base import ChatResult, ConfigError, EndpointConfig
 from mmsafe.types import JudgeIdentity, Response, Sample, Verdict
 
 PERSONAS: tuple[tuple[str, str], ...] = (
@@ -78,6 +78,16 @@ class JuryJudge(LLMJudge):
         self.identity = JudgeIdentity(kind="jury", models=[e.name for e in endpoints], prompt_hash=prompt_hash,
                                       settings=settings,
                                       label=f"jury deliberation: {n} jurors, {rounds} round(s), {rule}")
+
+    @classmethod
+    def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str,
+                  models_file: Path | None = None) -> "JuryJudge":
+        """``jury:MODEL[,MODEL…][?n=5&rounds=1&rule=…]``."""
+        from mmsafe.judges.llm import resolve_judge_endpoint
+        models = [m.strip() for m in arg.split(",")] if arg else []
+        if not models or any(not m for m in models):
+            raise ConfigError(f"judge spec {spec!r}: 'jury' needs one or more models, e.g. jury:openai/gpt-4o,M2")
+        return cls.from_options([resolve_judge_endpoint(m, spec, models_file) for m in models], Options(spec, options))
 
     @classmethod
     def from_options(cls, endpoints: list[EndpointConfig], opts: Options) -> "JuryJudge":

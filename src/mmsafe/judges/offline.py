@@ -39,6 +39,20 @@ def _weights_hash(path: str | Path | None) -> str:
 
 
 class OfflineJudge(Judge):
+    """The CPU-only classifier with shipped weights (no API calls)."""
+
+    @classmethod
+    def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str = "offline") -> "OfflineJudge":
+        """``offline[?weights=DIR&threshold=P]``."""
+        from mmsafe.judges.llm import Options
+        if arg:
+            raise ConfigError(f"judge spec {spec!r}: 'offline' takes no model (use offline?weights=DIR)")
+        o = Options(spec, options)
+        weights = o.str("weights")
+        threshold = o.float("threshold", None, lo=0.0, hi=1.0)
+        o.check_all_used()
+        return cls(weights=weights, threshold=threshold, spec=spec)
+
     def __init__(self, weights: str | Path | None = None, threshold: float | None = None, spec: str = "offline"):
         try:
             from mmsafe.judges.offline_model import OfflineJudgeModel

@@ -20,7 +20,7 @@ from typing import Any
 from mmsafe.judges.llm import (LLMJudge, Options, RUBRIC_NAMES, fill, judge_message, load_rubrics,
                                load_template, render_dialogue, rubric_for, text_hash, usage_of)
 from mmsafe.judges.parse import parse_judgment
-from mmsafe.models.base import EndpointConfig
+from mmsafe.models.base import ConfigError, EndpointConfig
 from mmsafe.types import JudgeIdentity, Response, Sample, Verdict
 
 PROMPT_TEMPLATE = "judge_prompt.txt"
@@ -44,6 +44,15 @@ class RubricJudge(LLMJudge):
             settings["rubric"] = fixed
         self.identity = JudgeIdentity(kind="rubric", models=[endpoint.name], prompt_hash=prompt_hash,
                                       settings=settings, label="LLM judge with scenario rubrics")
+
+    @classmethod
+    def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str,
+                  models_file: Path | None = None) -> "RubricJudge":
+        """``rubric:MODEL[?template=F&rubrics=DIR&rubric=NAME&images=1&…]``."""
+        from mmsafe.judges.llm import resolve_judge_endpoint
+        if "," in arg:
+            raise ConfigError(f"judge spec {spec!r}: 'rubric' takes one model (use jury:M1,M2 for several)")
+        return cls.from_options(resolve_judge_endpoint(arg, spec, models_file), Options(spec, options))
 
     @classmethod
     def from_options(cls, endpoint: EndpointConfig, opts: Options) -> "RubricJudge":

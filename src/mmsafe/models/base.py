@@ -16,14 +16,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mmsafe.types import InputError, Message
+from mmsafe.types import ConfigError, InputError, Message
 
 ROLES = ("target", "judge", "attacker", "generator", "moderator")
 Role = Literal["target", "judge", "attacker", "generator", "moderator"]
-
-
-class ConfigError(InputError):
-    """A model spec, models file or credential problem (CLI exit code 2)."""
 
 
 class Capabilities(BaseModel):

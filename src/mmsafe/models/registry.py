@@ -29,22 +29,28 @@ from pydantic import ValidationError
 
 from mmsafe.models.base import ROLES, Capabilities, ConfigError, EndpointConfig, Provider
 
-PROVIDERS = {
-    "openai": "mmsafe.models.openai_compat:OpenAIProvider",
-    "mock": "mmsafe.models.mock:MockProvider",
-    "anthropic": "mmsafe.models.anthropic_provider:AnthropicProvider",
-    "google": "mmsafe.models.google_provider:GoogleProvider",
-    "hf": "mmsafe.models.hf_provider:HFProvider",
-}
+def _providers() -> Any:
+    from mmsafe.registry import registry
+    return registry("providers")
 
-# what each provider can take unless the models file says otherwise
-DEFAULT_CAPS = {
-    "openai": Capabilities(image=True, audio=False),
-    "mock": Capabilities(image=True, audio=True),
-    "anthropic": Capabilities(image=True, audio=False),
-    "google": Capabilities(image=True, audio=True),
-    "hf": Capabilities(image=True, audio=False, editable_history=True),
-}
+
+def known_provider(name: str) -> bool:
+    """True for a registered provider (built-in or plugin) or a ``module.path:Class`` reference."""
+    from mmsafe.registry import is_reference
+    return name in _providers() or is_reference(name)
+
+
+def default_capabilities(provider: str) -> Capabilities:
+    """What ``provider`` can take unless the models file says otherwise."""
+    reg = _providers()
+    e = reg.entry(provider)
+    caps = e.meta.get("capabilities") if e is not None else None
+    if caps is None:
+        try:
+            caps = getattr(reg.resolve(provider), "default_capabilities", None)
+        except Exception:  # a broken plugin fails later, when it is built, with its own one-line error
+            caps = None
+    return caps if isinstance(caps, Capabilities) else Capabilities()
 
 
 def parse_spec(spec: str) -> dict[str, Any]:
@@ -60,9 +66,9 @@ def parse_spec(spec: str) -> dict[str, Any]:
         raise ConfigError(f"model spec {spec!r}: expected provider/model (e.g. openai/gpt-4o, mock/refuser) "
                           "or a name from the models file")
     provider, model = s.split("/", 1)
-    if provider not in PROVIDERS:
+    if not known_provider(provider):
         raise ConfigError(f"model spec {spec!r}: unknown provider {provider!r}; choose one of "
-                          + ", ".join(sorted(PROVIDERS)))
+                          + ", ".join(sorted(_providers().names())) + " (or module.path:Class)")
     if not model:
         raise ConfigError(f"model spec {spec!r}: model name is empty")
     return {"provider": provider, "model": model, "base_url": base_url}
@@ -90,12 +96,12 @@ def _endpoint_from_entry(name: str, entry: dict[str, Any], source: str) -> Endpo
         e.update({k: v for k, v in parse_spec(str(e.pop("spec"))).items() if v is not None})
     if "provider" not in e or "model" not in e:
         raise ConfigError(f"{source}: models.{name}: needs 'provider' and 'model' (or 'spec')")
-    if e["provider"] not in PROVIDERS:
+    if not known_provider(str(e["provider"])):
         raise ConfigError(f"{source}: models.{name}.provider: unknown provider {e['provider']!r}")
     if "api_key" in e:
         raise ConfigError(f"{source}: models.{name}.api_key: keys do not belong in files; "
                           "use api_key_env: NAME_OF_ENV_VAR")
-    caps = DEFAULT_CAPS.get(e["provider"], Capabilities()).model_dump()
+    caps = default_capabilities(str(e["provider"])).model_dump()
     caps.update(e.pop("capabilities", None) or {})
     e["capabilities"] = caps
     try:
@@ -134,12 +140,20 @@ def resolve_endpoint(spec: str, role: str = "target", *, models_file: Path | Non
 
 
 def build_provider(cfg: EndpointConfig) -> Provider:
-    target = PROVIDERS[cfg.provider]
-    mod_name, cls_name = target.split(":")
+    """Instantiate the registered provider class of ``cfg.provider`` for this endpoint."""
+    from mmsafe.registry import PluginError
+    reg = _providers()
+    entry = reg.entry(cfg.provider)
     try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        extra = {"anthropic": "anthropic", "google": "google", "hf": "hf"}.get(cfg.provider, cfg.provider)
-        raise ConfigError(f"provider '{cfg.provider}' needs an optional dependency ({e.name}): "
-                          f"pip install 'mmsafe[{extra}]'") from None
-    return getattr(mod, cls_name)(cfg)
+        cls = reg.resolve(cfg.provider)
+    except PluginError as e:
+        cause = e.__cause__ or e.__context__
+        extra = entry.meta.get("extra") if entry is not None else None
+        if extra and "cannot import" in str(e):
+            raise ConfigError(f"provider '{cfg.provider}' needs an optional dependency: "
+                              f"pip install 'mmsafe[{extra}]'") from None
+        raise ConfigError(str(e)) from cause
+    provider = cls(cfg)
+    if not isinstance(provider, Provider):
+        raise ConfigError(f"provider {cfg.provider!r}: {type(provider).__name__} is not a mmsafe Provider")
+    return provider

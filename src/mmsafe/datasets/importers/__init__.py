@@ -28,17 +28,32 @@ __all__ = [
 ]
 
 Importer = Callable[..., BenchmarkManifest]
+"""An importer: ``fn(src, out, *, name=None, overwrite=False, **options) -> BenchmarkManifest``."""
 
-IMPORTERS: dict[str, Importer] = {
-    "safemt": import_safemt,
-    "safebench": import_safebench,
-    "figstep": import_figstep,
-    "mmsafetybench": import_mmsafetybench,
-    "harmbench": import_harmbench,
-    "jbb": import_jbb,
-    "csv": import_csv,
-    "jsonl": import_jsonl,
-}
+
+class _Importers:
+    """Read-only name -> importer view of the "importers" registry (kept for older callers)."""
+
+    def _reg(self) -> Any:
+        from mmsafe.registry import registry
+        return registry("importers")
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._reg()
+
+    def __iter__(self) -> Any:
+        return iter(self._reg().names())
+
+    def __getitem__(self, kind: str) -> Importer:
+        if kind not in self._reg():
+            raise KeyError(kind)
+        return self._reg().get(kind)  # type: ignore[no-any-return]
+
+    def keys(self) -> list[str]:
+        return list(self._reg().names())
+
+
+IMPORTERS = _Importers()
 
 
 def importer_options(kind: str) -> list[str]:
@@ -49,23 +64,33 @@ def importer_options(kind: str) -> list[str]:
 
 
 def _lookup(kind: str) -> Importer:
-    try:
-        return IMPORTERS[kind]
-    except (KeyError, TypeError):
+    from mmsafe.registry import is_reference, registry
+    reg = registry("importers")
+    if not isinstance(kind, str) or (kind not in reg and not is_reference(kind)):
         raise DatasetError(f"unknown benchmark format {kind!r} "
-                           f"(known: {', '.join(sorted(IMPORTERS))})") from None
+                           f"(known: {', '.join(reg.names())}; or module.path:function)")
+    fn = reg.resolve(kind)
+    if not callable(fn):
+        raise DatasetError(f"importer {kind!r} is not callable")
+    return fn  # type: ignore[no-any-return]
 
 
 def import_benchmark(kind: str, src: Path | str, out: Path | str, **opts: Any) -> BenchmarkManifest:
     """Import ``src`` (a benchmark in format ``kind``) into the benchmark directory ``out``.
 
+    ``kind`` is a registered importer (built-in or plugin) or ``module.path:function``;
     ``opts`` are the importer's keyword options (``name``, ``overwrite`` and the
     format-specific ones); an unknown format or option raises :class:`DatasetError`.
     """
     fn = _lookup(kind)
-    allowed = set(importer_options(kind)) | {"name", "overwrite"}
-    unknown = sorted(set(opts) - allowed)
-    if unknown:
-        raise DatasetError(f"{src}: option {unknown[0]!r} is not understood by the {kind} "
-                           f"importer (options: {', '.join(sorted(allowed))})")
-    return fn(Path(src), Path(out), **opts)
+    params = inspect.signature(fn).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        allowed = set(importer_options(kind)) | {"name", "overwrite"}
+        unknown = sorted(set(opts) - allowed)
+        if unknown:
+            raise DatasetError(f"{src}: option {unknown[0]!r} is not understood by the {kind} "
+                               f"importer (options: {', '.join(sorted(allowed))})")
+    manifest = fn(Path(src), Path(out), **opts)
+    if not isinstance(manifest, BenchmarkManifest):
+        raise DatasetError(f"importer {kind!r} returned {type(manifest).__name__}, not a BenchmarkManifest")
+    return manifest
