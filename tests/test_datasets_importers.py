@@ -130,7 +130,6 @@ def test_safemt_bad_dialogue_names_file_and_record(safemt_src, tmp_path):
 
 @pytest.mark.parametrize("mutate, match", [
     (lambda r: r[0].update(image_path="../../outside.png"), r"record 0 .*escapes"),
-    (lambda r: r[0].update(image_path="images/missing.png"), r"record 0 .*file not found"),
     (lambda r: r[1].pop("id"), r"record 1: id: missing"),
     (lambda r: r[0]["dialogue"][0].update(role="robot"), r"record 0 .*dialogue\.0\.role"),
     (lambda r: r[0]["dialogue"].insert(0, {"role": "user", "content": "hi"}),
@@ -143,6 +142,24 @@ def test_safemt_malformed_records(safemt_src, tmp_path, mutate, match):
     with pytest.raises(DatasetError, match=match):
         import_safemt(safemt_src, tmp_path / "bench")
     assert not (tmp_path / "bench").exists()
+
+
+def test_safemt_missing_image_is_counted_or_an_error(safemt_src, tmp_path):
+    recs = json.loads((safemt_src / "1_turn.json").read_text())
+    recs[0]["image_path"] = "images/missing.png"
+    (safemt_src / "1_turn.json").write_text(json.dumps(recs))
+    with pytest.raises(DatasetError, match=r"1_turn\.json: record 0 .*1 of 6 rows have no image"):
+        import_safemt(safemt_src, tmp_path / "strict", strict_media=True)
+    assert not (tmp_path / "strict").exists()
+    m = import_safemt(safemt_src, tmp_path / "bench")
+    assert m.counts.n_samples == 6 and m.counts.modalities["image"] == 5
+    assert m.provenance["media"]["image"] == {
+        "rows": 6, "with_file": 5, "missing": 1, "examples": [
+            f"{safemt_src / '1_turn.json'}: record 0 (id='mllm_fraud_1')"]}
+    assert m.provenance["media"]["restrict_option"] == "only_with_images"
+    assert any("only_with_images=true" in n for n in m.provenance["notes"])
+    m2 = import_safemt(safemt_src, tmp_path / "complete", only_with_images=True)
+    assert m2.counts.n_samples == 5 and m2.counts.modalities["image"] == 5
 
 
 def test_safemt_corrupt_image(safemt_src, tmp_path):

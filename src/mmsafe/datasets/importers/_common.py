@@ -204,3 +204,83 @@ def asset_from_ref(writer: BenchmarkWriter, ref: str, base: Path, where: str,
     if cache is not None:
         cache[key] = part
     return part
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def first_existing(candidates: Iterable[Path], *, kind: str = "dir") -> Path | None:
+    """The first of ``candidates`` that exists as a directory (``kind="dir"``) or a file."""
+    for p in candidates:
+        if (p.is_dir() if kind == "dir" else p.is_file()):
+            return p
+    return None
+
+
+# --------------------------------------------------------------------------- media gaps
+
+
+class MediaGaps:
+    """Counts the rows that should carry an image or audio file and the ones that lack it.
+
+    An importer calls :meth:`row` once per row that names (or implies) a media file, and
+    :meth:`finish` inside its writer's ``with`` block. ``finish`` records the counts in
+    the manifest (``provenance["media"]``), adds the one-line note the CLI prints
+    (``provenance["notes"]``) naming the option that keeps only complete rows, and with
+    ``strict`` raises :class:`DatasetError` instead (so nothing is written).
+    """
+
+    def __init__(self, importer: str, restrict_option: str | None, *, dropped: bool = False):
+        self.importer = importer
+        self.restrict_option = restrict_option
+        self.dropped = dropped  # rows without their media are skipped (not imported text-only)
+        self.rows: dict[str, int] = {}
+        self.missing: dict[str, int] = {}
+        self.examples: dict[str, list[str]] = {}
+
+    def row(self, kind: str, found: bool, where: str = "") -> None:
+        """One row that should have a ``kind`` ("image"/"audio") file; ``found`` says if it does."""
+        self.rows[kind] = self.rows.get(kind, 0) + 1
+        if not found:
+            self.missing[kind] = self.missing.get(kind, 0) + 1
+            ex = self.examples.setdefault(kind, [])
+            if len(ex) < 3 and where:
+                ex.append(where)
+
+    @property
+    def n_missing(self) -> int:
+        return sum(self.missing.values())
+
+    def line(self) -> str | None:
+        """The one-line report of the gaps, or None when every row has its media."""
+        if not self.n_missing:
+            return None
+        parts = []
+        for kind, n in self.rows.items():
+            miss = self.missing.get(kind, 0)
+            if miss:
+                parts.append(f"{miss} of {n} rows have no {kind} file")
+        what = "skipped" if self.dropped else "imported without it"
+        hint = (f"; --opt {self.restrict_option}=true keeps only the complete rows"
+                if self.restrict_option else "")
+        return f"{self.importer}: {', '.join(parts)} ({what}){hint}; --strict-media makes this an error"
+
+    def finish(self, manifest: BenchmarkManifest, *, strict: bool = False) -> None:
+        """Record the counts in ``manifest``; raise under ``strict`` when a row lacks media."""
+        media = {kind: {"rows": n, "with_file": n - self.missing.get(kind, 0),
+                        "missing": self.missing.get(kind, 0),
+                        **({"examples": self.examples[kind]} if self.examples.get(kind) else {})}
+                 for kind, n in self.rows.items()}
+        if media:
+            manifest.provenance["media"] = media
+        line = self.line()
+        if line is None:
+            return
+        if strict:
+            first = next((ex[0] for ex in self.examples.values() if ex), "")
+            raise DatasetError(f"{first + ': ' if first else ''}{line.split('; --strict-media')[0]} "
+                               "(strict_media)")
+        notes = manifest.provenance.setdefault("notes", [])
+        notes.append(line)
+        if self.restrict_option:
+            manifest.provenance["media"]["restrict_option"] = self.restrict_option

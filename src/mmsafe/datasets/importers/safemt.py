@@ -1,11 +1,23 @@
 """SafeMT importer: ``N_turn.json`` files of multi-turn dialogues with one image.
 
-Each file is a JSON list of ``{"id", "scenario", "image_path", "dialogue": [{"role",
-"content"}...], "question"}``; the dialogue has N user turns and N-1 assistant turns
-and ends with a user turn. Several files (N = 1, 2, 4, 6, 8) become one benchmark:
-sample id ``f"{id}/t{N}"``, ``turns=N``, ``metadata["group"] = id`` (shared across the
-lengths, which is what the Safety Index groups by). The image, resolved relative to the
-JSON file's directory, is attached to the first user turn before its text.
+Published layout (github.com/Happy-Corpse/SafeMT): ``Data/{1,2,4}_turn.json`` with the
+images under ``Data/images/<scenario>/``; ``src`` may be the repository root, ``Data/``
+or one ``N_turn.json``. Each file is a JSON list of ``{"id", "scenario", "image_path",
+"dialogue": [{"role", "content"}...]}`` (older releases add ``"question"``); the
+dialogue has N user turns and N-1 assistant turns and ends with a user turn. Several
+files become one benchmark: sample id ``f"{id}/t{N}"``, ``turns=N``,
+``metadata["group"] = id``. The image, resolved relative to the JSON file's directory,
+is attached to the first user turn before its text.
+
+The underlying request (``Sample.question``) is the record's ``question`` field when
+present, else the 1-turn dialogue of the same group when that dialogue is aligned with
+this one, else the last user turn; ``metadata["question_source"]`` says which.
+
+Alignment across lengths (see :mod:`._align`): each longer dialogue is checked against
+its group's 1-turn record (text similarity, scenario, image). ``metadata["si_aligned"]``
+and ``metadata["si_group"]`` carry the result (a misaligned dialogue gets its own
+``si_group``), and ``provenance["alignment"]`` lists the misaligned groups; the Safety
+Index groups by them by default (:func:`mmsafe.metrics.safety_index`, ``grouping``).
 """
 
 from __future__ import annotations
@@ -21,7 +33,15 @@ from mmsafe.types import BenchmarkManifest, Message, Sample, TextPart
 
 from ..benchmark import BenchmarkWriter
 from ..errors import DatasetError, describe_validation_error
-from ._common import asset_from_ref, make_manifest, require_path, source_entry
+from ._align import DEFAULT_MARGIN, DEFAULT_MIN_SIM, AlignmentItem, alignment_block, check_alignment
+from ._common import (
+    MediaGaps,
+    asset_from_ref,
+    make_manifest,
+    require_path,
+    resolve_inside,
+    source_entry,
+)
 
 __all__ = ["import_safemt", "SAFEMT_SCENARIOS", "safemt_files"]
 
@@ -33,68 +53,172 @@ SAFEMT_SCENARIOS = [
 
 _FILE_RE = re.compile(r"^(\d+)_turn\.json$")
 _KNOWN_KEYS = {"id", "scenario", "image_path", "dialogue", "question", "category", "method"}
+_DATA_DIRS = ("Data", "data")
 
 
 def safemt_files(src: Path) -> list[tuple[int, Path]]:
-    """The ``(N, path)`` pairs of a SafeMT directory (or a single ``N_turn.json``), by N."""
+    """The ``(N, path)`` pairs of a SafeMT directory (the repository root, its ``Data/``
+    folder or any folder of ``N_turn.json`` files) or of a single ``N_turn.json``, by N."""
     if src.is_dir():
-        found = sorted((int(m.group(1)), p) for p in src.iterdir()
-                       if p.is_file() and (m := _FILE_RE.match(p.name)))
-        if not found:
-            raise DatasetError(f"{src}: no SafeMT files (N_turn.json) in this directory")
-        return found
+        for d in (src, *(src / sub for sub in _DATA_DIRS)):
+            if not d.is_dir():
+                continue
+            found = sorted((int(m.group(1)), p) for p in d.iterdir()
+                           if p.is_file() and (m := _FILE_RE.match(p.name)))
+            if found:
+                return found
+        raise DatasetError(f"{src}: no SafeMT files (N_turn.json) in this directory or its Data/")
     m = _FILE_RE.match(src.name)
     if not m:
         raise DatasetError(f"{src}: not a SafeMT file (expected a name like 4_turn.json)")
     return [(int(m.group(1)), src)]
 
 
+class _Record:
+    """One validated SafeMT record (before it becomes a Sample)."""
+
+    __slots__ = ("n", "path", "i", "rid", "scenario", "image", "messages", "rec")
+
+    def __init__(self, n: int, path: Path, i: int, rid: str, scenario: str | None,
+                 image: str | None, messages: list[Message], rec: dict[str, Any]):
+        self.n, self.path, self.i, self.rid = n, path, i, rid
+        self.scenario, self.image, self.messages, self.rec = scenario, image, messages, rec
+
+    @property
+    def sid(self) -> str:
+        return f"{self.rid}/t{self.n}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}: record {self.i} (id={self.rid!r})"
+
+    def user_text(self) -> str:
+        return "\n".join(m.text for m in self.messages if m.role == "user")
+
+
+def _load(path: Path) -> list[Any]:
+    try:
+        records = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as e:
+        raise DatasetError(f"{path}: invalid JSON ({e})") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read ({e.strerror})") from None
+    if not isinstance(records, list):
+        raise DatasetError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    return records
+
+
 def import_safemt(src: Path, out: Path, *, name: str | None = None, overwrite: bool = False,
                   lengths: Iterable[int] | None = None,
-                  images_dir: Path | None = None) -> BenchmarkManifest:
-    """Import SafeMT ``N_turn.json`` files (a directory of them, or one file).
+                  images_dir: Path | None = None, only_with_images: bool = False,
+                  strict_media: bool = False,
+                  align_margin: float = DEFAULT_MARGIN,
+                  align_min_similarity: float = DEFAULT_MIN_SIM) -> BenchmarkManifest:
+    """Import SafeMT ``N_turn.json`` files (the repository root, ``Data/``, or one file).
 
     Options: ``lengths`` keeps only those N; ``images_dir`` resolves ``image_path``
-    against another directory than the JSON file's (paths may not escape it).
+    against another directory than the JSON file's (paths may not escape it). A record
+    whose image file is missing is imported without it and counted (one line in
+    ``provenance["notes"]``); ``only_with_images`` skips such records instead and
+    ``strict_media`` makes them an error. ``align_margin``/``align_min_similarity``
+    tune the cross-length alignment check (see the module doc).
     Raises :class:`DatasetError` naming the file and record index for a malformed
     record, e.g. a dialogue that does not end with a user turn.
     """
     src = require_path(src)
-    files = safemt_files(src)
+    all_files = safemt_files(src)
+    files = all_files
     if lengths is not None:
         keep = {int(n) for n in lengths}
         files = [(n, p) for n, p in files if n in keep]
         if not files:
             raise DatasetError(f"{src}: none of the lengths {sorted(keep)} are present")
     base = src if src.is_dir() else src.parent
+    # the 1-turn file is the reference for questions and alignment, even when not imported
+    ref_file = next((p for n, p in all_files if n == 1), None)
+    if ref_file is None and src.is_file():
+        sib = src.parent / "1_turn.json"
+        ref_file = sib if sib.is_file() else None
     manifest = make_manifest(
         name=name or "safemt", importer="safemt",
         sources=[source_entry(p, base) for _, p in files],
         options={"lengths": sorted(n for n, _ in files),
-                 "images_dir": str(images_dir) if images_dir else None},
+                 "images_dir": str(images_dir) if images_dir else None,
+                 "only_with_images": only_with_images or None,
+                 "align_margin": align_margin if align_margin != DEFAULT_MARGIN else None,
+                 "align_min_similarity": (align_min_similarity
+                                          if align_min_similarity != DEFAULT_MIN_SIM else None)},
         description="SafeMT multi-turn multimodal safety dialogues "
                     f"(turn counts {', '.join(str(n) for n, _ in files)})",
         source="SafeMT (Zhu et al., ACL 2026)",
     )
+    loaded: list[_Record] = []
+    for n, path in files:
+        for i, rec in enumerate(_load(path)):
+            loaded.append(_parse_record(rec, n, path, i))
+    refs: dict[str, _Record] = {}
+    if ref_file is not None:
+        ref_records = ([r for r in loaded if r.n == 1] if any(n == 1 for n, _ in files)
+                       else [_parse_record(rec, 1, ref_file, i)
+                             for i, rec in enumerate(_load(ref_file))])
+        for r in ref_records:
+            refs.setdefault(r.rid, r)
+    # alignment of every longer dialogue with its group's 1-turn record
+    items = [AlignmentItem(sample_id=r.sid, group=r.rid, turns=r.n, text=r.user_text(),
+                           scenario=r.scenario, image=r.image) for r in loaded if r.n != 1]
+    result = None
+    if refs and items:
+        result = check_alignment({g: (r.messages[-1].text, r.scenario, r.image)
+                                  for g, r in refs.items()}, items,
+                                 margin=align_margin, min_sim=align_min_similarity)
+    gaps = MediaGaps("safemt", "only_with_images", dropped=only_with_images)
+    qsources: dict[str, int] = {}
     cache: dict = {}  # image reference -> stored part, shared by all lengths
     with BenchmarkWriter(out, manifest, overwrite=overwrite) as w:
-        for n, path in files:
-            try:
-                records = orjson.loads(path.read_bytes())
-            except orjson.JSONDecodeError as e:
-                raise DatasetError(f"{path}: invalid JSON ({e})") from None
-            if not isinstance(records, list):
-                raise DatasetError(f"{path}: expected a JSON list of records, "
-                                   f"got {type(records).__name__}")
-            img_base = Path(images_dir) if images_dir else path.parent
-            for i, rec in enumerate(records):
-                w.add(_record_to_sample(w, rec, n, path, i, img_base, cache),
-                      where=f"{path}: record {i}")
+        for r in loaded:
+            aligned = True if result is None else result.aligned.get(r.sid, True)
+            question, qsrc = _question(r, refs, aligned, result)
+            qsources[qsrc] = qsources.get(qsrc, 0) + 1
+            img_base = Path(images_dir) if images_dir else r.path.parent
+            sample = _to_sample(w, r, img_base, cache, gaps, only_with_images, question, qsrc,
+                                aligned)
+            if sample is not None:
+                w.add(sample, where=r.where)
+        gaps.finish(w.manifest, strict=strict_media)
+        w.manifest.provenance["question_source"] = qsources
+        if result is not None:
+            block = alignment_block(result, items, margin=align_margin,
+                                    min_sim=align_min_similarity, n_reference=len(refs))
+            w.manifest.provenance["alignment"] = block
+            if block["n_misaligned"]:
+                shown = ", ".join(block["misaligned_groups"][:5])
+                more = len(block["misaligned_groups"]) - 5
+                w.manifest.provenance.setdefault("notes", []).append(
+                    f"safemt: {block['n_misaligned']} of {block['n_checked']} longer dialogues do not "
+                    f"match their id's 1-turn request ({len(block['misaligned_groups'])} groups: "
+                    f"{shown}{f' and {more} more' if more > 0 else ''}); the Safety Index groups "
+                    "them apart (grouping 'aligned'); details in benchmark.json provenance.alignment")
+        elif ref_file is None:
+            w.manifest.provenance["alignment"] = {"method": None,
+                                                  "note": "no 1_turn.json: alignment not checked"}
     return w.manifest
 
 
-def _record_to_sample(w: BenchmarkWriter, rec: Any, n: int, path: Path, i: int,
-                      img_base: Path, cache: dict) -> Sample:
+def _question(r: _Record, refs: dict[str, _Record], aligned: bool,
+              result: Any) -> tuple[str, str]:
+    """The underlying request of a record and where it came from."""
+    q = r.rec.get("question")
+    if isinstance(q, str) and q.strip():
+        return q, "question_field"
+    if r.n == 1:
+        return r.messages[-1].text, "dialogue"
+    ref = refs.get(r.rid)
+    if ref is not None and aligned:
+        return ref.messages[-1].text, "1_turn"
+    return r.messages[-1].text, "last_user_turn"
+
+
+def _parse_record(rec: Any, n: int, path: Path, i: int) -> _Record:
     where = f"{path}: record {i}"
     if not isinstance(rec, dict):
         raise DatasetError(f"{where}: expected an object, got {type(rec).__name__}")
@@ -124,29 +248,46 @@ def _record_to_sample(w: BenchmarkWriter, rec: Any, n: int, path: Path, i: int,
         raise DatasetError(f"{where}: dialogue has {n_user} user turns but the file is "
                            f"{path.name} ({n} turns)")
     image = rec.get("image_path")
-    if image not in (None, ""):
-        if not isinstance(image, str):
-            raise DatasetError(f"{where}: image_path: expected a string")
-        part = asset_from_ref(w, image, img_base, where, cache=cache)
-        first = next(m for m in messages if m.role == "user")
-        first.content = [part, TextPart(text=first.content)]  # type: ignore[list-item]
-    question = rec.get("question")
-    if not isinstance(question, str) or not question.strip():
-        question = messages[-1].text
-    metadata: dict[str, Any] = {"group": rid}
-    metadata.update({k: v for k, v in rec.items() if k not in _KNOWN_KEYS})
+    if image in (None, ""):
+        image = None
+    elif not isinstance(image, str):
+        raise DatasetError(f"{where}: image_path: expected a string")
+    scenario = rec.get("scenario")
+    return _Record(n, path, i, rid, str(scenario) if scenario not in (None, "") else None,
+                   image, messages, rec)
+
+
+def _to_sample(w: BenchmarkWriter, r: _Record, img_base: Path, cache: dict, gaps: MediaGaps,
+               only_with_images: bool, question: str, qsrc: str, aligned: bool) -> Sample | None:
+    where = r.where
+    messages = [m.model_copy(deep=True) for m in r.messages]
+    if r.image is not None:
+        low = r.image[:8].lower()
+        present = True
+        if not low.startswith(("data:", "http://", "https:/")):
+            present = resolve_inside(img_base, r.image, where).is_file()
+        gaps.row("image", present, where)
+        if present:
+            part = asset_from_ref(w, r.image, img_base, where, cache=cache)
+            first = next(m for m in messages if m.role == "user")
+            first.content = [part, TextPart(text=first.content)]  # type: ignore[list-item]
+        elif only_with_images:
+            return None
+    metadata: dict[str, Any] = {"group": r.rid, "question_source": qsrc,
+                                "si_group": r.rid if aligned else r.sid, "si_aligned": aligned}
+    metadata.update({k: v for k, v in r.rec.items() if k not in _KNOWN_KEYS})
     try:
         return Sample(
-            id=f"{rid}/t{n}",
+            id=r.sid,
             question=question,
             messages=messages,
-            scenario=str(rec.get("scenario") or "unspecified"),
-            category=rec.get("category") or None,
-            method=rec.get("method") or None,
+            scenario=r.scenario or "unspecified",
+            category=r.rec.get("category") or None,
+            method=r.rec.get("method") or None,
             source="safemt",
-            turns=n,
+            turns=r.n,
             metadata=metadata,
-            provenance={"file": path.name, "record": i},
+            provenance={"file": r.path.name, "record": r.i},
         )
     except ValidationError as e:
         raise DatasetError(f"{where}: {describe_validation_error(e)}") from None
