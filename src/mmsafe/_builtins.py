@@ -117,11 +117,11 @@ def _attacks(r: Registry) -> None:
 
 
 def _executors(r: Registry) -> None:
-    r.add("fixed", "mmsafe.runner.run:FIXED_MODE", type="mode",
+    r.add("fixed", "mmsafe.runner.base:FIXED_MODE", type="mode",
           description="send the pre-written history; the target writes the last reply")
-    r.add("live", "mmsafe.runner.modes:LIVE_MODE", type="mode",
+    r.add("live", "mmsafe.runner.base:LIVE_MODE", type="mode",
           description="the target answers every user turn itself; each turn judged")
-    r.add("adaptive", "mmsafe.runner.modes:ADAPTIVE_MODE", type="mode",
+    r.add("adaptive", "mmsafe.runner.base:ADAPTIVE_MODE", type="mode",
           description="an attacker LLM drives the conversation (needs --attacker)")
 
 

@@ -177,21 +177,23 @@ def run(benchmark: Path | str, target: str | EndpointConfig, *, judge: Any = "ke
     Must be called outside a running event loop (it runs its own).
     """
     from mmsafe.runner import RunOptions, execute
+    from mmsafe.runner.base import mode_spec
     from mmsafe.runtime import run_async
     from mmsafe.types import InputError
 
+    spec = mode_spec(mode)  # an unknown mode fails before anything is resolved
     mf = Path(models_file) if models_file else None
     tcfg = _endpoint(target, "target", mf, base_url=base_url, api_key_env=api_key_env, timeout_s=timeout_s,
                      max_retries=max_retries, params=params or None)
     j = make_judge(judge, models_file=mf) if isinstance(judge, str) else judge
     acfg = _endpoint(attacker, "attacker", mf) if attacker is not None else None
-    if acfg is not None and mode != "adaptive":
+    if acfg is not None and not spec.needs_attacker:
         raise InputError(f"--attacker is used with --mode adaptive only (got --mode {mode})")
     dfn = make_defense(defense, models_file=mf, policies=policies) if isinstance(defense, str) else defense
     if out is None:
         bench = load_benchmark(benchmark)
         out = Path("runs") / f"{bench.manifest.name}-{tcfg.model}".replace("/", "_")
-    opts = RunOptions(benchmark=Path(benchmark), target=tcfg, judge=j, out=Path(out), mode=mode, limit=limit,
+    opts = RunOptions(benchmark=Path(benchmark), target=tcfg, judge=j, out=Path(out), mode=spec.name, limit=limit,
                       max_connections=max_connections, judge_max_connections=judge_max_connections,
                       max_cost=max_cost, fail_on_error=fail_on_error, seed=seed, epoch=epoch, use_cache=use_cache,
                       cache_dir=Path(cache_dir) if cache_dir else None, system_prompt=system_prompt,

@@ -23,9 +23,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from mmsafe.types import ConfigError, InputError
 
@@ -118,7 +119,7 @@ def load_reference(ref: str) -> Any:
         obj: Any = importlib.import_module(m["module"])
     except ImportError as e:
         raise _LoadFailure(ref, f"cannot import {m['module']} ({type(e).__name__}: {e})") from None
-    except Exception as e:  # a plugin module that raises at import time
+    except Exception as e:  # noqa: BLE001  (a plugin module that raises at import time: any error)
         raise _LoadFailure(ref, f"importing {m['module']} failed ({type(e).__name__}: {e})") from None
     for part in m["attr"].split("."):
         try:
@@ -134,7 +135,7 @@ def _dist_label(ep: metadata.EntryPoint) -> str:
         return "unknown package"
     try:
         return f"{dist.metadata['Name']} {dist.version}"
-    except Exception:  # a dist-info without a readable METADATA
+    except Exception:  # noqa: BLE001  (a dist-info without a readable METADATA)
         return "unknown package"
 
 
@@ -171,7 +172,7 @@ class Registry:
         """Decorator form of :meth:`add` for objects defined in Python (a plugin may use it at import time)."""
 
         def deco(obj: Any) -> Any:
-            self.add(name or getattr(obj, "__name__", str(obj)), obj, description=description, options=options,
+            self.add(name or str(getattr(obj, "__name__", obj)), obj, description=description, options=options,
                      origin=BUILTIN if (getattr(obj, "__module__", "") or "").startswith("mmsafe.") else "python",
                      **meta)
             return obj
@@ -183,7 +184,7 @@ class Registry:
             found: dict[str, Entry] = {}
             try:
                 eps = list(metadata.entry_points(group=self.group))
-            except Exception:  # a broken distribution's metadata must not break the command
+            except Exception:  # noqa: BLE001  (a broken distribution's metadata must not break the command)
                 eps = []
             for ep in eps:
                 e = Entry(self.kind, ep.name, ep.value, _dist_label(ep))
@@ -242,7 +243,7 @@ def split_named(spec: str, reg: Registry) -> tuple[str, str]:
     head, sep, rest = spec.partition(":")
     if not sep or head in reg:
         return head.strip(), rest.strip()
-    name, sep2, arg = rest.partition(":")
+    name, _, arg = rest.partition(":")
     ref = f"{head}:{name}"
     if is_reference(ref) and not name.strip().startswith("/"):
         return ref, arg.strip()
@@ -261,7 +262,7 @@ def construct(obj: Any, *, what: str, spec: str, arg: str, options: dict[str, An
     ctx = dict(context or {})
     from_spec = getattr(obj, "from_spec", None)
     if callable(from_spec):
-        return from_spec(arg, dict(options), **_accepted(from_spec, {"spec": spec, **ctx}))
+        return from_spec(arg, dict(options), **accepted_kwargs(from_spec, {"spec": spec, **ctx}))
     if not callable(obj):
         raise PluginError(f"{what} {spec!r}: {obj!r} is neither a class nor a function")
     kwargs: dict[str, Any] = dict(options)
@@ -282,11 +283,12 @@ def construct(obj: Any, *, what: str, spec: str, arg: str, options: dict[str, An
                 raise InputError(f"{what} {spec!r}: takes no model argument")
             raise InputError(f"{what} {spec!r}: unknown option {bad[0]!r} "
                              f"(options: {', '.join(allowed) or 'none'})")
-        kwargs.update(_accepted(obj, ctx))
+        kwargs.update(accepted_kwargs(obj, ctx))
     return obj(**kwargs)
 
 
-def _accepted(fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+def accepted_kwargs(fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The items of ``kwargs`` that ``fn`` accepts (all of them when it takes ``**kwargs``)."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -321,5 +323,5 @@ def reset() -> None:
     _REGISTRIES.clear()
 
 
-__all__ = ["BUILTIN", "KINDS", "Entry", "PluginError", "Registry", "all_entries", "construct", "is_reference",
-           "load_reference", "registry", "reset", "split_named"]
+__all__ = ["BUILTIN", "KINDS", "Entry", "PluginError", "Registry", "accepted_kwargs", "all_entries", "construct",
+           "is_reference", "load_reference", "registry", "reset", "split_named"]

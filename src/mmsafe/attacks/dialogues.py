@@ -162,24 +162,64 @@ def inline_image(part: ImagePart | None, root: Path | None, max_bytes: int = INL
 # --------------------------------------------------------------------------- methods
 
 
+def method_names() -> list[str]:
+    """Registered dialogue methods (type ``dialogue-method`` in the "attacks" registry): the
+    built-ins in :data:`METHODS` order, then plugins by name."""
+    from mmsafe.registry import registry
+    names = [e.name for e in registry("attacks").entries() if e.meta.get("type") == "dialogue-method"]
+    return [m for m in METHODS if m in names] + sorted(n for n in names if n not in METHODS)
+
+
+def method_instructions(name: str) -> str:
+    """The generator instructions of a registered or ``module.path:Name`` dialogue method
+    (a string, or a function of no arguments returning one); InputError if there is none."""
+    from mmsafe.registry import PluginError, is_reference, registry
+    reg = registry("attacks")
+    e = reg.entry(name)
+    if e is not None and e.meta.get("type") == "dialogue-method":
+        obj = e.load()
+    elif e is None and is_reference(name):
+        try:
+            obj = reg.resolve(name)
+        except PluginError as ex:
+            raise InputError(f"--methods {name!r}: {ex}") from None
+    else:
+        raise InputError(f"--methods {name!r}: unknown dialogue method; choose from {', '.join(method_names())} "
+                         "(or module.path:Name)")
+    text = obj() if callable(obj) else obj
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"--methods {name!r}: a dialogue method must be a non-empty string of generator "
+                         f"instructions (or a function returning one), got {type(text).__name__}")
+    return text.strip()
+
+
 def parse_methods(spec: str | Iterable[str] | None) -> list[str]:
-    """``all`` | ``m1,m2`` | ``m1+m2`` (combined) -> validated method names (combos joined by ``+``)."""
+    """``all`` | ``m1,m2`` | ``m1+m2`` (combined) -> validated method names (combos joined by ``+``).
+
+    A method is a registered dialogue method (``all`` = every registered one) or
+    ``module.path:Name``; combos are written in canonical order (registered order, then
+    references as given)."""
+    known = method_names()
     if spec is None:
-        return list(METHODS)
+        return known
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
     if not items or items == ["all"]:
-        return list(METHODS)
+        return known
+    from mmsafe.registry import is_reference
     out: list[str] = []
     for it in items:
         if it == "all":
-            out.extend(m for m in METHODS if m not in out)
+            out.extend(m for m in known if m not in out)
             continue
         parts = [p.strip() for p in it.split("+")]
-        bad = [p for p in parts if p not in METHODS]
+        bad = [p for p in parts if p not in known and not is_reference(p)]
         if bad or len(set(parts)) != len(parts):
-            raise InputError(f"--methods {it!r}: unknown or repeated method; choose from {', '.join(METHODS)} "
-                             "(combine with '+', e.g. roleplay+escalation, or 'all')")
-        name = "+".join(sorted(parts, key=METHODS.index))
+            raise InputError(f"--methods {it!r}: unknown or repeated method; choose from {', '.join(known)} "
+                             "(combine with '+', e.g. roleplay+escalation, or 'all'; or module.path:Name)")
+        for p in parts:
+            if p not in known:
+                method_instructions(p)  # a reference that cannot be loaded fails here, before any call
+        name = "+".join(sorted(parts, key=lambda p: (known.index(p) if p in known else len(known), parts.index(p))))
         if name not in out:
             out.append(name)
     return out
@@ -289,10 +329,15 @@ class DialogueGenerator:
         self.root = root
         self.system = load_prompt("generator_system.txt")
         self.user_template = load_prompt("generator_user.txt")
-        self.method_text = {m: load_prompt(f"method_{m}.txt").strip() for m in METHODS}
+        self.method_text = {m: method_instructions(m) for m in METHODS}
         self.template_hash = sha16(self.system, self.user_template, *(self.method_text[m] for m in METHODS))
         caps = client.cfg.capabilities if client is not None else None
         self.send_image = (caps.image if caps is not None else False) if send_image is None else send_image
+
+    def _method_text(self, name: str) -> str:
+        if name not in self.method_text:  # a plugin's method, read on first use
+            self.method_text[name] = method_instructions(name)
+        return self.method_text[name]
 
     def prompt(self, seed: Seed, method: str, n_turns: int) -> str:
         parts = method.split("+")
@@ -305,7 +350,7 @@ class DialogueGenerator:
                           "the final user turn refers to it.")
         return fill(self.user_template, question=seed.question, scenario=seed.scenario, n_turns=n_turns,
                     n_assistant=n_turns - 1, method_names=" + ".join(parts),
-                    method_instructions="\n".join(self.method_text[p] for p in parts), image_note=image_note,
+                    method_instructions="\n".join(self._method_text(p) for p in parts), image_note=image_note,
                     format_note=format_note(method, n_turns))
 
     def request(self, seed: Seed, method: str, n_turns: int) -> tuple[list[Message], str]:
@@ -617,4 +662,4 @@ async def generate_benchmark(bench: Any, make_writer: Callable[[Any], Any], gene
 __all__ = ["DEFAULT_LENGTHS", "DEMO_ANSWER", "METHODS", "OUTCOMES", "Attempt", "Dialogue", "DialogueGenerator",
            "GenerationFailure", "GenerationReport", "Seed", "extract_json_object", "fallback_order",
            "fill", "first_image", "generate_benchmark", "is_refusal", "iter_seeds", "load_prompt",
-           "parse_lengths", "parse_methods", "sha16"]
+           "method_instructions", "method_names", "parse_lengths", "parse_methods", "sha16"]

@@ -20,22 +20,26 @@ from __future__ import annotations
 import base64
 import codecs
 import hashlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmsafe.models.engine import ModelClient
 from mmsafe.types import Message
 
-__all__ = ["TEXT_TRANSFORMS", "LOCAL_TRANSFORMS", "LLM_TRANSFORMS", "TransformResult", "TransformError",
-           "apply_text_transform", "apply_local", "to_base64", "to_leetspeak", "to_rot13", "TEMPLATES"]
+__all__ = ["LLM_TRANSFORMS", "LOCAL_TRANSFORMS", "TEMPLATES", "TEXT_TRANSFORMS", "TransformError", "TransformResult",
+           "apply_local", "apply_text_transform", "check_text_transform", "text_transform_names", "to_base64",
+           "to_leetspeak", "to_rot13"]
 
 
 class TransformError(ValueError):
-    pass
+    """An unknown transform, empty text, or an LLM transform without a client."""
 
 
 @dataclass
 class TransformResult:
+    """A transformed text (``ok``) or why the transform failed (``error``), with its provenance."""
+
     method: str
     text: str | None
     ok: bool = True
@@ -111,23 +115,102 @@ def _pick(options: list[str], text: str, seed: int) -> tuple[int, str]:
     return i, options[i]
 
 
+# --------------------------------------------------------------------------- registered transforms
+# Each built-in is registered in the "attacks" registry (mmsafe.attacks.registry_entries) and
+# looked up there by name, like a plugin's: type "text" is ``fn(text, *, seed=0) -> str |
+# TransformResult``, type "text-llm" is ``async fn(text, *, client, seed=0, language=…,
+# params=None) -> str | TransformResult``.
+
+
+def base64_wrap(text: str, *, seed: int = 0) -> TransformResult:
+    """The request base64-encoded, with an instruction to decode and answer it."""
+    return TransformResult("base64", BASE64_WRAPPER.format(encoded=to_base64(text)), provenance={"encoding": "base64"})
+
+
+def rot13_wrap(text: str, *, seed: int = 0) -> TransformResult:
+    """The request ROT13-encoded, with an instruction to decode and answer it."""
+    return TransformResult("rot13", ROT13_WRAPPER.format(encoded=to_rot13(text)), provenance={"encoding": "rot13"})
+
+
+def leetspeak_wrap(text: str, *, seed: int = 0) -> TransformResult:
+    """The request in leetspeak (a→4, e→3, i→1, o→0, s→5, t→7)."""
+    return TransformResult("leetspeak", LEET_WRAPPER.format(encoded=to_leetspeak(text)),
+                           provenance={"encoding": "leetspeak"})
+
+
+def _template(kind: str, text: str, seed: int) -> TransformResult:
+    i, tpl = _pick(TEMPLATES[kind], text, seed)
+    return TransformResult(kind, tpl.format(text=text), provenance={"template": i})
+
+
+def role_play(text: str, *, seed: int = 0) -> TransformResult:
+    """The request put to a character in a fictional scene (template picked by a seeded hash)."""
+    return _template("role_play", text, seed)
+
+
+def research_framing(text: str, *, seed: int = 0) -> TransformResult:
+    """The request framed as research or coursework."""
+    return _template("research_framing", text, seed)
+
+
+def refusal_suppression(text: str, *, seed: int = 0) -> TransformResult:
+    """The request with rules that forbid apologies, disclaimers and refusal words."""
+    return _template("refusal_suppression", text, seed)
+
+
+def prefix_injection(text: str, *, seed: int = 0) -> TransformResult:
+    """The request with an instruction to begin the reply with an affirmative prefix."""
+    return _template("prefix_injection", text, seed)
+
+
+def _lookup(method: str, types: tuple[str, ...]) -> tuple[Any, str]:
+    """(the registered or ``module:Name`` transform, its type); TransformError when there is none of ``types``."""
+    from mmsafe.registry import PluginError, is_reference, registry
+    reg = registry("attacks")
+    e = reg.entry(method)
+    if e is not None and e.meta.get("type") in types:
+        return e.load(), str(e.meta["type"])
+    if e is None and is_reference(method):
+        try:
+            obj = reg.resolve(method)
+        except PluginError as ex:
+            raise TransformError(str(ex)) from None
+        kind = getattr(obj, "type", None) or ("text-llm" if inspect.iscoroutinefunction(obj) else "text")
+        if kind in types and callable(obj):
+            return obj, str(kind)
+        raise TransformError(f"{method}: not a {' or '.join(types)} transform")
+    raise TransformError(f"unknown {'local ' if types == ('text',) else ''}text transform {method!r}; "
+                         f"choose one of {', '.join(text_transform_names(types))} (or module.path:Name)")
+
+
+def text_transform_names(types: tuple[str, ...] = ("text", "text-llm")) -> list[str]:
+    """Registered text transforms of ``types`` (built-ins first, in their documented order)."""
+    from mmsafe.registry import registry
+    names = [e.name for e in registry("attacks").entries() if e.meta.get("type") in types]
+    order = {n: i for i, n in enumerate(TEXT_TRANSFORMS)}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+
+
+def check_text_transform(method: str) -> str:
+    """The type (``text`` or ``text-llm``) of a registered or ``module:Name`` transform; TransformError if unknown."""
+    return _lookup(method, ("text", "text-llm"))[1]
+
+
+def _as_result(method: str, out: Any, prov: dict[str, Any] | None = None) -> TransformResult:
+    if isinstance(out, TransformResult):
+        return out
+    if isinstance(out, str) and out.strip():
+        return TransformResult(method, out, provenance=dict(prov or {}))
+    return TransformResult(method, None, ok=False, error="empty reply" if isinstance(out, str) or out is None
+                           else f"returned {type(out).__name__}, not str", provenance=dict(prov or {}))
+
+
 def apply_local(method: str, text: str, *, seed: int = 0) -> TransformResult:
     """A local transform; raises TransformError for an unknown method or empty text."""
     if not text or not text.strip():
         raise TransformError("empty text")
-    if method == "base64":
-        return TransformResult(method, BASE64_WRAPPER.format(encoded=to_base64(text)),
-                               provenance={"encoding": "base64"})
-    if method == "rot13":
-        return TransformResult(method, ROT13_WRAPPER.format(encoded=to_rot13(text)),
-                               provenance={"encoding": "rot13"})
-    if method == "leetspeak":
-        return TransformResult(method, LEET_WRAPPER.format(encoded=to_leetspeak(text)),
-                               provenance={"encoding": "leetspeak"})
-    if method in TEMPLATES:
-        i, tpl = _pick(TEMPLATES[method], text, seed)
-        return TransformResult(method, tpl.format(text=text), provenance={"template": i})
-    raise TransformError(f"unknown local text transform {method!r}")
+    fn, _ = _lookup(method, ("text",))
+    return _as_result(method, fn(text, seed=seed))
 
 
 LOCAL_TRANSFORMS = ("base64", "leetspeak", "rot13", *TEMPLATES)
@@ -153,27 +236,11 @@ def _clean(t: str) -> str:
     return t
 
 
-async def apply_text_transform(method: str, text: str, *, client: ModelClient | None = None,
-                               language: str = "French", seed: int = 0,
-                               params: dict[str, Any] | None = None) -> TransformResult:
-    """Apply ``method`` to ``text``. LLM methods need ``client``; a failed call, a refusal or
-    an empty reply gives ``ok=False`` with the reason in ``error`` (``text`` None)."""
-    if method in LOCAL_TRANSFORMS:
-        return apply_local(method, text, seed=seed)
-    if method not in LLM_TRANSFORMS:
-        raise TransformError(f"unknown text transform {method!r}; choose one of {', '.join(TEXT_TRANSFORMS)}")
-    if client is None:
-        raise TransformError(f"text transform {method!r} needs an LLM (set a generator model)")
-    if method == "paraphrase":
-        prompt = PARAPHRASE_PROMPT.format(text=text)
-    elif method == "translate":
-        prompt = TRANSLATE_PROMPT.format(text=text, language=language)
-    else:
-        prompt = LLM_WRAP_PROMPT.format(text=text, style=_LLM_STYLES[method])
+async def _llm_transform(method: str, prompt: str, client: ModelClient, params: dict[str, Any] | None,
+                         prov_extra: dict[str, Any] | None = None) -> TransformResult:
     res = await client.chat([Message(role="user", content=prompt)], params=params)
     prov: dict[str, Any] = {"model": client.name, "prompt_sha": hashlib.sha256(prompt.encode()).hexdigest()[:12]}
-    if method == "translate":
-        prov["language"] = language
+    prov.update(prov_extra or {})
     if not res.ok:
         return TransformResult(method, None, ok=False, error=res.error or "no reply", provenance=prov)
     out = _clean(res.text or "")
@@ -182,3 +249,47 @@ async def apply_text_transform(method: str, text: str, *, client: ModelClient | 
     if _looks_refused(out):
         return TransformResult(method, None, ok=False, error="refused", provenance={**prov, "raw": out[:200]})
     return TransformResult(method, out, provenance=prov)
+
+
+async def paraphrase(text: str, *, client: ModelClient, seed: int = 0, language: str = "French",
+                     params: dict[str, Any] | None = None) -> TransformResult:
+    """An LLM rewrites the request with other words, same meaning."""
+    return await _llm_transform("paraphrase", PARAPHRASE_PROMPT.format(text=text), client, params)
+
+
+async def translate(text: str, *, client: ModelClient, seed: int = 0, language: str = "French",
+                    params: dict[str, Any] | None = None) -> TransformResult:
+    """An LLM translates the request into ``language`` (``augment.languages`` in build.yaml)."""
+    return await _llm_transform("translate", TRANSLATE_PROMPT.format(text=text, language=language), client, params,
+                                {"language": language})
+
+
+async def role_play_llm(text: str, *, client: ModelClient, seed: int = 0, language: str = "French",
+                        params: dict[str, Any] | None = None) -> TransformResult:
+    """An LLM rewrites the request as a role-play scene."""
+    prompt = LLM_WRAP_PROMPT.format(text=text, style=_LLM_STYLES["role_play_llm"])
+    return await _llm_transform("role_play_llm", prompt, client, params)
+
+
+async def research_framing_llm(text: str, *, client: ModelClient, seed: int = 0, language: str = "French",
+                               params: dict[str, Any] | None = None) -> TransformResult:
+    """An LLM rewrites the request with a research or educational framing."""
+    prompt = LLM_WRAP_PROMPT.format(text=text, style=_LLM_STYLES["research_framing_llm"])
+    return await _llm_transform("research_framing_llm", prompt, client, params)
+
+
+async def apply_text_transform(method: str, text: str, *, client: ModelClient | None = None,
+                               language: str = "French", seed: int = 0,
+                               params: dict[str, Any] | None = None) -> TransformResult:
+    """Apply ``method`` (a registered text transform or ``module.path:Name``) to ``text``.
+
+    LLM methods (type ``text-llm``) need ``client``; a failed call, a refusal or an empty
+    reply gives ``ok=False`` with the reason in ``error`` (``text`` None). A plugin that
+    returns a string gets it wrapped in a :class:`TransformResult`."""
+    fn, kind = _lookup(method, ("text", "text-llm"))
+    if kind == "text":
+        return apply_local(method, text, seed=seed)
+    if client is None:
+        raise TransformError(f"text transform {method!r} needs an LLM (set a generator model)")
+    out = await fn(text, client=client, seed=seed, language=language, params=params)
+    return _as_result(method, out, {"model": client.name})

@@ -24,8 +24,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from mmsafe.attacks import typography
 
-__all__ = ["VISUAL_TRANSFORMS", "VisualResult", "apply_visual", "add_noise", "blur", "jpeg", "rotate",
-           "blank_image", "unrelated_image"]
+__all__ = ["VISUAL_TRANSFORMS", "VisualResult", "add_noise", "apply_visual", "blank_image", "blur", "jpeg",
+           "lookup_visual", "rotate", "unrelated_image", "visual_transform_names"]
 
 VISUAL_TRANSFORMS = ("figstep", "figstep_pro", "noise", "blur", "jpeg", "rotate", "blank", "unrelated")
 NEEDS_IMAGE = ("noise", "blur", "jpeg", "rotate")
@@ -33,6 +33,8 @@ NEEDS_IMAGE = ("noise", "blur", "jpeg", "rotate")
 
 @dataclass
 class VisualResult:
+    """The image(s) to send and the text prompt to send with them, with provenance."""
+
     method: str
     images: list[Image.Image]
     text: str
@@ -87,40 +89,111 @@ def unrelated_image(seed: int = 0, size: int = 512) -> Image.Image:
     return img
 
 
+# --------------------------------------------------------------------------- registered transforms
+# Each is registered in the "attacks" registry (type "visual", mmsafe.attacks.registry_entries)
+# and looked up there by name, like a plugin's:
+# ``fn(*, text, instruction, image, seed, options) -> VisualResult``.
+
+
+def _need(method: str, image: Image.Image | None) -> Image.Image:
+    if image is None:
+        raise ValueError(f"visual transform {method!r} needs an image")
+    return image
+
+
+def transform_figstep(*, text: str, instruction: str | None, image: Image.Image | None, seed: int,
+                      options: dict[str, Any]) -> VisualResult:
+    """FigStep: the instruction drawn as a numbered list to complete; the text prompt is benign."""
+    img = typography.figstep_image(instruction or text, size=int(options.get("size", 760)))
+    return VisualResult("figstep", [img], typography.FIGSTEP_PROMPT, {"typography": "figstep"})
+
+
+def transform_figstep_pro(*, text: str, instruction: str | None, image: Image.Image | None, seed: int,
+                          options: dict[str, Any]) -> VisualResult:
+    """FigStep-Pro: the FigStep figure cut into ``parts`` sub-figures."""
+    n = int(options.get("parts", 3))
+    parts = typography.split_figstep(instruction or text, n, size=int(options.get("size", 760)),
+                                     direction=str(options.get("direction", "vertical")))
+    return VisualResult("figstep_pro", parts, typography.FIGSTEP_PRO_PROMPT, {"typography": "figstep_pro", "parts": n})
+
+
+def transform_blank(*, text: str, instruction: str | None, image: Image.Image | None, seed: int,
+                    options: dict[str, Any]) -> VisualResult:
+    """A plain white image instead of the item's (does the model answer the text alone?)."""
+    return VisualResult("blank", [blank_image(int(options.get("size", 512)))], text, {})
+
+
+def transform_unrelated(*, text: str, instruction: str | None, image: Image.Image | None, seed: int,
+                        options: dict[str, Any]) -> VisualResult:
+    """A seeded abstract image unrelated to the request."""
+    return VisualResult("unrelated", [unrelated_image(seed, int(options.get("size", 512)))], text, {"seed": seed})
+
+
+def transform_noise(*, text: str, instruction: str | None, image: Image.Image | None, seed: int,
+                    options: dict[str, Any]) -> VisualResult:
+    """Gaussian noise on the item's image (``sigma`` in 0–255 units)."""
+    sigma = float(options.get("sigma", 25.0))
+    return VisualResult("noise", [add_noise(_need("noise", image), sigma, seed)], text, {"sigma": sigma, "seed": seed})
+
+
+def transform_blur(*, text: str, instruction: str | None, image: Image.Image | None, seed: int,
+                   options: dict[str, Any]) -> VisualResult:
+    """Gaussian blur of the item's image (``radius``)."""
+    r = float(options.get("radius", 2.0))
+    return VisualResult("blur", [blur(_need("blur", image), r)], text, {"radius": r})
+
+
+def transform_jpeg(*, text: str, instruction: str | None, image: Image.Image | None, seed: int,
+                   options: dict[str, Any]) -> VisualResult:
+    """The item's image re-encoded as JPEG at ``quality``."""
+    q = int(options.get("quality", 20))
+    return VisualResult("jpeg", [jpeg(_need("jpeg", image), q)], text, {"quality": q})
+
+
+def transform_rotate(*, text: str, instruction: str | None, image: Image.Image | None, seed: int,
+                     options: dict[str, Any]) -> VisualResult:
+    """The item's image rotated by ``degrees`` (canvas expanded, white fill)."""
+    deg = float(options.get("degrees", 15.0))
+    return VisualResult("rotate", [rotate(_need("rotate", image), deg)], text, {"degrees": deg})
+
+
+def visual_transform_names() -> list[str]:
+    """Registered visual transforms (built-ins first, in their documented order)."""
+    from mmsafe.registry import registry
+    names = [e.name for e in registry("attacks").entries() if e.meta.get("type") == "visual"]
+    order = {n: i for i, n in enumerate(VISUAL_TRANSFORMS)}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+
+
+def lookup_visual(method: str) -> Any:
+    """The registered (type ``visual``) or ``module.path:Name`` transform; ValueError naming the choices."""
+    from mmsafe.registry import is_reference, registry
+    reg = registry("attacks")
+    e = reg.entry(method)
+    if e is not None and e.meta.get("type") == "visual":
+        return e.load()
+    if e is None and is_reference(method):
+        fn = reg.resolve(method)  # a PluginError (a ValueError) when it cannot be loaded
+        if callable(fn) and getattr(fn, "type", "visual") == "visual":
+            return fn
+        raise ValueError(f"{method}: not a visual transform")
+    raise ValueError(f"unknown visual transform {method!r}; choose one of {', '.join(visual_transform_names())} "
+                     "(or module.path:Name)")
+
+
 def apply_visual(method: str, *, text: str, instruction: str | None = None, image: Image.Image | None = None,
                  seed: int = 0, options: dict[str, Any] | None = None) -> VisualResult:
-    """Apply a visual transform.
+    """Apply a visual transform (registered in the "attacks" registry, or ``module.path:Name``).
 
     ``text`` is the item's text prompt, ``instruction`` the harmful instruction to draw for
     typographic attacks (defaults to ``text``), ``image`` the item's image for
     perturbations. Raises ValueError for an unknown method or a perturbation with no image.
     """
-    o = dict(options or {})
-    if method == "figstep":
-        img = typography.figstep_image(instruction or text, size=int(o.get("size", 760)))
-        return VisualResult(method, [img], typography.FIGSTEP_PROMPT, {"typography": "figstep"})
-    if method == "figstep_pro":
-        n = int(o.get("parts", 3))
-        parts = typography.split_figstep(instruction or text, n, size=int(o.get("size", 760)),
-                                         direction=str(o.get("direction", "vertical")))
-        return VisualResult(method, parts, typography.FIGSTEP_PRO_PROMPT,
-                            {"typography": "figstep_pro", "parts": n})
-    if method == "blank":
-        return VisualResult(method, [blank_image(int(o.get("size", 512)))], text, {})
-    if method == "unrelated":
-        return VisualResult(method, [unrelated_image(seed, int(o.get("size", 512)))], text, {"seed": seed})
-    if method in NEEDS_IMAGE:
-        if image is None:
-            raise ValueError(f"visual transform {method!r} needs an image")
-        if method == "noise":
-            sigma = float(o.get("sigma", 25.0))
-            return VisualResult(method, [add_noise(image, sigma, seed)], text, {"sigma": sigma, "seed": seed})
-        if method == "blur":
-            r = float(o.get("radius", 2.0))
-            return VisualResult(method, [blur(image, r)], text, {"radius": r})
-        if method == "jpeg":
-            q = int(o.get("quality", 20))
-            return VisualResult(method, [jpeg(image, q)], text, {"quality": q})
-        deg = float(o.get("degrees", 15.0))
-        return VisualResult(method, [rotate(image, deg)], text, {"degrees": deg})
-    raise ValueError(f"unknown visual transform {method!r}; choose one of {', '.join(VISUAL_TRANSFORMS)}")
+    fn = lookup_visual(method)
+    res = fn(text=text, instruction=instruction, image=image, seed=seed, options=dict(options or {}))
+    if isinstance(res, VisualResult):
+        return res
+    from mmsafe.registry import (
+        PluginError,  # a ValueError: the build counts it as a failed variant
+    )
+    raise PluginError(f"visual transform {method!r} returned {type(res).__name__}, not a VisualResult")

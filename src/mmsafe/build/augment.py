@@ -30,12 +30,16 @@ def _methods(ctx: AgentContext) -> list[str]:
     ms = [f"text:{m}" for m in a.text] + [f"visual:{m}" for m in a.visual]
     if a.audio.engine != "none":
         ms += [f"audio:{v}" for v in a.audio.voices]
-    for m in a.text:
-        if m not in transforms.TEXT_TRANSFORMS:
-            raise BuildError(f"augment.text: unknown transform {m!r}; choose from {', '.join(transforms.TEXT_TRANSFORMS)}")
+    for m in a.text:  # registered text transforms (built-in or plugin) or module.path:Name
+        try:
+            transforms.check_text_transform(m)
+        except ValueError as e:
+            raise BuildError(f"augment.text: {e}") from None
     for m in a.visual:
-        if m not in visual.VISUAL_TRANSFORMS:
-            raise BuildError(f"augment.visual: unknown transform {m!r}; choose from {', '.join(visual.VISUAL_TRANSFORMS)}")
+        try:
+            visual.lookup_visual(m)
+        except ValueError as e:
+            raise BuildError(f"augment.visual: {e}") from None
     if a.audio.engine == "espeak" and not audio_mod.espeak_available():
         raise BuildError("augment.audio.engine espeak: espeak-ng is not installed (apt-get install espeak-ng)")
     return ms
@@ -46,7 +50,8 @@ async def run_augment(ctx: AgentContext, items: list[dict[str, Any]]) -> tuple[l
     seed = ctx.cfg.seed
     wd = ctx.wd
     methods = _methods(ctx)
-    needs_llm = any(m.split(":", 1)[1] in transforms.LLM_TRANSFORMS for m in methods if m.startswith("text:"))
+    needs_llm = any(transforms.check_text_transform(m.split(":", 1)[1]) == "text-llm"
+                    for m in methods if m.startswith("text:"))
     llm = await ctx.client("paraphraser", fallback="generator") if needs_llm else None
     rep: Counter = Counter()
 

@@ -19,9 +19,10 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 
@@ -30,8 +31,16 @@ from mmsafe.types import AudioPart, ImagePart, Sample, TextPart
 from .benchmark import Benchmark, make_sibling_dir, open_benchmark, swap_into_place
 from .errors import DatasetError
 
-__all__ = ["export_jsonl", "export_parquet", "export_hf", "export_safemt", "flat_record",
-           "openai_messages", "EXPORTERS", "export_benchmark"]
+__all__ = [
+    "EXPORTERS",
+    "export_benchmark",
+    "export_hf",
+    "export_jsonl",
+    "export_parquet",
+    "export_safemt",
+    "flat_record",
+    "openai_messages",
+]
 
 _BATCH = 1024
 
@@ -360,19 +369,55 @@ def _safemt_record(b: Benchmark, s: Sample, out: Path, copied: set[str]) -> dict
     return rec
 
 
-EXPORTERS: dict[str, Callable[..., Any]] = {
-    "jsonl": export_jsonl,
-    "parquet": export_parquet,
-    "hf": export_hf,
-    "safemt": export_safemt,
-}
+def _benchmark_exporters() -> dict[str, Any]:
+    """Format name -> registry entry for every exporter with ``of="benchmark"``
+    (``benchmark-jsonl`` is named ``jsonl`` here; the prefix keeps it apart from the run exporter)."""
+    from mmsafe.registry import registry
+    entries = [e for e in registry("exporters").entries() if e.meta.get("of") == "benchmark"]
+    out: dict[str, Any] = {}
+    for e in sorted(entries, key=lambda e: not e.name.startswith("benchmark-")):  # benchmark-KIND wins over KIND
+        out.setdefault(e.name.removeprefix("benchmark-"), e)
+    return out
+
+
+class _Exporters:
+    """Read-only name -> benchmark exporter view of the "exporters" registry (kept for older callers)."""
+
+    def __contains__(self, kind: object) -> bool:
+        return isinstance(kind, str) and kind in _benchmark_exporters()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(_benchmark_exporters()))
+
+    def __getitem__(self, kind: str) -> Callable[..., Any]:
+        e = _benchmark_exporters().get(kind)
+        if e is None:
+            raise KeyError(kind)
+        return e.load()  # type: ignore[no-any-return]
+
+    def __len__(self) -> int:
+        return len(_benchmark_exporters())
+
+    def keys(self) -> list[str]:
+        """The format names."""
+        return sorted(_benchmark_exporters())
+
+
+EXPORTERS = _Exporters()
+"""Benchmark exporters by format name (a view of the "exporters" registry, ``of="benchmark"``)."""
 
 
 def export_benchmark(kind: str, bench: Benchmark | Path | str, out: Path | str, **opts: Any) -> Any:
-    """Dispatch to ``EXPORTERS[kind]``; an unknown kind raises :class:`DatasetError`."""
-    try:
-        fn = EXPORTERS[kind]
-    except KeyError:
-        raise DatasetError(f"unknown export format {kind!r} "
-                           f"(known: {', '.join(sorted(EXPORTERS))})") from None
+    """Write ``bench`` in format ``kind``: a registered benchmark exporter (``benchmark-KIND`` or ``KIND``
+    with ``of="benchmark"``; built-ins jsonl, parquet, hf, safemt) or ``module.path:function``
+    (``fn(bench, out, **opts)``). An unknown kind raises :class:`DatasetError`."""
+    from mmsafe.registry import is_reference, registry
+    found = _benchmark_exporters()
+    if kind in found:
+        fn = found[kind].load()
+    elif is_reference(kind):
+        fn = registry("exporters").resolve(kind)
+    else:
+        raise DatasetError(f"unknown export format {kind!r} (known: {', '.join(sorted(found))}; "
+                           "or module.path:function)")
     return fn(bench, out, **opts)

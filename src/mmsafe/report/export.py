@@ -22,7 +22,7 @@ from mmsafe.report.runs import RunInfo, load_runs, require_store
 from mmsafe.store.sqlite import open_store
 from mmsafe.types import InputError
 
-EXPORT_FORMATS = ("csv", "jsonl", "parquet", "markdown")
+EXPORT_FORMATS = ("csv", "jsonl", "parquet", "markdown")  # the built-ins; export_formats() adds plugins
 COLUMNS = ("run", "target", "judge_id", "sample_id", "group", "scenario", "category", "method", "turns", "control",
            "question", "status", "response", "error", "model", "finish_reason", "input_tokens", "output_tokens",
            "cost_usd", "latency_ms", "cached", "label", "score", "rating", "parse_status", "rationale",
@@ -100,33 +100,57 @@ def _open_out(out: Path | None, binary: bool = False) -> tuple[IO[Any], Path | N
     return (open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8")), tmp
 
 
+def export_formats() -> list[str]:
+    """Formats ``mmsafe export --format`` takes: exporters registered with ``of`` = ``runs`` or ``leaderboard``."""
+    from mmsafe.registry import registry
+    return [e.name for e in registry("exporters").entries() if e.meta.get("of") in ("runs", "leaderboard")]
+
+
+def _exporter(fmt: str) -> tuple[Any, str, bool]:
+    """(the exporter, its ``of``, whether it writes bytes) for a registered format or ``module.path:Name``."""
+    from mmsafe.registry import is_reference, registry
+    reg = registry("exporters")
+    e = reg.entry(fmt)
+    if e is not None and e.meta.get("of") in ("runs", "leaderboard"):
+        return e.load(), str(e.meta["of"]), bool(e.meta.get("binary", False))
+    if e is None and is_reference(fmt):
+        fn = reg.resolve(fmt)
+        of = getattr(fn, "of", "runs")
+        if callable(fn) and of in ("runs", "leaderboard"):
+            return fn, of, bool(getattr(fn, "binary", False))
+        raise InputError(f"--format {fmt!r}: not a run or leaderboard exporter")
+    raise InputError(f"--format {fmt!r}: expected one of {', '.join(export_formats())} (or module.path:Name)")
+
+
 def export_runs(run_dirs: list[Path | str], fmt: str, out: Path | None, *, judge_id: str | None = None,
                 csv_formula_guard: bool = True) -> int:
-    """Write every sample row of the given runs to ``out`` (``None`` or ``-`` = stdout,
-    not for parquet). Returns the number of rows written. The file appears atomically."""
-    if fmt not in ("csv", "jsonl", "parquet"):
-        raise InputError(f"--format {fmt!r}: row exports are csv, jsonl or parquet")
-    runs = load_runs(list(run_dirs))
+    """Export the given runs in format ``fmt`` (a registered exporter — ``mmsafe plugins`` lists them — or
+    ``module.path:Name``) to ``out`` (``None`` or ``-`` = stdout; not for parquet). The file appears atomically.
+
+    A row exporter (``of="runs"``) gets the loaded runs and the open file; the number of rows
+    it wrote is returned. A leaderboard exporter (``of="leaderboard"``, e.g. ``markdown``)
+    returns text for the runs; the number of runs is returned.
+    """
+    fn, of, binary = _exporter(fmt)
     out = None if out is None or str(out) == "-" else Path(out)
+    if of == "leaderboard":
+        text = fn(list(run_dirs))
+        if out is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            fh_t, tmp_t = _open_out(out)
+            with fh_t:
+                fh_t.write(text)
+            os.replace(tmp_t, out)  # type: ignore[arg-type]
+        return len(run_dirs)
     if fmt == "parquet" and out is None:
         raise InputError("--format parquet needs --out FILE")
-    fh, tmp = _open_out(out, binary=fmt != "csv")
-    n = 0
+    runs = load_runs(list(run_dirs))
+    fh, tmp = _open_out(out, binary=binary)
     try:
-        if fmt == "csv":
-            w = csv.writer(fh)
-            w.writerow(COLUMNS)
-            for r in runs:
-                for row in iter_export_rows(r, judge_id):
-                    w.writerow([_csv_value(k, row[k], csv_formula_guard) for k in COLUMNS])
-                    n += 1
-        elif fmt == "jsonl":
-            for r in runs:
-                for row in iter_export_rows(r, judge_id):
-                    fh.write(orjson.dumps(row) + b"\n")
-                    n += 1
-        else:
-            n = _write_parquet(runs, fh, judge_id)
+        from mmsafe.registry import accepted_kwargs
+        n = int(fn(runs, fh, **accepted_kwargs(fn, {"judge_id": judge_id, "csv_formula_guard": csv_formula_guard})))
         if tmp is not None:
             fh.close()
             os.replace(tmp, out)  # type: ignore[arg-type]
@@ -141,7 +165,40 @@ def export_runs(run_dirs: list[Path | str], fmt: str, out: Path | None, *, judge
 
 
 def export_run(run_dir: Path | str, fmt: str, out: Path | None = None, **kw: Any) -> int:
+    """:func:`export_runs` of one run."""
     return export_runs([run_dir], fmt, out, **kw)
+
+
+# --------------------------------------------------------------------------- row exporters (registered)
+
+
+def write_csv(runs: list[RunInfo], fh: IO[str], *, judge_id: str | None = None, csv_formula_guard: bool = True) -> int:
+    """One CSV row per stored sample (columns :data:`COLUMNS`); formula-looking cells prefixed with ``'``."""
+    w = csv.writer(fh)
+    w.writerow(COLUMNS)
+    n = 0
+    for r in runs:
+        for row in iter_export_rows(r, judge_id):
+            w.writerow([_csv_value(k, row[k], csv_formula_guard) for k in COLUMNS])
+            n += 1
+    return n
+
+
+def write_jsonl(runs: list[RunInfo], fh: IO[bytes], *, judge_id: str | None = None,
+                csv_formula_guard: bool = True) -> int:
+    """One JSON object per stored sample (keys :data:`COLUMNS`)."""
+    n = 0
+    for r in runs:
+        for row in iter_export_rows(r, judge_id):
+            fh.write(orjson.dumps(row) + b"\n")
+            n += 1
+    return n
+
+
+def write_parquet(runs: list[RunInfo], fh: IO[bytes], *, judge_id: str | None = None,
+                  csv_formula_guard: bool = True) -> int:
+    """One Parquet row per stored sample (zstd; typed columns), written in batches."""
+    return _write_parquet(runs, fh, judge_id)
 
 
 def _write_parquet(runs: list[RunInfo], fh: IO[bytes], judge_id: str | None) -> int:

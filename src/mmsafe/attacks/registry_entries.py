@@ -1,0 +1,98 @@
+"""mmsafe's built-in attacks as entries of the "attacks" registry (see :mod:`mmsafe._builtins`).
+
+Every entry has ``type`` in its meta:
+
+- ``text``: a local text transform, ``fn(text, *, seed=0) -> str | TransformResult``
+  (:func:`mmsafe.attacks.transforms.apply_local`);
+- ``text-llm``: an LLM text transform, ``async fn(text, *, client, seed=0, language="French",
+  params=None) -> str | TransformResult`` (:func:`~mmsafe.attacks.transforms.apply_text_transform`);
+- ``visual``: ``fn(*, text, instruction, image, seed, options) -> VisualResult``
+  (:func:`mmsafe.attacks.visual.apply_visual`);
+- ``dialogue-method``: the generator instructions of a ``mmsafe dialogues --methods`` method, a
+  string or a function of no arguments returning it (:func:`mmsafe.attacks.dialogues.parse_methods`);
+- ``adaptive``: an attacker class for ``--mode adaptive`` (:class:`mmsafe.api.Attack`).
+
+Targets are ``"module:attr"`` strings so that listing the registry imports nothing (Pillow and
+numpy stay unloaded until a visual transform is used).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mmsafe.registry import Registry
+
+ATTACK_TYPES = ("text", "text-llm", "visual", "dialogue-method", "adaptive")
+"""The values of an "attacks" entry's ``type``."""
+
+_T = "mmsafe.attacks.transforms"
+_V = "mmsafe.attacks.visual"
+
+TEXT = (
+    ("base64", "base64_wrap", "the request base64-encoded, asked to be decoded and answered"),
+    ("leetspeak", "leetspeak_wrap", "the request in leetspeak"),
+    ("rot13", "rot13_wrap", "the request ROT13-encoded, asked to be decoded and answered"),
+    ("role_play", "role_play", "the request put to a character in a fictional scene (template)"),
+    ("research_framing", "research_framing", "the request framed as research or coursework (template)"),
+    ("refusal_suppression", "refusal_suppression", "rules forbidding apologies and refusal words (template)"),
+    ("prefix_injection", "prefix_injection", "the reply must begin with an affirmative prefix (template)"),
+)
+TEXT_LLM = (
+    ("paraphrase", "paraphrase", "an LLM rewrites the request with other words"),
+    ("translate", "translate", "an LLM translates the request (augment.languages)"),
+    ("role_play_llm", "role_play_llm", "an LLM rewrites the request as a role-play scene"),
+    ("research_framing_llm", "research_framing_llm", "an LLM rewrites the request with a research framing"),
+)
+VISUAL = (
+    ("figstep", "transform_figstep", "FigStep: the instruction drawn as a list to complete; benign text prompt",
+     ("size",)),
+    ("figstep_pro", "transform_figstep_pro", "FigStep-Pro: the FigStep figure cut into sub-figures",
+     ("parts", "size", "direction")),
+    ("noise", "transform_noise", "Gaussian noise on the item's image", ("sigma",)),
+    ("blur", "transform_blur", "Gaussian blur of the item's image", ("radius",)),
+    ("jpeg", "transform_jpeg", "the item's image re-encoded as a low-quality JPEG", ("quality",)),
+    ("rotate", "transform_rotate", "the item's image rotated", ("degrees",)),
+    ("blank", "transform_blank", "a plain white image instead of the item's", ("size",)),
+    ("unrelated", "transform_unrelated", "a seeded abstract image unrelated to the request", ("size",)),
+)
+DIALOGUE_METHODS = (
+    ("escalation", "start harmless and escalate gradually towards the request"),
+    ("roleplay", "a fictional frame in which a character asks"),
+    ("research", "a research or educational pretext"),
+    ("demonstration", "a fabricated in-context demonstration: an earlier request answered with a placeholder"),
+)
+
+
+class MethodPrompt:
+    """The generator instructions of a built-in dialogue method, read from the packaged prompt file on call."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.__doc__ = f"dialogue method {name} (prompts/method_{name}.txt)"
+
+    def __call__(self) -> str:
+        from mmsafe.attacks.dialogues import load_prompt
+        return load_prompt(f"method_{self.name}.txt").strip()
+
+    def __repr__(self) -> str:
+        return f"MethodPrompt({self.name!r})"
+
+
+def register_attacks(reg: Registry) -> None:
+    """Add every built-in text, visual, dialogue-method and adaptive attack to the "attacks" registry."""
+    for name, attr, desc in TEXT:
+        reg.add(name, f"{_T}:{attr}", type="text", description=desc, options=("seed",))
+    for name, attr, desc in TEXT_LLM:
+        reg.add(name, f"{_T}:{attr}", type="text-llm", description=desc,
+                options=("language",) if name == "translate" else ())
+    for name, attr, desc, opts in VISUAL:
+        reg.add(name, f"{_V}:{attr}", type="visual", description=desc, options=opts)
+    for name, desc in DIALOGUE_METHODS:
+        reg.add(name, MethodPrompt(name), type="dialogue-method", description=desc)
+    reg.add("crescendo", "mmsafe.attacks.adaptive:AdaptiveAttack", type="adaptive",
+            description="Crescendo-style attacker LLM with images and backtracking (--mode adaptive)",
+            options=("max_turns", "max_backtracks", "attacker_retries", "attacker_images"))
+
+
+__all__ = ["ATTACK_TYPES", "MethodPrompt", "register_attacks"]
