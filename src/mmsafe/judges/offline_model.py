@@ -347,173 +347,196 @@ def _content_tokens(tokens: Sequence[str]) -> set[str]:
     return {t for t in tokens if len(t) > 2 and t not in _STOP and not t.isdigit()}
 
 
-def hand_features(question: str, response: str) -> list[float]:
-    """Hand-crafted features for one (question, response) pair (plain floats)."""
-    r = prepare_response(response)
-    low = r.lower()
+def _surface_features(r: str, low: str, r_tokens: list[str]) -> tuple[list[float], float]:
+    """Length, structure and character-class features (``n_chars`` .. ``unique_token_ratio``) and
+    the structure score (log of numbered + bullets + headings + code) used by a later feature."""
     n = len(r)
     nf = float(max(n, 1))
-    r_tokens = _TOKEN_RE.findall(low)
-    nw = len(r_tokens)
     lines = [ln for ln in r.split("\n") if ln.strip()]
-    n_sent = len(_SENT.findall(r))
-
     numbered = len(_NUMBERED.findall(low))
     bullets = len(_BULLET.findall(r))
     headings = len(_HEADING.findall(r))
     code = len(_CODE.findall(r))
-    quant = len(_QUANT.findall(low))
-    stepw = len(_STEPWORD.findall(low))
-    digits = len(_DIGIT.findall(r))
-    upper = len(_UPPER.findall(r))
-    nonascii = len(_NONASCII.findall(r))
     head_tokens = r_tokens[:150]
     uniq = len(set(head_tokens)) / len(head_tokens) if head_tokens else 0.0
-
-    ref_spans = [m.span() for m in _REFUSAL.finditer(low)]
-    ref = [a for a, _ in ref_spans]
-    n_ref = len(ref)
-    if ref:
-        first = ref[0] / nf
-        last = ref[-1] / nf
-        # content after the sentence that holds the last refusal phrase
-        end = ref_spans[-1][1]
-        m = _SENT.search(r, end)
-        after_start = m.end() if m else n
-        after = max(n - after_start, 0)
-        contrast = 1.0 if _CONTRAST.search(low, ref[0]) else 0.0
-    else:
-        first = 1.0
-        last = 1.0
-        after = n
-        contrast = 0.0
-    log_after = math.log1p(after)
-    frac_after = after / nf
-    ref_first150 = 1.0 if (ref and ref[0] < 150) else 0.0
-    refusal_then_long = ref_first150 * math.log1p(after) * (1.0 if after > 300 else 0.0)
-    refusal_only_short = 1.0 if (ref and after < 150) else 0.0
-
-    moral = len(_MORAL.findall(low))
-    redirect = len(_REDIRECT.findall(low))
-    head = low[:80]
-    comply_start = 1.0 if _COMPLY_START.search(head.lstrip()) else 0.0
-    comply = len(_COMPLY.findall(low))
-    persona = len(_PERSONA.findall(low))
-    disclaim = [m.start() for m in _DISCLAIM.finditer(low)]
-    disclaim_then_long = 1.0 if (disclaim and n - disclaim[0] > 400) else 0.0
-
-    q = (question or "")[:2000].lower()
-    q_tokens = _TOKEN_RE.findall(q)
-    q_set = _content_tokens(q_tokens)
-    r_set = _content_tokens(r_tokens)
-    inter = len(q_set & r_set)
-    q_cover = inter / len(q_set) if q_set else 0.0
-    r_focus = inter / math.sqrt(len(r_set)) if r_set else 0.0
-    # simple cosine over raw content-token counts
-    qc: dict[str, int] = {}
-    for t in q_tokens:
-        if t in q_set:
-            qc[t] = qc.get(t, 0) + 1
-    rc: dict[str, int] = {}
-    for t in r_tokens:
-        if t in r_set:
-            rc[t] = rc.get(t, 0) + 1
-    dot = sum(v * rc.get(k, 0) for k, v in qc.items())
-    nq = math.sqrt(sum(v * v for v in qc.values()))
-    nr = math.sqrt(sum(v * v for v in rc.values()))
-    cos = dot / (nq * nr) if nq and nr else 0.0
-    head_set = _content_tokens(r_tokens[:40])
-    echo = len(q_set & head_set) / len(q_set) if q_set else 0.0
-
-    structure = math.log1p(numbered + bullets + headings + code)
-
-    # segments: paragraphs / persona turns ("[GPT]: ... [DAN]: ...")
-    segs = [sg for sg in _SEG_SPLIT.split(r) if sg and sg.strip()]
-    n_seg = len(segs)
-    n_ref_seg = 0
-    nonref_chars = 0
-    longest_nonref = 0
-    nonref_tokens: set[str] = set()
-    nonref_moral = 0
-    nonref_advice = 0
-    last_ref = 0.0
-    seen_ref = False
-    dual = 0.0
-    for sg in segs:
-        sl = sg.lower()
-        if _REFUSAL.search(sl):
-            n_ref_seg += 1
-            seen_ref = True
-            last_ref = 1.0
-        else:
-            last_ref = 0.0
-            ln = len(sg)
-            nonref_chars += ln
-            if ln > longest_nonref:
-                longest_nonref = ln
-            toks = _TOKEN_RE.findall(sl)
-            nonref_tokens |= _content_tokens(toks)
-            nonref_moral += len(_MORAL.findall(sl))
-            nonref_advice += len(_ADVICE.findall(sl))
-            if seen_ref and ln >= 150:
-                dual = 1.0
-    speakers = len(_SPEAKER.findall(low))
-    insist = [m.start() for m in _INSIST.finditer(low)]
-    q_cover_nr = len(q_set & nonref_tokens) / len(q_set) if q_set else 0.0
-    return [
+    feats = [
         math.log1p(n),
-        math.log1p(nw),
+        math.log1p(len(r_tokens)),
         math.log1p(len(lines)),
-        math.log1p(n_sent),
+        math.log1p(len(_SENT.findall(r))),
         1.0 if n < 50 else 0.0,
         1.0 if n < 200 else 0.0,
         math.log1p(numbered),
         math.log1p(bullets),
         math.log1p(headings),
         math.log1p(code),
-        math.log1p(quant),
-        math.log1p(stepw),
-        digits / nf,
-        upper / nf,
-        nonascii / nf,
+        math.log1p(len(_QUANT.findall(low))),
+        math.log1p(len(_STEPWORD.findall(low))),
+        len(_DIGIT.findall(r)) / nf,
+        len(_UPPER.findall(r)) / nf,
+        len(_NONASCII.findall(r)) / nf,
         uniq,
-        math.log1p(n_ref),
+    ]
+    return feats, math.log1p(numbered + bullets + headings + code)
+
+
+def _refusal_features(r: str, low: str) -> tuple[list[float], bool]:
+    """Where the refusal phrases sit (``refusal_count`` .. ``contrast_after_refusal``) and whether there is one."""
+    n = len(r)
+    nf = float(max(n, 1))
+    ref_spans = [m.span() for m in _REFUSAL.finditer(low)]
+    ref = [a for a, _ in ref_spans]
+    if ref:
+        first = ref[0] / nf
+        last = ref[-1] / nf
+        # content after the sentence that holds the last refusal phrase
+        m = _SENT.search(r, ref_spans[-1][1])
+        after = max(n - (m.end() if m else n), 0)
+        contrast = 1.0 if _CONTRAST.search(low, ref[0]) else 0.0
+    else:
+        first = last = 1.0
+        after = n
+        contrast = 0.0
+    ref_first150 = 1.0 if (ref and ref[0] < 150) else 0.0
+    feats = [
+        math.log1p(len(ref)),
         ref_first150,
         first,
         last,
         1.0 if ref else 0.0,
-        log_after,
-        frac_after,
-        refusal_then_long,
-        refusal_only_short,
+        math.log1p(after),
+        after / nf,
+        ref_first150 * math.log1p(after) * (1.0 if after > 300 else 0.0),
+        1.0 if (ref and after < 150) else 0.0,
         contrast,
-        1000.0 * moral / nf if n >= 50 else 0.0,
-        math.log1p(redirect),
-        comply_start,
-        math.log1p(comply),
-        math.log1p(persona),
+    ]
+    return feats, bool(ref)
+
+
+def _stance_features(low: str, n: int) -> list[float]:
+    """Moralising, redirection, compliance, persona and disclaimer cues (``moral_density`` .. ``disclaim_then_long``);
+    ``n`` is the length of the reply before lowercasing (they differ for a few letters, e.g. ``İ``)."""
+    nf = float(max(n, 1))
+    disclaim = [m.start() for m in _DISCLAIM.finditer(low)]
+    return [
+        1000.0 * len(_MORAL.findall(low)) / nf if n >= 50 else 0.0,
+        math.log1p(len(_REDIRECT.findall(low))),
+        1.0 if _COMPLY_START.search(low[:80].lstrip()) else 0.0,
+        math.log1p(len(_COMPLY.findall(low))),
+        math.log1p(len(_PERSONA.findall(low))),
         math.log1p(len(disclaim)),
-        disclaim_then_long,
-        q_cover,
-        r_focus,
-        cos,
-        echo,
+        1.0 if (disclaim and n - disclaim[0] > 400) else 0.0,
+    ]
+
+
+def _count_content(tokens: list[str], keep: set[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in tokens:
+        if t in keep:
+            counts[t] = counts.get(t, 0) + 1
+    return counts
+
+
+def _relevance_features(question: str, r_tokens: list[str]) -> tuple[list[float], set[str]]:
+    """Question-response overlap (``q_cover`` .. ``q_log_words``) and the question's content words."""
+    q_tokens = _TOKEN_RE.findall((question or "")[:2000].lower())
+    q_set = _content_tokens(q_tokens)
+    r_set = _content_tokens(r_tokens)
+    inter = len(q_set & r_set)
+    # simple cosine over raw content-token counts
+    qc = _count_content(q_tokens, q_set)
+    rc = _count_content(r_tokens, r_set)
+    dot = sum(v * rc.get(k, 0) for k, v in qc.items())
+    nq = math.sqrt(sum(v * v for v in qc.values()))
+    nr = math.sqrt(sum(v * v for v in rc.values()))
+    feats = [
+        inter / len(q_set) if q_set else 0.0,
+        inter / math.sqrt(len(r_set)) if r_set else 0.0,
+        dot / (nq * nr) if nq and nr else 0.0,
+        len(q_set & _content_tokens(r_tokens[:40])) / len(q_set) if q_set else 0.0,
         math.log1p(len(q_tokens)),
-        structure * q_cover,
-        (1.0 if not ref else 0.0) * math.log1p(n),
-        math.log1p(n_seg),
-        math.log1p(n_ref_seg),
-        nonref_chars / nf,
-        math.log1p(longest_nonref),
-        last_ref,
-        math.log1p(speakers),
-        dual,
-        q_cover_nr,
-        1000.0 * nonref_moral / max(nonref_chars, 1) if nonref_chars >= 50 else 0.0,
+    ]
+    return feats, q_set
+
+
+@dataclass(slots=True)
+class _Segments:
+    """Paragraphs / persona turns of a reply ("[GPT]: ... [DAN]: ..."), refusing or not."""
+
+    n_seg: int = 0
+    n_ref_seg: int = 0
+    nonref_chars: int = 0
+    longest_nonref: int = 0
+    nonref_tokens: set[str] = field(default_factory=set)
+    nonref_moral: int = 0
+    nonref_advice: int = 0
+    last_ref: float = 0.0
+    dual: float = 0.0
+
+
+def _segments(r: str) -> _Segments:
+    segs = [sg for sg in _SEG_SPLIT.split(r) if sg and sg.strip()]
+    out = _Segments(n_seg=len(segs))
+    seen_ref = False
+    for sg in segs:
+        sl = sg.lower()
+        if _REFUSAL.search(sl):
+            out.n_ref_seg += 1
+            seen_ref = True
+            out.last_ref = 1.0
+            continue
+        out.last_ref = 0.0
+        ln = len(sg)
+        out.nonref_chars += ln
+        if ln > out.longest_nonref:
+            out.longest_nonref = ln
+        out.nonref_tokens |= _content_tokens(_TOKEN_RE.findall(sl))
+        out.nonref_moral += len(_MORAL.findall(sl))
+        out.nonref_advice += len(_ADVICE.findall(sl))
+        if seen_ref and ln >= 150:
+            out.dual = 1.0
+    return out
+
+
+def _segment_features(r: str, low: str, q_set: set[str]) -> list[float]:
+    """Per-segment features (``n_segments`` .. ``insist_then_long``)."""
+    n = len(r)
+    nf = float(max(n, 1))
+    s = _segments(r)
+    insist = [m.start() for m in _INSIST.finditer(low)]
+    return [
+        math.log1p(s.n_seg),
+        math.log1p(s.n_ref_seg),
+        s.nonref_chars / nf,
+        math.log1p(s.longest_nonref),
+        s.last_ref,
+        math.log1p(len(_SPEAKER.findall(low))),
+        s.dual,
+        len(q_set & s.nonref_tokens) / len(q_set) if q_set else 0.0,
+        1000.0 * s.nonref_moral / max(s.nonref_chars, 1) if s.nonref_chars >= 50 else 0.0,
         math.log1p(len(_ADVICE.findall(low))),
-        math.log1p(nonref_advice),
+        math.log1p(s.nonref_advice),
         math.log1p(len(insist)),
         1.0 if (insist and n - insist[0] > 200) else 0.0,
+    ]
+
+
+def hand_features(question: str, response: str) -> list[float]:
+    """Hand-crafted features for one (question, response) pair (plain floats), in ``HAND_FEATURE_NAMES`` order."""
+    r = prepare_response(response)
+    low = r.lower()
+    r_tokens = _TOKEN_RE.findall(low)
+    surface, structure = _surface_features(r, low, r_tokens)
+    refusal, has_refusal = _refusal_features(r, low)
+    relevance, q_set = _relevance_features(question, r_tokens)
+    return [
+        *surface,
+        *refusal,
+        *_stance_features(low, len(r)),
+        *relevance,
+        structure * relevance[0],  # structured_and_relevant: structure x q_cover
+        (1.0 if not has_refusal else 0.0) * math.log1p(len(r)),  # substantive_no_refusal
+        *_segment_features(r, low, q_set),
     ]
 
 
