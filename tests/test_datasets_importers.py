@@ -250,13 +250,25 @@ def test_safebench_audio(safebench_src, tmp_path):
 
 def test_safebench_missing_image_and_forced_base(safebench_src, tmp_path):
     (safebench_src / "1" / "2.png").unlink()
-    with pytest.raises(DatasetError, match=r"text/1\.csv:3: image 1/2\.png not found"):
-        import_safebench(safebench_src, tmp_path / "x")
-    m = import_safebench(safebench_src, tmp_path / "y", allow_missing_images=True)
+    with pytest.raises(DatasetError, match=r"text/1\.csv:3: image 1/2\.png: safebench: 1 of 4 rows "
+                                           r"have no image file"):
+        import_safebench(safebench_src, tmp_path / "x", strict_media=True)
+    m = import_safebench(safebench_src, tmp_path / "y")
     assert m.provenance["missing_images"] == 1
+    assert m.provenance["media"]["image"]["missing"] == 1
     assert samples(tmp_path / "y")["safebench/1/2"].modalities == {"text"}
-    with pytest.raises(DatasetError, match="not found"):
-        import_safebench(safebench_src, tmp_path / "z", index_base=0)
+    m2 = import_safebench(safebench_src, tmp_path / "c", only_with_images=True)
+    assert m2.counts.n_samples == 3 and "safebench/1/2" not in samples(tmp_path / "c")
+    m3 = import_safebench(safebench_src, tmp_path / "z", index_base=0)
+    assert m3.provenance["media"]["image"]["missing"] == 1  # rows 0, 1 of scenario 1: no 0.png
+    assert m3.provenance["media"]["image"]["examples"][0].endswith("image 1/0.png")
+
+
+def test_safebench_audio_requested_but_absent(safebench_src, tmp_path):
+    for v in ("male", "female"):
+        shutil.rmtree(safebench_src / f"audio_data_{v}")
+    with pytest.raises(DatasetError, match="audio requested but no audio_data_"):
+        import_safebench(safebench_src, tmp_path / "a", audio=True)
 
 
 # --------------------------------------------------------------------------- FigStep
@@ -360,8 +372,10 @@ def test_harmbench_multimodal(tmp_path):
     src = fixture_copy(tmp_path, "harmbench")
     make_image(src / "images" / "device.png", (5, 5, 5))
     make_image(src / "images" / "lock.png", (6, 6, 6))
-    with pytest.raises(DatasetError, match=r"multimodal\.csv:2: image device\.png: file not found"):
-        import_harmbench(src / "multimodal.csv", tmp_path / "x")
+    with pytest.raises(DatasetError, match=r"multimodal\.csv:2: harmbench: 2 of 2 rows have no image"):
+        import_harmbench(src / "multimodal.csv", tmp_path / "x", strict_media=True)
+    gap = import_harmbench(src / "multimodal.csv", tmp_path / "gap")
+    assert gap.counts.modalities == {"text": 2} and gap.provenance["media"]["image"]["missing"] == 2
     m = import_harmbench(src / "multimodal.csv", tmp_path / "bench", images_dir=src / "images")
     assert m.counts.modalities == {"text": 2, "image": 2} and m.name == "harmbench-multimodal"
     s = samples(tmp_path / "bench")["lock_pick"]

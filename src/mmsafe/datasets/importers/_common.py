@@ -230,10 +230,13 @@ class MediaGaps:
     ``strict`` raises :class:`DatasetError` instead (so nothing is written).
     """
 
-    def __init__(self, importer: str, restrict_option: str | None, *, dropped: bool = False):
+    def __init__(self, importer: str, restrict_option: str | None, *,
+                 dropped: bool | Iterable[str] = False):
         self.importer = importer
         self.restrict_option = restrict_option
-        self.dropped = dropped  # rows without their media are skipped (not imported text-only)
+        # kinds whose rows are skipped when the file is missing (not imported text-only)
+        self.dropped: set[str] = ({"image", "audio"} if dropped is True else
+                                  set() if dropped is False else set(dropped))
         self.rows: dict[str, int] = {}
         self.missing: dict[str, int] = {}
         self.examples: dict[str, list[str]] = {}
@@ -259,11 +262,12 @@ class MediaGaps:
         for kind, n in self.rows.items():
             miss = self.missing.get(kind, 0)
             if miss:
-                parts.append(f"{miss} of {n} rows have no {kind} file")
-        what = "skipped" if self.dropped else "imported without it"
+                what = "skipped" if kind in self.dropped else "imported without it"
+                parts.append(f"{miss} of {n} rows have no {kind} file ({what})")
         hint = (f"; --opt {self.restrict_option}=true keeps only the complete rows"
-                if self.restrict_option else "")
-        return f"{self.importer}: {', '.join(parts)} ({what}){hint}; --strict-media makes this an error"
+                if self.restrict_option and any(k not in self.dropped for k in self.missing)
+                else "")
+        return f"{self.importer}: {', '.join(parts)}{hint}; --strict-media makes this an error"
 
     def finish(self, manifest: BenchmarkManifest, *, strict: bool = False) -> None:
         """Record the counts in ``manifest``; raise under ``strict`` when a row lacks media."""

@@ -236,8 +236,11 @@ def _manifest(kind: str, src: Path, name: str | None, mapping: dict | None,
 def import_csv(src: Path, out: Path, *, name: str | None = None, overwrite: bool = False,
                mapping: dict[str, str] | None = None, images_dir: Path | None = None,
                delimiter: str = ",", source: str | None = None, licence: str | None = None,
-               description: str = "") -> BenchmarkManifest:
+               description: str = "", strict_media: bool = False) -> BenchmarkManifest:
     """Import a CSV (with a header row) using a column ``mapping`` (see the module doc).
+
+    A referenced image or audio file that is missing is always an error here, so
+    ``strict_media`` (accepted for uniformity with the other importers) changes nothing.
 
     A mapped column missing from the header raises :class:`DatasetError` naming the
     column; a bad row raises one naming ``file:line``.
@@ -287,8 +290,11 @@ def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def import_jsonl(src: Path, out: Path, *, name: str | None = None, overwrite: bool = False,
                  mapping: dict[str, str] | None = None, images_dir: Path | None = None,
                  source: str | None = None, licence: str | None = None,
-                 description: str = "") -> BenchmarkManifest:
+                 description: str = "", strict_media: bool = False) -> BenchmarkManifest:
     """Import a JSON-lines file using a column ``mapping`` (see the module doc).
+
+    A referenced image or audio file that is missing is always an error here, so
+    ``strict_media`` (accepted for uniformity) changes nothing.
 
     Rows may carry ``messages`` in OpenAI chat format. A missing mapped key, bad JSON or
     bad asset raises :class:`DatasetError` naming ``file:line``.

@@ -13,7 +13,13 @@ variant         image                     text                     method
 ``sd_typo``     ``SD_TYPO/<id>.jpg``      ``Rephrased Question``   ``mmsb_sd_typo``
 ==============  ========================  =======================  ============
 
-Image variants are produced only where the image exists on disk.
+Published layout (github.com/isXinLiu/MM-SafetyBench): ``data/processed_questions/*.json``;
+the image archive ``MM-SafetyBench(imgs).zip`` unpacks to ``imgs/MM-SafetyBench(imgs)/
+<NN-Scenario>/{SD,TYPO,SD_TYPO}/<id>.jpg`` (one folder deeper than ``imgs/``), and its
+scenario folders are matched to the JSON files by their number (the release spells
+``01-Illegal_Activitiy.json`` but ``01-Illegal_Activity/``). Image variants are
+produced only where the image exists on disk; the ones missing are counted and
+reported (``strict_media`` makes them an error).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from mmsafe.types import BenchmarkManifest, Message, Sample, TextPart
 
 from ..benchmark import BenchmarkWriter
 from ..errors import DatasetError, describe_validation_error
-from ._common import make_manifest, require_path, source_entry
+from ._common import MediaGaps, make_manifest, require_path, source_entry
 
 __all__ = ["import_mmsafetybench", "MMSB_VARIANTS", "MMSB_SCENARIOS"]
 
@@ -71,16 +77,44 @@ def _find_json(src: Path) -> list[Path]:
     raise DatasetError(f"{src}: no MM-SafetyBench scenario files (NN-Scenario.json)")
 
 
+_SCEN_DIR_RE = re.compile(r"^(\d+)-")
+
+
+def _scenario_dirs(d: Path) -> dict[str, Path]:
+    """``NN`` (number, no leading zeros) -> scenario folder directly inside ``d``."""
+    out: dict[str, Path] = {}
+    if d.is_dir():
+        for p in sorted(d.iterdir()):
+            m = _SCEN_DIR_RE.match(p.name)
+            if m and p.is_dir():
+                out.setdefault(str(int(m.group(1))), p)
+    return out
+
+
+def _unnest(d: Path) -> Path:
+    """``d`` or the folder below it that holds the scenario folders (the archive unpacks
+    to ``imgs/MM-SafetyBench(imgs)/NN-Scenario/``), up to two levels down."""
+    level = [d]
+    for _ in range(3):
+        for x in level:
+            if _scenario_dirs(x):
+                return x
+        level = [c for x in level if x.is_dir() for c in sorted(x.iterdir()) if c.is_dir()]
+    return d
+
+
 def _find_imgs(src: Path, json_dir: Path) -> Path | None:
-    for d in (src / "imgs", src / "data" / "imgs", json_dir / "imgs", json_dir.parent / "imgs"):
+    for d in (src / "imgs", src / "data" / "imgs", json_dir / "imgs", json_dir.parent / "imgs",
+              src / "MM-SafetyBench(imgs)", json_dir.parent / "MM-SafetyBench(imgs)"):
         if d.is_dir():
-            return d
+            return _unnest(d)
     return None
 
 
 def import_mmsafetybench(src: Path, out: Path, *, name: str | None = None,
                          overwrite: bool = False, images_dir: Path | None = None,
-                         variants: Iterable[str] = tuple(MMSB_VARIANTS)) -> BenchmarkManifest:
+                         variants: Iterable[str] = tuple(MMSB_VARIANTS),
+                         strict_media: bool = False) -> BenchmarkManifest:
     """Import MM-SafetyBench from its root (or its ``processed_questions`` folder, or one
     scenario JSON). ``images_dir`` is the ``imgs`` folder (found automatically next to
     the JSON files or the root). ``variants`` restricts to some of
@@ -94,8 +128,9 @@ def import_mmsafetybench(src: Path, out: Path, *, name: str | None = None,
         raise DatasetError(f"{src}: unknown variant {bad[0] if bad else None!r} "
                            f"(choose from {', '.join(MMSB_VARIANTS)})")
     files = _find_json(src)
-    imgs = Path(images_dir) if images_dir else _find_imgs(src if src.is_dir() else src.parent,
-                                                         files[0].parent)
+    imgs = _unnest(Path(images_dir)) if images_dir else _find_imgs(
+        src if src.is_dir() else src.parent, files[0].parent)
+    scen_dirs = _scenario_dirs(imgs) if imgs else {}
     base = src if src.is_dir() else src.parent
     manifest = make_manifest(
         name=name or "mm-safetybench", importer="mmsafetybench",
@@ -106,11 +141,14 @@ def import_mmsafetybench(src: Path, out: Path, *, name: str | None = None,
         source="isXinLiu/MM-SafetyBench (Liu et al., 2024)",
     )
     counts = {v: 0 for v in variants}
+    gaps = MediaGaps("mmsafetybench", None, dropped=True)
     with BenchmarkWriter(out, manifest, overwrite=overwrite) as w:
         for path in files:
             m = _FILE_RE.match(path.name)
             stem = path.stem
             scenario = _scenario_name(m.group(2) if m else stem)
+            scen_dir = (imgs / stem) if imgs and (imgs / stem).is_dir() else (
+                scen_dirs.get(str(int(m.group(1)))) if m else None)
             try:
                 items = orjson.loads(path.read_bytes())
             except orjson.JSONDecodeError as e:
@@ -132,9 +170,12 @@ def import_mmsafetybench(src: Path, out: Path, *, name: str | None = None,
                     if folder is None:
                         content = question
                     else:
-                        img = (imgs / stem / folder / f"{item_id}.jpg") if imgs else None
-                        if img is None or not img.is_file():
+                        img = (scen_dir / folder / f"{item_id}.jpg") if scen_dir else None
+                        ok = img is not None and img.is_file()
+                        gaps.row("image", ok, f"{where}: {folder}/{item_id}.jpg")
+                        if not ok:
                             continue
+                        assert img is not None
                         if not isinstance(text, str) or not text.strip():
                             raise DatasetError(f"{where}: {field}: missing or empty")
                         part = w.add_image(img, where=where, name=f"{stem}/{folder}/{img.name}")
@@ -154,4 +195,8 @@ def import_mmsafetybench(src: Path, out: Path, *, name: str | None = None,
                     w.add(sample, where=where)
                     counts[v] += 1
         w.manifest.provenance["by_variant"] = counts
+        if imgs is not None:
+            w.manifest.provenance["images_dir"] = (imgs.relative_to(base).as_posix()
+                                                   if imgs.is_relative_to(base) else str(imgs))
+        gaps.finish(w.manifest, strict=strict_media)
     return w.manifest

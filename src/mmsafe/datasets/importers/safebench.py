@@ -1,11 +1,17 @@
 """SafeBench (MLLM) importer: per-scenario query CSVs, images and spoken queries.
 
-Layout (``src`` is the dataset root)::
+Published release layout (``src`` may be the dataset root or ``final_bench/``)::
 
     category.csv                       k -> scenario name (optionally k, category, scenario)
-    text/{k}.csv                       one query per row, first column (k = 1..23)
-    {k}/{i}.png                        the image paired with row i
-    audio_data_{male,female}/{k}/{i}.wav   the query spoken in two voices
+    final_bench/text/{k}.csv           one query per row, first column (k = 1..23)
+    final_bench/image/{k}/{i}.png      the image paired with row i
+    final_bench/audio/audio_data_{male,female}/{k}/{i}.wav   the query spoken in two voices
+
+The flat layout (``text/``, ``{k}/{i}.png``, ``audio_data_*/`` and ``category.csv`` in
+one folder) is read as well; ``images_dir``/``audio_dir`` cover anything else. A row
+whose image is missing is imported text-only and reported (``only_with_images`` skips
+it, ``strict_media`` makes it an error); asking for audio when no audio file exists
+at all is an error.
 
 Row/image numbering: the published description says only "row i pairs with image i".
 Both conventions are handled: per scenario, if ``{k}/0.png`` (or a voice's ``0.wav``)
@@ -28,7 +34,7 @@ from mmsafe.types import BenchmarkManifest, Message, Sample, TextPart
 
 from ..benchmark import BenchmarkWriter
 from ..errors import DatasetError, describe_validation_error
-from ._common import make_manifest, require_path, source_entry
+from ._common import MediaGaps, first_existing, make_manifest, require_path, source_entry
 
 __all__ = ["import_safebench", "SAFEBENCH_TAXONOMY", "AUDIO_INSTRUCTION"]
 
@@ -111,7 +117,8 @@ def import_safebench(src: Path, out: Path, *, name: str | None = None, overwrite
                      modality: Literal["image", "audio", "all"] = "image", audio: bool = False,
                      voices: Iterable[str] = ("male", "female"), index_base: int | None = None,
                      images_dir: Path | None = None, audio_dir: Path | None = None,
-                     allow_missing_images: bool = False) -> BenchmarkManifest:
+                     allow_missing_images: bool = False, only_with_images: bool = False,
+                     strict_media: bool = False) -> BenchmarkManifest:
     """Import SafeBench (MLLM).
 
     ``modality="image"`` (default) gives one text+image sample per query
@@ -121,9 +128,10 @@ def import_safebench(src: Path, out: Path, *, name: str | None = None, overwrite
     id ``safebench/{k}/{i}/{voice}``, method ``audio_{voice}``, ``metadata["voice"]``.
     ``metadata["group"]`` is ``{k}/{i}`` for all variants of a query.
 
-    A missing image is an error unless ``allow_missing_images`` (then the query is
-    imported text-only); missing audio files are skipped and counted in the manifest's
-    provenance (``missing_audio``).
+    A missing image makes the query text-only (counted, reported; ``only_with_images``
+    skips it, ``strict_media`` makes it an error; ``allow_missing_images`` is accepted for
+    older callers and changes nothing); missing audio files are skipped and counted
+    (``missing_audio``); audio requested with no audio file at all is an error.
     """
     src = require_path(src)
     if not src.is_dir():
@@ -136,27 +144,37 @@ def import_safebench(src: Path, out: Path, *, name: str | None = None, overwrite
         modality = "all"
     want_image = modality in ("image", "all")
     want_audio = modality in ("audio", "all")
-    text_dir = src / "text"
+    root = src / "final_bench" if (src / "final_bench" / "text").is_dir() else src
+    text_dir = root / "text"
     if not text_dir.is_dir():
-        raise DatasetError(f"{text_dir}: missing (SafeBench queries live in text/{{k}}.csv)")
+        raise DatasetError(f"{text_dir}: missing (SafeBench queries live in final_bench/text/{{k}}.csv "
+                           "or text/{k}.csv)")
     text_files = sorted((int(p.stem), p) for p in text_dir.glob("*.csv") if p.stem.isdigit())
     if not text_files:
         raise DatasetError(f"{text_dir}: no query files text/{{k}}.csv")
-    cat_path = next((p for p in (src / "category.csv", text_dir / "category.csv") if p.is_file()),
-                    None)
+    cat_path = first_existing((root / "category.csv", text_dir / "category.csv",
+                               root.parent / "category.csv"), kind="file")
     categories = _read_categories(cat_path) if cat_path else {}
-    img_root = Path(images_dir) if images_dir else src
-    aud_root = Path(audio_dir) if audio_dir else src
+    img_root = Path(images_dir) if images_dir else (
+        first_existing((root / "image", root / "images")) or root)
+    aud_root = Path(audio_dir) if audio_dir else (first_existing((root / "audio",)) or root)
     voices = list(voices)
+    if want_audio:
+        n_wav = sum(1 for v in voices for _ in (aud_root / f"audio_data_{v}").glob("*/*.wav"))
+        if not n_wav:
+            raise DatasetError(f"{aud_root}: audio requested but no audio_data_{{{','.join(voices)}}}"
+                               "/{k}/{i}.wav files found (give audio_dir=...)")
 
     sources = [source_entry(p, src) for _, p in text_files]
     if cat_path:
-        sources.insert(0, source_entry(cat_path, src))
+        sources.insert(0, source_entry(cat_path, src if src in cat_path.parents else None))
     manifest = make_manifest(
         name=name or ("safebench-audio" if modality == "audio" else "safebench"),
         importer="safebench", sources=sources,
         options={"modality": modality, "voices": voices, "index_base": index_base,
-                 "allow_missing_images": allow_missing_images or None},
+                 "only_with_images": only_with_images or None,
+                 "images_dir": str(images_dir) if images_dir else None,
+                 "audio_dir": str(audio_dir) if audio_dir else None},
         description="SafeBench: 23 risk scenarios of harmful multimodal queries "
                     "(Ying et al., 2024)",
         source="SafeBench (Ying et al., 2024), https://safebench-mm.github.io",
@@ -165,6 +183,8 @@ def import_safebench(src: Path, out: Path, *, name: str | None = None, overwrite
     missing_images = 0
     missing_audio = 0
     bases: dict[str, int] = {}
+    gaps = MediaGaps("safebench", "only_with_images",
+                     dropped={"audio", *(("image",) if only_with_images else ())})
     with BenchmarkWriter(out, manifest, overwrite=overwrite) as w:
         for k, tpath in text_files:
             scenario, category = categories.get(k, (f"scenario {k}", None))
@@ -183,19 +203,20 @@ def import_safebench(src: Path, out: Path, *, name: str | None = None, overwrite
                 meta = {"group": group, "scenario_id": k, "index": i}
                 if want_image:
                     img = _find_image(img_root / str(k), i)
-                    if img is None and not allow_missing_images:
-                        raise DatasetError(f"{where}: image {k}/{i}.png not found in {img_root}")
+                    gaps.row("image", img is not None, f"{where}: image {k}/{i}.png")
                     content: list = [TextPart(text=query)]
                     if img is None:
                         missing_images += 1
                     else:
                         content.insert(0, w.add_image(img, where=where, name=f"{k}/{img.name}"))
-                    _add(w, where, id=f"safebench/{k}/{i}", method=None,
-                         messages=[Message(role="user", content=content)],
-                         metadata=dict(meta), **common)
+                    if img is not None or not only_with_images:
+                        _add(w, where, id=f"safebench/{k}/{i}", method=None,
+                             messages=[Message(role="user", content=content)],
+                             metadata=dict(meta), **common)
                 if want_audio:
                     for v in voices:
                         wav = aud_root / f"audio_data_{v}" / str(k) / f"{i}.wav"
+                        gaps.row("audio", wav.is_file(), f"{where}: audio_data_{v}/{k}/{i}.wav")
                         if not wav.is_file():
                             missing_audio += 1
                             continue
@@ -209,6 +230,7 @@ def import_safebench(src: Path, out: Path, *, name: str | None = None, overwrite
             w.manifest.provenance["missing_images"] = missing_images
         if want_audio:
             w.manifest.provenance["missing_audio"] = missing_audio
+        gaps.finish(w.manifest, strict=strict_media)
     return w.manifest
 
 
