@@ -1,0 +1,94 @@
+"""``mmsafe judge RUN`` (re-judge stored replies) and ``mmsafe calibrate`` (a judge against human labels)."""
+
+from __future__ import annotations
+
+import json as _json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mmsafe.errors import EXIT_USAGE
+
+from .app import app
+from .console import fail, out, say, warn
+from .options import Cache, Judge, JudgeOpt, JsonOut, Models, Workers, limit_option, pairs
+from .progress import progress_bar
+from .run import fmt_rate
+
+
+@app.command("judge")
+def judge_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory made by mmsafe run")],
+    judge: Judge,
+    models: Models = None,
+    max_connections: Workers = 16,
+    primary: Annotated[bool, typer.Option("--primary", help="make this judge the headline one in summary.json")] = False,
+    benchmark: Annotated[Optional[Path], typer.Option(
+        metavar="DIR", help="the run's benchmark, if it moved since the run", show_default="where the run found it")
+    ] = None,
+    cache: Cache = True,
+    judge_opt: JudgeOpt = [],
+) -> None:
+    """Re-judge a run's stored replies with another judge (no re-generation); resumable."""
+    from mmsafe.judges import make_judge
+    from mmsafe.runner.rejudge import rejudge
+    from mmsafe.runtime import run_async
+
+    j = make_judge(judge, models_file=models, options=pairs(judge_opt, "--judge-opt"))
+    progress, update = progress_bar(0, f"judge {j.identity.name}")
+    with progress:
+        res = run_async(rejudge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
+                                use_cache=cache, on_progress=update))
+    st = res.stats
+    blk = (res.summary.get("judges") or {}).get(res.judge_id) or res.summary
+    say(f"judge {j.identity.name} ({res.judge_id}): judged {st['judged']}, already judged {st['skipped_done']}, "
+        f"judge errors {st['errors']}; ASR {fmt_rate(blk.get('asr'))}, scored {blk.get('n_scored')}, "
+        f"unscored {blk.get('n_unscored')}")
+    for p in (res.summary.get("agreement") or {}).get("pairs", []):
+        if res.judge_id in (p["a"], p["b"]):
+            k = p["cohen_kappa"]
+            say(f"agreement {p['a']} vs {p['b']}: n={p['n']} κ={'—' if k is None else f'{k:.3f}'}")
+    say(f"primary judge: {res.primary_judge_id}  summary: {run_dir / 'summary.json'}")
+    if res.stopped == "fatal":
+        fail(res.error or "fatal judge endpoint error", EXIT_USAGE)
+    if res.stopped == "max_cost":
+        warn("stopped:", str(res.error))
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    judge: Annotated[str, typer.Option("--judge", "-j", metavar="SPEC", help="judge spec to measure")],
+    data: Annotated[Path, typer.Option("--data", metavar="FILE", help="human-labelled file (1 = unsafe)")],
+    format: Annotated[Optional[str], typer.Option(
+        "--format", metavar="FORMAT", help="csv | harmbench | xstest | gptfuzz | jailjudge",
+        show_default="from the header")] = None,
+    models: Models = None,
+    json: JsonOut = False,
+    max_connections: Workers = 16,
+    limit: Annotated[Optional[int], limit_option("rows")] = None,
+    force: Annotated[bool, typer.Option("--force", help="re-run even if a cached calibration exists")] = False,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="use the calibration and response caches")] = True,
+    judge_opt: JudgeOpt = [],
+) -> None:
+    """Measure a judge against human labels: accuracy, precision, recall, F1, κ, sensitivity, specificity (CIs)."""
+    from mmsafe.judges import make_judge
+    from mmsafe.judges.calibrate import FORMATS, calibrate, format_table
+    from mmsafe.runtime import run_async
+
+    if format is not None and format not in FORMATS:
+        fail(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
+    j = make_judge(judge, models_file=models, options=pairs(judge_opt, "--judge-opt"))
+    rec = run_async(calibrate(j, data, format, concurrency=max_connections, use_cache=cache, force=force,
+                              limit=limit))
+    if json:
+        sys.stdout.write(_json.dumps(rec) + "\n")
+        sys.stdout.flush()
+        return
+    out.print(format_table(rec))
+    if rec.get("cached"):
+        say("(from the calibration cache; --force to re-run)")
+
+
+__all__ = ["calibrate_cmd", "judge_cmd"]

@@ -1,0 +1,110 @@
+"""Options shared by several verbs, declared once.
+
+Each is an ``Annotated`` alias (``models: Models = None``); the default goes on the
+parameter, so a verb can pick its own. Options whose help must say what the verb does with
+them (``--out``, ``--limit``) are built by a small function that takes that help text.
+Every option also reads ``MMSAFE_<VERB>_<OPTION>`` (``--help`` shows the name); ``--models``
+reads ``MMSAFE_MODELS``, as it always has.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mmsafe.types import InputError
+
+# what an endpoint gets when neither the option nor the models file says (mmsafe.models.EndpointConfig;
+# tests/test_cli_options.py checks these stay in step)
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_RETRIES = 6
+DEFAULT_MAX_CONNECTIONS = 32
+
+MODEL_SPEC = "provider/model[@BASE_URL] or a name from the models file"
+
+# --------------------------------------------------------------------------- models and judges
+
+Models = Annotated[Optional[Path], typer.Option(
+    "--models", envvar="MMSAFE_MODELS", show_default=False, metavar="FILE",
+    help="YAML models file naming endpoints, keys' env vars, prices and roles")]
+
+Target = Annotated[str, typer.Option("--target", "-t", metavar="MODEL", help=f"the model under test: {MODEL_SPEC}")]
+
+JUDGE_SPEC = ("judge spec: keyword | rubric:M | jury:M[,M…] | guard:M | offline | a plugin's name | "
+              "module.path:Name (options as ?k=v&k=v)")
+Judge = Annotated[str, typer.Option("--judge", "-j", metavar="SPEC", help=JUDGE_SPEC)]
+JudgeOpt = Annotated[list[str], typer.Option("--judge-opt", metavar="KEY=VALUE",
+                                             help="judge option (repeatable; same as ?KEY=VALUE in the spec)")]
+
+MODERATOR_SPEC = "offline[:tfidf|minilm|auto][:THRESHOLD] | llm:MODEL | guard:MODEL"
+Moderator = Annotated[str, typer.Option("--moderator", metavar="SPEC", help=f"the moderator: {MODERATOR_SPEC}")]
+Policies = Annotated[Optional[Path], typer.Option(
+    "--policies", metavar="FILE", show_default=False, help="extra safety-policy YAML for the moderator")]
+
+# --------------------------------------------------------------------------- connections
+
+MaxConnections = Annotated[Optional[int], typer.Option(
+    "--max-connections", min=1, metavar="N", show_default=f"{DEFAULT_MAX_CONNECTIONS}, or the models file's",
+    help="most requests in flight at once per endpoint")]
+Workers = Annotated[int, typer.Option(
+    "--max-connections", "--concurrency", min=1, metavar="N", help="most items handled at once")]
+Timeout = Annotated[Optional[float], typer.Option(
+    "--timeout", min=0.001, metavar="SECONDS", show_default=f"{DEFAULT_TIMEOUT_S:g} s, or the models file's",
+    help="per-request timeout")]
+Retries = Annotated[Optional[int], typer.Option(
+    "--retries", min=0, metavar="N", show_default=f"{DEFAULT_RETRIES}, or the models file's",
+    help="retries per request on 429/5xx/timeouts")]
+BaseUrl = Annotated[Optional[str], typer.Option(
+    "--base-url", metavar="URL", show_default="the provider's, or @BASE_URL in the spec",
+    help="the target's base URL (OpenAI-compatible), e.g. http://127.0.0.1:8000/v1")]
+ApiKeyEnv = Annotated[Optional[str], typer.Option(
+    "--api-key-env", metavar="NAME", show_default="the provider's, e.g. OPENAI_API_KEY",
+    help="name of the env var holding the target's API key (the key itself never goes on the command line)")]
+MaxCost = Annotated[Optional[float], typer.Option(
+    "--max-cost", min=0.0, metavar="USD", show_default="no limit", help="stop cleanly once this many USD are spent")]
+
+# --------------------------------------------------------------------------- cache
+
+Cache = Annotated[bool, typer.Option("--cache/--no-cache", help="reuse cached replies for identical requests")]
+Epoch = Annotated[int, typer.Option("--epoch", metavar="N",
+                                    help="bump to draw fresh replies past the cache")]
+
+# --------------------------------------------------------------------------- output and misc
+
+JsonOut = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an existing output")]
+Force = Annotated[bool, typer.Option("--force", help="re-run even when inputs and config are unchanged")]
+
+
+def out_option(help: str, *, file: bool = False, **kwargs: Any) -> Any:
+    """``--out/-o``: what it writes is the verb's to say."""
+    return typer.Option("--out", "-o", metavar="FILE" if file else "DIR", help=help, **kwargs)
+
+
+def limit_option(what: str = "samples") -> Any:
+    """``--limit N``: only the first N of ``what``."""
+    return typer.Option("--limit", min=1, metavar="N", show_default="all", help=f"only the first N {what}")
+
+
+def name_option(help: str, **kwargs: Any) -> Any:
+    """``--name``: the benchmark's (or taxonomy's) name."""
+    return typer.Option("--name", metavar="NAME", help=help, **kwargs)
+
+
+def pairs(items: list[str], flag: str) -> dict[str, str]:
+    """``["k=v", …]`` from a repeatable option -> ``{k: v}``; a malformed item is one line naming ``flag``."""
+    d: dict[str, str] = {}
+    for it in items:
+        if "=" not in it:
+            raise InputError(f"{flag} {it!r}: expected KEY=VALUE")
+        k, v = it.split("=", 1)
+        d[k.strip()] = v.strip()
+    return d
+
+
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "JUDGE_SPEC", "MODEL_SPEC",
+           "MODERATOR_SPEC", "ApiKeyEnv", "BaseUrl", "Cache", "Epoch", "Force", "Judge", "JudgeOpt", "JsonOut",
+           "MaxConnections", "MaxCost", "Models", "Moderator", "Overwrite", "Policies", "Retries", "Target",
+           "Timeout", "Workers", "limit_option", "name_option", "out_option", "pairs"]

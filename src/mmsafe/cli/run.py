@@ -1,0 +1,155 @@
+"""``mmsafe run BENCH --target MODEL``: send a benchmark to a model, judge the replies, summarise."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mmsafe.errors import EXIT_USAGE
+from mmsafe.types import InputError
+
+from .app import app
+from .console import bold, err, fail, say, warn
+from .options import (ApiKeyEnv, BaseUrl, Cache, Epoch, Judge, MaxConnections, MaxCost, Models, Policies, Retries,
+                      Target, Timeout, limit_option, out_option)
+from .progress import progress_bar
+
+DEFENSE_SPEC = ("wrap the target: moderator:offline[?mode=inject|block|flag], moderator:llm:MODEL, "
+                "moderator:guard:MODEL, input-guard:MODEL, output-guard:MODEL, keyword-filter, system-prompt, "
+                "a plugin's name or module.path:Name")
+
+
+def fmt_rate(x: Any) -> str:
+    """A rate in [0, 1] as a percentage, ``—`` when it could not be computed."""
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _round(x: Any) -> str:
+    return "—" if x is None else str(round(x, 2))
+
+
+def print_multiturn(m: dict[str, Any]) -> None:
+    """The multi-turn block of a run summary (live and adaptive modes)."""
+    ttj = m.get("turns_to_jailbreak") or {}
+    by = ", ".join(f"{k}: {fmt_rate(v.get('asr'))}" for k, v in (m.get("asr_by_turn_count") or {}).items())
+    status = ", ".join(f"{k} {v}" for k, v in (m.get("status") or {}).items()) or "—"
+    say(f"{m.get('mode')}: jailbroken {ttj.get('n_jailbroken', 0)}/{m.get('n', 0)}"
+        + (f", mean turns to jailbreak {ttj['mean']:.2f}" if ttj.get("mean") is not None else "")
+        + f"; ASR by {m.get('asr_by_turn_count_key')}: {by or '—'}; status {status}")
+    if m.get("mode") == "adaptive":
+        bt, ac = m.get("backtracks") or {}, m.get("attacker_cost") or {}
+        say(f"backtracks per success {_round(bt.get('per_success'))}, attacker calls per success "
+            f"{_round(ac.get('calls_per_success'))}, attacker cost ${ac.get('usd_total', 0):.4f}; "
+            f"attacker refused {m.get('attacker_refused', 0)}, invalid {m.get('attacker_invalid', 0)} "
+            "(not counted as target safety)")
+
+
+def print_summary(s: dict[str, Any], run_dir: Path) -> None:
+    """The headline of a run: ASR with its CI, counts, cost, judge, where the files are."""
+    ci = s.get("asr_ci") or [None, None]
+    ci_txt = f" (95% CI {fmt_rate(ci[0])}–{fmt_rate(ci[1])})" if ci[0] is not None else ""
+    say(bold(s["target"]["display"]), f" on {s['benchmark'].get('name')}: ASR {fmt_rate(s['asr'])}{ci_txt}, "
+        f"scored {s['n_scored']}/{s['n_samples']}, unscored {s['n_unscored']}, errors {s['n_errors']}, "
+        f"cost ${s['cost_usd']:.4f}")
+    say(f"judge: {s['judge']['name']}" + (f" — {s['judge']['label']}" if s["judge"].get("label") else ""))
+    if s.get("safety_index"):
+        say(f"Safety Index: {s['safety_index'].get('si'):.3f}")
+    if s.get("multiturn"):
+        print_multiturn(s["multiturn"])
+    say(f"results: {run_dir / 'results.jsonl'}  summary: {run_dir / 'summary.json'}")
+
+
+@app.command()
+def run(
+    benchmark: Annotated[Path, typer.Argument(help="benchmark directory (see mmsafe import)")],
+    target: Target,
+    judge: Judge = "keyword",
+    out: Annotated[Optional[Path], out_option("run directory", show_default="runs/<bench>-<model>")] = None,
+    limit: Annotated[Optional[int], limit_option("samples")] = None,
+    max_connections: MaxConnections = None,
+    judge_max_connections: Annotated[Optional[int], typer.Option(
+        "--judge-max-connections", min=1, metavar="N", show_default="--max-connections",
+        help="most judge requests in flight at once")] = None,
+    max_cost: MaxCost = None,
+    seed: Annotated[Optional[int], typer.Option(help="generation seed sent to the target", show_default="none")] = None,
+    mode: Annotated[str, typer.Option(
+        metavar="MODE", help="fixed: send the pre-written history, the target writes the last reply; live: the "
+        "target answers every user turn itself, each turn judged; adaptive: an attacker LLM drives the "
+        "conversation (needs --attacker)")] = "fixed",
+    attacker: Annotated[Optional[str], typer.Option(
+        metavar="MODEL", help="--mode adaptive: the attacker LLM (provider/model[@BASE_URL] or a models-file name, "
+        "role attacker)")] = None,
+    max_turns: Annotated[int, typer.Option(min=1, metavar="N", help="--mode adaptive: kept turns at most")] = 5,
+    max_backtracks: Annotated[int, typer.Option(
+        min=0, metavar="N", help="--mode adaptive: refused exchanges removed and retried at most")] = 3,
+    models: Models = None,
+    base_url: BaseUrl = None,
+    api_key_env: ApiKeyEnv = None,
+    temperature: Annotated[Optional[float], typer.Option(
+        min=0.0, help="sampling temperature sent to the target", show_default="the provider's")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(
+        min=1, metavar="N", help="most tokens the target may write per reply", show_default="the provider's")] = None,
+    system_prompt: Annotated[Optional[str], typer.Option(metavar="TEXT", help="system prompt sent to the target",
+                                                         show_default="none")] = None,
+    timeout: Timeout = None,
+    retries: Retries = None,
+    fail_on_error: Annotated[float, typer.Option(
+        min=0.0, max=1.0, metavar="SHARE", help="exit 1 if more than this share of samples error")] = 0.05,
+    cache: Cache = True,
+    epoch: Epoch = 0,
+    defense: Annotated[Optional[str], typer.Option(metavar="SPEC", help=DEFENSE_SPEC, show_default="none")] = None,
+    policies: Policies = None,
+) -> None:
+    """Run a benchmark against a target, judge the replies, write RUN_DIR/{run.sqlite,results.jsonl,summary.json}."""
+    from mmsafe.datasets import open_benchmark
+    from mmsafe.judges import make_judge
+    from mmsafe.models import resolve_endpoint
+    from mmsafe.runner import RunOptions, execute
+    from mmsafe.runtime import run_async
+
+    params: dict[str, Any] = {}
+    if temperature is not None:
+        params["temperature"] = temperature
+    if max_tokens is not None:
+        params["max_tokens"] = max_tokens
+    tcfg = resolve_endpoint(target, "target", models_file=models, base_url=base_url, api_key_env=api_key_env,
+                            timeout_s=timeout, max_retries=retries, params=params or None)
+    j = make_judge(judge, models_file=models)
+    acfg = resolve_endpoint(attacker, "attacker", models_file=models) if attacker else None
+    if acfg is not None and mode != "adaptive":
+        raise InputError(f"--attacker is used with --mode adaptive only (got --mode {mode})")
+    dfn = None
+    if defense:
+        from mmsafe.defense import make_defense
+        dfn = make_defense(defense, models_file=models, policies=policies)
+    bench = open_benchmark(benchmark)
+    if out is None:
+        out = Path("runs") / f"{bench.manifest.name}-{tcfg.model}".replace("/", "_")
+    progress, update = progress_bar(min(len(bench), limit) if limit else len(bench), tcfg.name)
+    opts = RunOptions(benchmark=benchmark, target=tcfg, judge=j, out=out, mode=mode, limit=limit,
+                      max_connections=max_connections, max_cost=max_cost, fail_on_error=fail_on_error,
+                      judge_max_connections=judge_max_connections,
+                      seed=seed, epoch=epoch, use_cache=cache, system_prompt=system_prompt,
+                      on_progress=update if err.is_terminal else None,
+                      defense=dfn, attacker=acfg, max_turns=max_turns, max_backtracks=max_backtracks)
+    gc.freeze()  # the long-lived import-time objects leave the collector's scans: less CPU per request
+    with progress:
+        outcome = run_async(execute(opts))
+    print_summary(outcome.summary, out)
+    if outcome.stopped == "max_cost":
+        warn("stopped:", f"{outcome.fatal_error}; re-run with a higher --max-cost to continue")
+    if outcome.stopped == "fatal":
+        fail(outcome.fatal_error or "fatal endpoint error", EXIT_USAGE)
+    if outcome.exit_code == 1 and outcome.stopped is None:
+        s = outcome.summary
+        je = (s.get("parse_status") or {}).get("error", 0)
+        err.print(f"{s['n_errors'] + je} of {s['n_samples']} samples failed (target errors {s['n_errors']}, "
+                  f"judge errors {je}; threshold {fail_on_error:.0%}); see {out / 'results.jsonl'}; "
+                  "re-run to retry them", style="red", soft_wrap=True)
+    raise typer.Exit(outcome.exit_code)
+
+
+__all__ = ["fmt_rate", "print_multiturn", "print_summary", "run"]

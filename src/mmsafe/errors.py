@@ -1,0 +1,176 @@
+"""One map from the errors a command can end with to its exit status and one line.
+
+The CLI's single ``guarded`` wrapper (:mod:`mmsafe.cli.app`) asks :func:`classify` about
+every exception that leaves a command; a library user can use it the same way. Only the
+errors listed here are mapped; anything else is a bug and keeps its traceback.
+
+=====================================================  ====  ==================================
+error                                                  exit  line
+=====================================================  ====  ==================================
+InputError, ConfigError, DatasetError, AssetError,      2    the error's own first line
+PluginError (all :class:`mmsafe.types.InputError`)
+FatalProviderError (bad key, unknown model …)           2    ``endpoint NAME: …``
+BudgetExceeded (``--max-cost`` spent)                   1    ``stopped: … re-run with a higher --max-cost``
+PermissionError, IsADirectoryError, FileExistsError,    2    ``cannot write FILE: permission denied`` …
+NotADirectoryError, FileNotFoundError, read-only or
+full file system (an ``OSError`` naming a file)
+sqlite3.OperationalError (read-only / unopenable db)    2    ``cannot write FILE: read-only database``
+KeyboardInterrupt                                     130    ``interrupted: … re-run the same command``
+=====================================================  ====  ==================================
+
+A command may add context to whatever leaves it with :func:`note` (e.g. "nothing written"),
+which the one line then ends with.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from mmsafe.types import InputError
+
+EXIT_OK = 0
+"""The command did what was asked."""
+EXIT_INCOMPLETE = 1
+"""Done but incomplete: failures above the threshold, stopped by --max-cost, nothing measured."""
+EXIT_USAGE = 2
+"""Bad input: a file, line, field, option, endpoint or credential the user has to fix."""
+EXIT_INTERRUPTED = 130
+"""Interrupted (Ctrl-C); what finished is stored and a re-run resumes."""
+
+INTERRUPTED_LINE = "interrupted: what finished is stored; re-run the same command to resume"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a mapped error means for the user: the exit status and the one line to print."""
+
+    code: int
+    message: str
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an error's message (its type name when it has none)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def _notes(exc: BaseException) -> str:
+    notes = [n for n in getattr(exc, "__notes__", None) or [] if isinstance(n, str) and n.strip()]
+    return "".join(f"; {n.strip()}" for n in notes)
+
+
+def _provider_errors() -> tuple[type[BaseException], type[BaseException]]:
+    # imported on demand: the engine pulls in aiohttp, which a failing `mmsafe --help` need not load
+    from mmsafe.models.engine import BudgetExceeded, FatalProviderError
+    return FatalProviderError, BudgetExceeded
+
+
+_WRITE_ERRNOS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on the device",
+    getattr(errno, "EDQUOT", -2): "disk quota exceeded",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.EEXIST: "it already exists",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+}
+
+
+def _os_error_line(exc: OSError) -> str | None:
+    name = exc.filename if exc.filename is not None else exc.filename2
+    if name is None:
+        return None
+    path = os.fsdecode(name) if isinstance(name, (bytes, os.PathLike)) else str(name)
+    if exc.errno == errno.ENOENT:
+        parent = Path(path).parent
+        if str(parent) not in ("", ".") and not parent.exists():
+            return f"cannot write {path}: its folder {parent} does not exist"
+        return f"{path}: not found"
+    reason = _WRITE_ERRNOS.get(exc.errno or -1)
+    if reason is None:
+        return None
+    verb = "write"
+    if exc.errno in (errno.EACCES, errno.EPERM) and os.path.exists(path) and not os.access(path, os.R_OK):
+        verb = "read"
+    return f"cannot {verb} {path}: {reason}"
+
+
+def _sqlite_path(tb: TracebackType | None) -> str | None:
+    """The database file an sqlite error came from: the innermost frame whose ``self.path``
+    (or local ``path``) names one."""
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for cand in (getattr(frame.f_locals.get("self"), "path", None), frame.f_locals.get("path")):
+            if isinstance(cand, (str, Path)) and str(cand).endswith((".sqlite", ".db", ".sqlite3")):
+                return str(cand)
+    return None
+
+
+def _sqlite_line(exc: sqlite3.OperationalError) -> str | None:
+    text = str(exc).lower()
+    if "readonly database" in text or "read-only" in text:
+        reason = "read-only database (its folder or file is not writable)"
+    elif "unable to open database" in text:
+        reason = "unable to open the database (check the folder exists and is writable)"
+    else:
+        return None
+    return f"cannot write {_sqlite_path(exc.__traceback__) or 'the database'}: {reason}"
+
+
+def classify(exc: BaseException) -> Failure | None:
+    """The exit status and one line for ``exc``, or None when it is not a known, user-facing error.
+
+    An exception group maps as its first mapped member.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        return Failure(EXIT_INTERRUPTED, INTERRUPTED_LINE)
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = classify(sub)
+            if found is not None:
+                return found
+        return None
+    if isinstance(exc, InputError):
+        return Failure(EXIT_USAGE, first_line(exc) + _notes(exc))
+    fatal, budget = _provider_errors()
+    if isinstance(exc, fatal):
+        line = first_line(exc)
+        return Failure(EXIT_USAGE, (line if line.startswith("endpoint ") else f"endpoint {line}") + _notes(exc))
+    if isinstance(exc, budget):
+        return Failure(EXIT_INCOMPLETE, f"stopped: {first_line(exc)}{_notes(exc)}; re-run with a higher "
+                                        "--max-cost to continue (finished requests come from the cache)")
+    if isinstance(exc, OSError):
+        line = _os_error_line(exc)
+        return None if line is None else Failure(EXIT_USAGE, line + _notes(exc))
+    if isinstance(exc, sqlite3.OperationalError):
+        line = _sqlite_line(exc)
+        return None if line is None else Failure(EXIT_USAGE, line + _notes(exc))
+    return None
+
+
+@contextmanager
+def note(text: str) -> Iterator[None]:
+    """Add ``text`` to any error that leaves the block, so its one line says e.g. "nothing written"."""
+    try:
+        yield
+    except BaseException as e:
+        if not isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            e.__notes__ = [*(getattr(e, "__notes__", None) or []), text]
+        raise
+
+
+__all__ = ["EXIT_INCOMPLETE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "INTERRUPTED_LINE", "Failure", "classify",
+           "first_line", "note"]
