@@ -119,7 +119,7 @@ def load_reference(ref: str) -> Any:
         obj: Any = importlib.import_module(m["module"])
     except ImportError as e:
         raise _LoadFailure(ref, f"cannot import {m['module']} ({type(e).__name__}: {e})") from None
-    except Exception as e:  # noqa: BLE001  (a plugin module that raises at import time: any error)
+    except Exception as e:  # a plugin module that raises at import time: any error
         raise _LoadFailure(ref, f"importing {m['module']} failed ({type(e).__name__}: {e})") from None
     for part in m["attr"].split("."):
         try:
@@ -135,7 +135,7 @@ def _dist_label(ep: metadata.EntryPoint) -> str:
         return "unknown package"
     try:
         return f"{dist.metadata['Name']} {dist.version}"
-    except Exception:  # noqa: BLE001  (a dist-info without a readable METADATA)
+    except Exception:  # a dist-info without a readable METADATA
         return "unknown package"
 
 
@@ -184,7 +184,7 @@ class Registry:
             found: dict[str, Entry] = {}
             try:
                 eps = list(metadata.entry_points(group=self.group))
-            except Exception:  # noqa: BLE001  (a broken distribution's metadata must not break the command)
+            except Exception:  # a broken distribution's metadata must not break the command
                 eps = []
             for ep in eps:
                 e = Entry(self.kind, ep.name, ep.value, _dist_label(ep))
@@ -257,8 +257,25 @@ def construct(obj: Any, *, what: str, spec: str, arg: str, options: dict[str, An
     ``obj.from_spec(arg, options, spec=…, **context)`` when the object has one (context
     keys it does not accept are left out); otherwise ``obj(**options)`` with ``model=arg``
     when the spec has an argument. An option the object does not take is an
-    :class:`InputError` naming the spec.
+    :class:`InputError` naming the spec; so is a ``ValueError`` the object raises on its
+    options. Any other exception raised by a plugin's (not mmsafe's) object becomes a
+    one-line :class:`PluginError` naming the spec.
     """
+    try:
+        return _construct(obj, what=what, spec=spec, arg=arg, options=options, context=context)
+    except InputError:
+        raise
+    except ValueError as e:
+        raise InputError(f"{what} {spec!r}: {e}") from None
+    except Exception as e:
+        if (getattr(obj, "__module__", None) or "").startswith("mmsafe."):
+            raise  # a bug of mmsafe's own: keep the traceback
+        raise PluginError(f"{what} {spec!r}: {getattr(obj, '__module__', '?')}."
+                          f"{getattr(obj, '__qualname__', obj)} failed ({type(e).__name__}: {e})") from None
+
+
+def _construct(obj: Any, *, what: str, spec: str, arg: str, options: dict[str, Any],
+               context: dict[str, Any] | None) -> Any:
     ctx = dict(context or {})
     from_spec = getattr(obj, "from_spec", None)
     if callable(from_spec):

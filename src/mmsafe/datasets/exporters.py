@@ -202,18 +202,17 @@ def export_parquet(bench: Benchmark | Path | str, out_path: Path | str, *,
         ("messages", pa.string()), ("metadata", pa.string()),
     ], metadata={b"mmsafe.benchmark": b.manifest.model_dump_json().encode()})
     n = 0
-    with _atomic_file(Path(out_path), overwrite) as tmp:
-        with pq.ParquetWriter(str(tmp), schema) as writer:
-            batch: list[dict[str, Any]] = []
-            for s in b.iter_samples():
-                batch.append(flat_record(s))
-                if len(batch) >= _BATCH:
-                    writer.write_batch(_arrow_batch(pa, batch, schema))
-                    n += len(batch)
-                    batch = []
-            if batch or n == 0:
+    with _atomic_file(Path(out_path), overwrite) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
+        batch: list[dict[str, Any]] = []
+        for s in b.iter_samples():
+            batch.append(flat_record(s))
+            if len(batch) >= _BATCH:
                 writer.write_batch(_arrow_batch(pa, batch, schema))
                 n += len(batch)
+                batch = []
+        if batch or n == 0:
+            writer.write_batch(_arrow_batch(pa, batch, schema))
+            n += len(batch)
     return n
 
 

@@ -30,8 +30,8 @@ COLUMNS = ("run", "target", "judge_id", "sample_id", "group", "scenario", "categ
 BATCH = 2000
 
 _ROWS_SQL = (
-    "SELECT r.seq, r.sample_id, r.grp, r.scenario, r.category, r.method, r.turns, r.control, r.question, r.status, r.text,"
-    " r.error, r.model, r.finish_reason, r.input_tokens, r.output_tokens, r.cost_usd, r.latency_ms, r.cached,"
+    "SELECT r.seq, r.sample_id, r.grp, r.scenario, r.category, r.method, r.turns, r.control, r.question, r.status,"
+    " r.text, r.error, r.model, r.finish_reason, r.input_tokens, r.output_tokens, r.cost_usd, r.latency_ms, r.cached,"
     " v.label, v.score, v.rating, v.parse_status, v.rationale, v.categories,"
     " (SELECT json_group_object(v2.judge_id, v2.label) FROM verdicts v2 WHERE v2.sample_id = r.sample_id)"
     " FROM responses r LEFT JOIN verdicts v ON v.sample_id = r.sample_id AND v.judge_id = ?"
