@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TEST_EXTRAS ?= dev,hf,anthropic,google,offline,parquet,datasets
 APT_PACKAGES ?= chromium chromium-driver espeak-ng tesseract-ocr
 
-.PHONY: setup setup-test sysdeps demo test bench clean
+.PHONY: setup setup-test sysdeps demo lint test bench clean
 
 $(VENV)/.installed-base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ sysdeps:
 demo: setup
 	$(VENV)/bin/mmsafe demo
 
+# ruff and mypy (their settings are in pyproject.toml: mypy's default mode on src/mmsafe,
+# the strict flags on types, metrics, store and the registries)
+lint: setup-test
+	$(VENV)/bin/ruff check src/mmsafe
+	$(VENV)/bin/mypy
+
 test: setup-test sysdeps
 	$(VENV)/bin/pytest -q
 
@@ -50,4 +56,3 @@ bench: setup
 	$(PY) bench/run_bench.py
 
 clean:
-	rm -rf $(VENV) demo-run .pytest_cache test-artifacts
