@@ -56,3 +56,4 @@ bench: setup
 	$(PY) bench/run_bench.py
 
 clean:
+	rm -rf $(VENV) demo-run .pytest_cache .mypy_cache .ruff_cache test-artifacts
