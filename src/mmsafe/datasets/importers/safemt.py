@@ -177,7 +177,8 @@ def import_safemt(src: Path, out: Path, *, name: str | None = None, overwrite: b
     with BenchmarkWriter(out, manifest, overwrite=overwrite) as w:
         for r in loaded:
             aligned = True if result is None else result.aligned.get(r.sid, True)
-            question, qsrc = _question(r, refs, aligned, result)
+            text_ok = result is None or "text" not in result.reasons.get(r.sid, [])
+            question, qsrc = _question(r, refs, text_ok)
             qsources[qsrc] = qsources.get(qsrc, 0) + 1
             img_base = Path(images_dir) if images_dir else r.path.parent
             sample = _to_sample(w, r, img_base, cache, gaps, only_with_images, question, qsrc,
@@ -204,16 +205,17 @@ def import_safemt(src: Path, out: Path, *, name: str | None = None, overwrite: b
     return w.manifest
 
 
-def _question(r: _Record, refs: dict[str, _Record], aligned: bool,
-              result: Any) -> tuple[str, str]:
-    """The underlying request of a record and where it came from."""
+def _question(r: _Record, refs: dict[str, _Record], text_ok: bool) -> tuple[str, str]:
+    """The underlying request of a record and where it came from: the ``question`` field,
+    else the group's 1-turn request when the dialogue's text matches it, else the last
+    user turn."""
     q = r.rec.get("question")
     if isinstance(q, str) and q.strip():
         return q, "question_field"
     if r.n == 1:
         return r.messages[-1].text, "dialogue"
     ref = refs.get(r.rid)
-    if ref is not None and aligned:
+    if ref is not None and text_ok:
         return ref.messages[-1].text, "1_turn"
     return r.messages[-1].text, "last_user_turn"
 
