@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .app import app
-from .console import bold, fail, say
+from .console import bold, fail, say, warn
 from .options import Overwrite, name_option, out_option, pairs
 
 
@@ -31,6 +31,9 @@ def import_cmd(
     opt: Annotated[list[str], typer.Option("--opt", metavar="KEY=VALUE",
                                            help="importer option (repeatable), e.g. --opt audio=true")] = [],
     overwrite: Overwrite = False,
+    strict_media: Annotated[bool, typer.Option(
+        "--strict-media", help="a row whose image or audio file is missing is an error (exit 2), "
+                               "not a row imported without it")] = False,
 ) -> None:
     """Import an existing benchmark into mmsafe's benchmark directory format."""
     from mmsafe.datasets import import_benchmark
@@ -42,6 +45,8 @@ def import_cmd(
     if not src.exists():
         fail(f"{src}: not found")
     refuse_existing(out, overwrite)
+    if strict_media:
+        opts["strict_media"] = True
     manifest = import_benchmark(kind, src, out, name=name, overwrite=overwrite, **opts)
     c = manifest.counts
     turns = ", ".join(f"{n} turn{'s' if int(n) != 1 else ''}: {k}"
@@ -49,6 +54,8 @@ def import_cmd(
     mods = ", ".join(f"{m} {k}" for m, k in sorted(c.modalities.items()))
     say("imported ", bold(manifest.name), f": {c.n_samples} samples, {len(c.by_scenario)} scenarios "
         f"({turns}; modalities {mods or 'none'}) -> {out}")
+    for line in manifest.provenance.get("notes") or ():  # media gaps, misaligned groups
+        warn("warning:", str(line))
 
 
 __all__ = ["import_cmd", "refuse_existing"]
