@@ -96,6 +96,8 @@ def _os_error_line(exc: OSError) -> str | None:
         if str(parent) not in ("", ".") and not parent.exists():
             return f"cannot write {path}: its folder {parent} does not exist"
         return f"{path}: not found"
+    if exc.errno == errno.EEXIST and os.path.isfile(path):
+        return f"cannot create the folder {path}: a file of that name exists"
     reason = _WRITE_ERRNOS.get(exc.errno or -1)
     if reason is None:
         return None

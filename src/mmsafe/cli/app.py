@@ -98,7 +98,9 @@ app = typer.Typer(
 
 def sub_app(help: str, **kwargs: Any) -> typer.Typer:
     """A verb group (e.g. ``mmsafe build …``) with the root's settings."""
-    return typer.Typer(cls=Group, rich_markup_mode=None, context_settings=CONTEXT_SETTINGS, help=help, **kwargs)
+    # not the root's auto_envvar_prefix: the group's own is derived from it (MMSAFE_BUILD_…)
+    settings = {k: v for k, v in CONTEXT_SETTINGS.items() if k != "auto_envvar_prefix"}
+    return typer.Typer(cls=Group, rich_markup_mode=None, context_settings=settings, help=help, **kwargs)
 
 
 def _print_version(value: bool) -> None:
