@@ -8,6 +8,7 @@ subprocesses can all talk to it. The model name in a request picks the behaviour
   fail with 429 (Retry-After: 0.05) / 500, then it answers like ``comply``
 - ``malformed``: 200 with a body that is not JSON
 - ``hang``: never answers
+- ``hangafter-N``: answers the first N requests to this model like ``comply``, then never again
 - ``slow-MS``: answers ``comply`` after MS milliseconds
 - ``staggered``: answers ``comply`` after (10 - i) x 40 ms for a last user turn that starts
   "Sample i" (conftest's benchmarks), so earlier samples finish later
@@ -99,6 +100,11 @@ class ScriptedLLM(ThreadedApp):
                              "finish_reason": "length"}],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 64, "total_tokens": 69}}),
                 content_type="application/json")
+        if model.startswith("hangafter-"):
+            with self._lock:
+                self.fail_counts[(model, b"")] += 1
+                seen = self.fail_counts[(model, b"")]
+            model = "comply" if seen <= int(model.split("-", 1)[1]) else "hang"
         if model == "hang":
             await asyncio.sleep(3600)
         if model == "staggered":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmsafe.types import ConfigError, InputError, Message
 
@@ -50,6 +50,8 @@ class EndpointConfig(BaseModel):
     provider: str
     model: str
     base_url: str | None = None
+    # replicas of the same model: requests go to the one with the fewest in flight (base_url is the first)
+    base_urls: list[str] = Field(default_factory=list)
     api_key_env: str | None = None
     roles: list[str] = Field(default_factory=lambda: list(ROLES))
     max_connections: int = 32
@@ -61,6 +63,35 @@ class EndpointConfig(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)  # temperature, max_tokens, seed ...
     capabilities: Capabilities = Field(default_factory=Capabilities)
     headers: dict[str, str] = Field(default_factory=dict)  # extra non-secret headers
+    # the model's context window in tokens, when known (local: n_ctx): judges budget their prompts by it
+    context_window: int | None = Field(default=None, ge=1)
+    # options of a server the provider starts itself (local: n_ctx, slots, n_threads, chat_format ...)
+    server: dict[str, Any] = Field(default_factory=dict)
+    # circuit breaker: a replica that fails this many times in a row (no HTTP answer) rests for a cool-down;
+    # an endpoint that never answered stops the run after dead_after such failures in a row
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_cooldown_s: float = Field(default=5.0, gt=0)
+    dead_after: int = Field(default=8, ge=1)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> "EndpointConfig":
+        urls = [u.strip() for u in self.base_urls if u and u.strip()]
+        if self.base_url and "," in self.base_url:
+            urls = [u.strip() for u in self.base_url.split(",") if u.strip()] + urls
+        if self.base_url and not urls:
+            urls = [self.base_url]
+        if urls and self.base_url and "," not in self.base_url and urls[0] != self.base_url:
+            urls = [self.base_url] + [u for u in urls if u != self.base_url]
+        seen: list[str] = []
+        for u in urls:
+            if not u.startswith(("http://", "https://")):
+                raise ValueError(f"replica URL {u!r} needs a scheme (http:// or https://)")
+            if u not in seen:
+                seen.append(u)
+        self.base_urls = seen
+        if seen:
+            self.base_url = seen[0]
+        return self
 
     @field_validator("api_key_env")
     @classmethod
@@ -111,9 +142,12 @@ class ProviderError(Exception):
     ``fatal`` errors (bad key, unknown model) abort the whole run."""
 
     def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
-                 overload: bool = False, retry_after: float | None = None, fatal: bool = False):
+                 overload: bool = False, retry_after: float | None = None, fatal: bool = False,
+                 unreachable: bool | None = None):
         super().__init__(message)
         self.status = status
+        # no HTTP answer at all (connection refused, reset, DNS, timeout): what the circuit breaker counts
+        self.unreachable = (status is None and retryable) if unreachable is None else unreachable
         self.retryable = retryable
         self.overload = overload
         self.retry_after = retry_after

@@ -207,6 +207,61 @@ class CostLedger:
         return {k: v.as_dict() for k, v in sorted(self.roles.items())}
 
 
+# --------------------------------------------------------------------------- replicas
+
+
+class Replica:
+    """One base URL of an endpoint: its provider, its own AIMD limiter and a circuit breaker.
+
+    ``failures`` in a row without an HTTP answer (connection refused, reset, timeout) open
+    the breaker for a cool-down that doubles on each re-opening (up to 60 s); after it, one
+    probe request is let through (half-open) and a success closes the breaker.
+    """
+
+    def __init__(self, provider: Provider, limiter: AdaptiveLimiter, failures: int, cooldown_s: float):
+        self.provider = provider
+        self.limiter = limiter
+        self.url = provider.cfg.base_url or ""
+        self.failures_to_open = failures
+        self.base_cooldown_s = cooldown_s
+        self.cooldown_s = cooldown_s
+        self.consecutive = 0
+        self.open_until = 0.0
+        self.probing = False
+        self.ok = 0
+        self.failed = 0
+        self.opened = 0
+
+    def available(self, now: float) -> bool:
+        """Closed, or open with its cool-down over and no probe in flight."""
+        if self.open_until == 0.0:
+            return True
+        return now >= self.open_until and not self.probing
+
+    def on_success(self) -> None:
+        self.ok += 1
+        self.consecutive = 0
+        self.probing = False
+        if self.open_until:
+            self.open_until = 0.0
+            self.cooldown_s = self.base_cooldown_s
+
+    def on_unreachable(self, now: float) -> None:
+        self.failed += 1
+        self.consecutive += 1
+        was_probe = self.probing
+        self.probing = False
+        if was_probe or self.consecutive >= self.failures_to_open:
+            if self.open_until:  # a failed probe: rest longer
+                self.cooldown_s = min(60.0, self.cooldown_s * 2)
+            self.open_until = now + self.cooldown_s
+            self.opened += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {"url": self.url, "ok": self.ok, "failed": self.failed, "opened": self.opened,
+                "open": self.open_until > time.monotonic(), "limit": int(self.limiter.limit)}
+
+
 # --------------------------------------------------------------------------- client
 
 
@@ -226,16 +281,55 @@ class ModelClient:
         self.limiter = AdaptiveLimiter(self.cfg.max_connections)
         self._identity = provider.identity()
         self._fatal: str | None = None
+        cfg = self.cfg
+        self.replicas = [Replica(provider, self.limiter, cfg.breaker_failures, cfg.breaker_cooldown_s)]
+        for url in cfg.base_urls[1:]:
+            rcfg = cfg.model_copy(update={"base_url": url, "base_urls": [url]})
+            self.replicas.append(Replica(type(provider)(rcfg), AdaptiveLimiter(cfg.max_connections),
+                                         cfg.breaker_failures, cfg.breaker_cooldown_s))
+        self._ever_ok = False
+        self._unreachable_run = 0  # failures without an HTTP answer in a row, all replicas together
 
     @property
     def name(self) -> str:
         return self.cfg.name
 
     async def start(self) -> None:
-        await self.provider.start()
+        for r in self.replicas:
+            await r.provider.start()
 
     async def close(self) -> None:
-        await self.provider.close()
+        for r in self.replicas:
+            await r.provider.close()
+
+    def replica_stats(self) -> list[dict[str, Any]]:
+        """Per replica: requests answered and failed, breaker openings, current limit."""
+        return [r.stats() for r in self.replicas]
+
+    async def _pick(self) -> Replica:
+        """The available replica with the fewest requests in flight (per unit of limit); waits while all rest."""
+        if len(self.replicas) == 1 and self.replicas[0].open_until == 0.0:
+            return self.replicas[0]
+        while True:
+            now = time.monotonic()
+            avail = [r for r in self.replicas if r.available(now)]
+            if avail:
+                r = min(avail, key=lambda x: (x.limiter.in_flight + len(x.limiter._waiters)) / max(1.0, x.limiter.limit))
+                if r.open_until:
+                    r.probing = True  # half-open: this request is the probe
+                return r
+            wake = min(r.open_until for r in self.replicas if not r.probing) if any(
+                not r.probing for r in self.replicas) else now + 0.05
+            await asyncio.sleep(max(0.01, wake - now))
+
+    def _note_unreachable(self, rep: Replica, err: str) -> None:
+        if len(self.replicas) > 1:  # one replica has nothing to fail over to: retries and backoff pace it
+            rep.on_unreachable(time.monotonic())
+        self._unreachable_run += 1
+        if not self._ever_ok and self._unreachable_run >= self.cfg.dead_after and self._fatal is None:
+            where = ", ".join(r.url for r in self.replicas if r.url) or self.cfg.name
+            self._fatal = (f"{self.cfg.name}: endpoint unreachable ({where}): {self._unreachable_run} attempts in a "
+                           f"row got no answer and none ever succeeded; last error: {err}")
 
     async def chat(self, messages: list[Message], *, root: Path | None = None, system: str | None = None,
                    params: dict[str, Any] | None = None) -> ChatResult:
@@ -275,27 +369,46 @@ class ModelClient:
         last_err = "no attempt made"
         failed: list[dict[str, Any]] = []  # each failed attempt, kept for the request log
         while True:
+            if self._fatal:
+                raise FatalProviderError(self._fatal)
             self.ledger.check_budget()
             attempt += 1
-            await self.limiter.acquire()
+            rep = await self._pick()
+            limiter = rep.limiter
+            try:
+                await limiter.acquire()
+            except BaseException:
+                rep.probing = False
+                raise
             try:
                 self.ledger.check_budget()  # again: the budget may have run out while this request queued
                 if payload is None:
                     payload = encode()
             except ProviderError as e:  # e.g. a part this wire format cannot carry: this request fails, not the run
-                self.limiter.release(ok=False)  # nothing was sent: no evidence either way for the limit
+                limiter.release(ok=False)  # nothing was sent: no evidence either way for the limit
+                rep.probing = False
                 led.errors += 1
                 return ChatResult(text=None, error=str(e), attempts=0)
             except BaseException:  # BudgetExceeded, AssetError (a missing or changed file) ...
-                self.limiter.release(ok=False)
+                limiter.release(ok=False)
+                rep.probing = False
                 raise
             try:
-                res = await self.provider.complete(payload, p, cfg.timeout_s)
+                res = await rep.provider.complete(payload, p, cfg.timeout_s)
             except ProviderError as e:
-                self.limiter.release(ok=False, overload=e.overload)
+                limiter.release(ok=False, overload=e.overload)
                 led.calls += 1
                 last_err = str(e)
-                failed.append({"error": last_err, "status": e.status, "t": time.time()})
+                failed.append({"error": last_err, "status": e.status, "t": time.time(), "replica": rep.url})
+                if e.unreachable:
+                    self._note_unreachable(rep, last_err)
+                    if self._fatal:
+                        led.errors += 1
+                        raise FatalProviderError(self._fatal) from None
+                else:
+                    rep.probing = False
+                    rep.consecutive = 0  # it answered (with an HTTP error): reachable
+                    self._unreachable_run = 0
                 if e.fatal:
                     self._fatal = f"{self.cfg.name}: {e}"
                     led.errors += 1
@@ -312,9 +425,13 @@ class ModelClient:
                 await asyncio.sleep(delay)
                 continue
             except BaseException:
-                self.limiter.release(ok=False)
+                limiter.release(ok=False)
+                rep.probing = False
                 raise
-            self.limiter.release(ok=True)
+            limiter.release(ok=True)
+            rep.on_success()
+            self._ever_ok = True
+            self._unreachable_run = 0
             led.calls += 1
             res.attempts = attempt
             res.latency_ms = (time.perf_counter() - t_start) * 1000
@@ -329,8 +446,8 @@ class ModelClient:
             return res
 
 
-__all__ = ["AdaptiveLimiter", "AssetError", "request_log", "BudgetExceeded", "CostLedger", "FatalProviderError",
-           "ModelClient", "ResponseCache", "cache_key", "default_cache_dir"]
+__all__ = ["AdaptiveLimiter", "AssetError", "BudgetExceeded", "CostLedger", "FatalProviderError", "ModelClient",
+           "Replica", "ResponseCache", "cache_key", "default_cache_dir", "request_log"]
 
 
 def request_log(res: ChatResult, role: str, sample_id: str | None, model: str) -> list[dict[str, Any]]:

@@ -94,6 +94,9 @@ def _endpoint_from_entry(name: str, entry: dict[str, Any], source: str) -> Endpo
     e = dict(entry)
     if "spec" in e:
         e.update({k: v for k, v in parse_spec(str(e.pop("spec"))).items() if v is not None})
+    if "gguf" in e:  # a local GGUF model file: the llama.cpp-backed `local` provider
+        e.setdefault("provider", "local")
+        e["model"] = str(e.pop("gguf"))
     if "provider" not in e or "model" not in e:
         raise ConfigError(f"{source}: models.{name}: needs 'provider' and 'model' (or 'spec')")
     if not known_provider(str(e["provider"])):
@@ -131,6 +134,8 @@ def resolve_endpoint(spec: str, role: str = "target", *, models_file: Path | Non
     if upd:
         if "params" in upd:
             upd["params"] = {**cfg.params, **upd["params"]}
+        if "base_url" in upd and "base_urls" not in upd:
+            upd["base_urls"] = []  # --base-url replaces the endpoint (and its replicas)
         try:
             cfg = EndpointConfig.model_validate({**cfg.model_dump(), **upd})
         except ValidationError as ve:
