@@ -20,7 +20,7 @@ import csv
 import io
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import orjson
@@ -29,7 +29,8 @@ from PIL import Image
 from mmsafe.embeddings import dedupe_indices, get_embedder
 from mmsafe.taxonomy import normalize_name
 
-from .common import AgentContext, BuildError, extract_json, item_id, user
+from .common import AgentContext, BuildError, WorkDir, extract_json, item_id, user
+from .config import BuildConfig, Pool, PreprocessConfig
 from .prompts import render
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -83,66 +84,80 @@ def _col(row: dict[str, Any], mapping: dict[str, str], field: str, defaults: tup
     return None
 
 
-def iter_pool(pool, cfg) -> Iterator[dict[str, Any]]:
+def _limited(it: Iterable[Any], limit: int | None) -> Iterator[Any]:
+    """The first ``limit`` elements of ``it`` (all when None); like the pool readers always did, the
+    element after the last is still drawn before stopping."""
+    for n, x in enumerate(it):
+        if limit is not None and n >= limit:
+            return
+        yield x
+
+
+def iter_pool(pool: Pool, cfg: BuildConfig) -> Iterator[dict[str, Any]]:
     """Raw records: {question, scenario_label, image_bytes | image_path, origin}."""
     path = cfg.path(pool.path)
     if path is None or not path.exists():
         raise BuildError(f"preprocess.pools: {pool.path}: not found")
-    n = 0
-
-    def lim() -> bool:
-        return pool.limit is not None and n >= pool.limit
-
     if pool.kind == "benchmark":
-        from mmsafe.datasets import open_benchmark
-        bench = open_benchmark(path)
-        for s in bench.iter_samples():
-            if lim():
-                return
-            img = next((a for a in s.assets() if a.type == "image"), None)
-            last = next((m for m in reversed(s.messages) if m.role == "user"), None)
-            rec = {"question": s.question or (last.text if last else ""), "text": last.text if last else None,
-                   "scenario_label": pool.scenario or s.scenario, "category": s.category,
-                   "origin": f"{path.name}:{s.id}"}
-            if img is not None and img.path:
-                try:
-                    rec["image_bytes"] = bench.read_asset(img, verify=False)
-                except Exception as e:  # unreadable asset -> counted as corrupt
-                    rec["image_error"] = str(e)
-            n += 1
-            yield rec
+        yield from _benchmark_records(pool, path)
     elif pool.kind == "images":
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-        for p in files:
-            if lim():
-                return
-            label = pool.scenario or (p.parent.name if p.parent != path else None)
-            n += 1
-            yield {"question": "", "scenario_label": label, "image_path": p, "origin": str(p.relative_to(path))}
+        yield from _image_records(pool, path)
     elif pool.kind in ("csv", "jsonl"):
-        if pool.kind == "csv":
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                rows: list[tuple[int, dict[str, Any]]] = [(i + 2, r) for i, r in enumerate(csv.DictReader(f))]
-        else:
-            rows = []
-            with open(path, "rb") as f:
-                for i, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            rows.append((i, orjson.loads(line)))
-                        except orjson.JSONDecodeError:
-                            raise BuildError(f"{path}:{i}: not valid JSON") from None
-        for lineno, r in rows:
-            if lim():
-                return
-            q = _col(r, pool.mapping, "question", QUESTION_COLUMNS)
-            rec: dict[str, Any] = {"question": str(q or ""), "origin": f"{path.name}:{lineno}",
-                                   "scenario_label": pool.scenario or _col(r, pool.mapping, "scenario", SCENARIO_COLUMNS)}
-            im = _col(r, pool.mapping, "image", ("image", "image_path", "img"))
-            if im:
-                rec["image_path"] = (path.parent / str(im))
-            n += 1
-            yield rec
+        yield from _row_records(pool, path)
+
+
+def _benchmark_records(pool: Pool, path: Path) -> Iterator[dict[str, Any]]:
+    """One record per sample of a benchmark directory: its question (or last user turn) and first image."""
+    from mmsafe.datasets import open_benchmark
+    bench = open_benchmark(path)
+    for s in _limited(bench.iter_samples(), pool.limit):
+        img = next((a for a in s.assets() if a.type == "image"), None)
+        last = next((m for m in reversed(s.messages) if m.role == "user"), None)
+        rec = {"question": s.question or (last.text if last else ""), "text": last.text if last else None,
+               "scenario_label": pool.scenario or s.scenario, "category": s.category,
+               "origin": f"{path.name}:{s.id}"}
+        if img is not None and img.path:
+            try:
+                rec["image_bytes"] = bench.read_asset(img, verify=False)
+            except Exception as e:  # unreadable asset -> counted as corrupt
+                rec["image_error"] = str(e)
+        yield rec
+
+
+def _image_records(pool: Pool, path: Path) -> Iterator[dict[str, Any]]:
+    """One record per image file under ``path``; a sub-folder's name is its label."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    for p in _limited(files, pool.limit):
+        label = pool.scenario or (p.parent.name if p.parent != path else None)
+        yield {"question": "", "scenario_label": label, "image_path": p, "origin": str(p.relative_to(path))}
+
+
+def _read_rows(kind: str, path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) for every row of a CSV (header = line 1) or non-blank line of a JSONL file."""
+    if kind == "csv":
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return [(i + 2, r) for i, r in enumerate(csv.DictReader(f))]
+    rows: list[tuple[int, dict[str, Any]]] = []
+    with open(path, "rb") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append((i, orjson.loads(line)))
+                except orjson.JSONDecodeError:
+                    raise BuildError(f"{path}:{i}: not valid JSON") from None
+    return rows
+
+
+def _row_records(pool: Pool, path: Path) -> Iterator[dict[str, Any]]:
+    """One record per CSV / JSONL row, columns found through ``pool.mapping`` or the usual names."""
+    for lineno, r in _limited(_read_rows(pool.kind, path), pool.limit):
+        q = _col(r, pool.mapping, "question", QUESTION_COLUMNS)
+        rec: dict[str, Any] = {"question": str(q or ""), "origin": f"{path.name}:{lineno}",
+                               "scenario_label": pool.scenario or _col(r, pool.mapping, "scenario", SCENARIO_COLUMNS)}
+        im = _col(r, pool.mapping, "image", ("image", "image_path", "img"))
+        if im:
+            rec["image_path"] = (path.parent / str(im))
+        yield rec
 
 
 # --------------------------------------------------------------------------- agent
@@ -179,142 +194,197 @@ def embedding_classify(texts: list[str], taxonomy: dict[str, Any], embedder, min
 
 
 async def run_preprocess(ctx: AgentContext, taxonomy: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Ingest every pool, filter, deduplicate and classify -> (items, report with every step's counts)."""
     pc = ctx.cfg.preprocess
-    wd = ctx.wd
-    counts: Counter = Counter()
-    per_pool: dict[str, dict[str, int]] = {}
-    idx = scenario_index(taxonomy)
+    recs, counts, per_pool = _ingest_pools(ctx, pc)
+    recs = _dedupe_images(recs, pc.image_hash_distance, counts)
+    embedder = get_embedder(ctx.cfg.embedder) if recs else None
+    recs = _dedupe_texts(recs, embedder, pc.text_dup_threshold, counts)
+    how = await _classify(ctx, recs, taxonomy, embedder)
     cats = {s["id"]: s.get("category") for s in taxonomy["scenarios"]}
+    items = [_to_item(r, cats) for r in recs]
+    by_scen: Counter[str] = Counter(it["scenario"] for it in items)
+    report = {"counts": dict(counts), "per_pool": per_pool, "classified": dict(how), "by_scenario": dict(by_scen),
+              "items": len(items), "embedder": embedder.name if embedder else None}
+    return items, report
+
+
+def _ingest_pools(ctx: AgentContext,
+                  pc: PreprocessConfig) -> tuple[list[dict[str, Any]], Counter[str], dict[str, dict[str, int]]]:
+    """Every pool's records that pass the filters, images stored in the work dir -> (records, counts, per pool)."""
+    counts: Counter[str] = Counter()
+    per_pool: dict[str, dict[str, int]] = {}
     recs: list[dict[str, Any]] = []
     for k, pool in enumerate(pc.pools):
         pname = f"{pool.kind}:{Path(pool.path).name}"
-        pcnt: Counter = Counter()
+        pcnt: Counter[str] = Counter()
         for r in iter_pool(pool, ctx.cfg):
             pcnt["input"] += 1
-            q = " ".join(str(r.get("question") or "").split())
-            has_img = "image_bytes" in r or "image_path" in r or "image_error" in r
-            if q and len(q) < pc.min_chars:
-                pcnt["dropped_short"] += 1
+            dropped = _filter_record(r, pc, ctx.wd)
+            if dropped:
+                pcnt[dropped] += 1
                 continue
-            if not q and not has_img:
-                pcnt["dropped_empty"] += 1
-                continue
-            rel = None
-            if has_img:
-                try:
-                    if "image_error" in r:
-                        raise OSError(r["image_error"])
-                    data = r.get("image_bytes") or Path(r["image_path"]).read_bytes()
-                    with Image.open(io.BytesIO(data)) as im:
-                        im.verify()
-                    with Image.open(io.BytesIO(data)) as im:
-                        im.load()
-                        img = im.convert("RGB")
-                except Exception:
-                    pcnt["dropped_corrupt_image"] += 1
-                    continue
-                if min(img.size) < pc.min_image_side:
-                    pcnt["dropped_small_image"] += 1
-                    continue
-                rel = wd.put_image(img)
-                r["_dhash"] = dhash(img)
-            r.pop("image_bytes", None)  # the bytes are in the work dir now; keep only metadata in memory
-            r["question"] = q
-            r["_img"] = rel
             r["_pool"] = pname
             recs.append(r)
             pcnt["passed_filters"] += 1
         per_pool[pname + (f"#{k}" if pname in per_pool else "")] = dict(pcnt)
         counts.update(pcnt)
-    # image dedupe (perceptual hash)
+    return recs, counts, per_pool
+
+
+def _filter_record(r: dict[str, Any], pc: PreprocessConfig, wd: WorkDir) -> str | None:
+    """Apply the prompt and image filters to one raw record -> the counter of the filter that dropped it,
+    or None when it passes (then its image is in the work dir and the record normalised in place)."""
+    q = " ".join(str(r.get("question") or "").split())
+    has_img = "image_bytes" in r or "image_path" in r or "image_error" in r
+    if q and len(q) < pc.min_chars:
+        return "dropped_short"
+    if not q and not has_img:
+        return "dropped_empty"
+    rel = None
+    if has_img:
+        img = _open_image(r)
+        if img is None:
+            return "dropped_corrupt_image"
+        if min(img.size) < pc.min_image_side:
+            return "dropped_small_image"
+        rel = wd.put_image(img)
+        r["_dhash"] = dhash(img)
+    r.pop("image_bytes", None)  # the bytes are in the work dir now; keep only metadata in memory
+    r["question"] = q
+    r["_img"] = rel
+    return None
+
+
+def _open_image(r: dict[str, Any]) -> Image.Image | None:
+    """A record's image, verified and decoded as RGB; None when unreadable or corrupt."""
+    try:
+        if "image_error" in r:
+            raise OSError(r["image_error"])
+        data = r.get("image_bytes") or Path(r["image_path"]).read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except Exception:
+        return None
+
+
+def _dedupe_images(recs: list[dict[str, Any]], max_distance: int, counts: Counter[str]) -> list[dict[str, Any]]:
+    """Drop perceptual-hash duplicate images; a duplicate with its own question stays, with the first image."""
     img_idx = [i for i, r in enumerate(recs) if r["_img"]]
-    kept_i, dropped_i = dedupe_hashes([recs[i]["_dhash"] for i in img_idx], pc.image_hash_distance)
+    _kept, dropped_i = dedupe_hashes([recs[i]["_dhash"] for i in img_idx], max_distance)
     drop = {img_idx[d] for d in dropped_i}
     counts["dropped_duplicate_image"] = len(drop)
-    # a duplicated image with its own (different) question is kept as text + the first image
-    recs2 = []
+    out = []
     for i, r in enumerate(recs):
         if i in drop:
             if not r["question"]:
                 continue
             r["_img"] = recs[img_idx[dropped_i[img_idx.index(i)]]]["_img"]
-        recs2.append(r)
-    recs = recs2
-    # text dedupe (embedding near-duplicates)
-    embedder = get_embedder(ctx.cfg.embedder) if recs else None
+        out.append(r)
+    return out
+
+
+def _dedupe_texts(recs: list[dict[str, Any]], embedder: Any, threshold: float,
+                  counts: Counter[str]) -> list[dict[str, Any]]:
+    """Drop embedding near-duplicate questions (cosine >= ``threshold``)."""
     txt_idx = [i for i, r in enumerate(recs) if r["question"]]
-    if len(txt_idx) > 1:
-        emb = embedder.embed([recs[i]["question"] for i in txt_idx])
-        _k, dropped_t = dedupe_indices(emb, pc.text_dup_threshold)
-        dset = {txt_idx[d] for d in dropped_t}
-        recs = [r for i, r in enumerate(recs) if i not in dset]
-        counts["dropped_duplicate_text"] = len(dset)
-    # classification
-    how: Counter = Counter()
-    todo: list[int] = []
-    for i, r in enumerate(recs):
+    if len(txt_idx) <= 1:
+        return recs
+    emb = embedder.embed([recs[i]["question"] for i in txt_idx])
+    _k, dropped_t = dedupe_indices(emb, threshold)
+    dset = {txt_idx[d] for d in dropped_t}
+    counts["dropped_duplicate_text"] = len(dset)
+    return [r for i, r in enumerate(recs) if i not in dset]
+
+
+async def _classify(ctx: AgentContext, recs: list[dict[str, Any]], taxonomy: dict[str, Any],
+                    embedder: Any) -> Counter[str]:
+    """Set each record's ``_scenario``: its source label when trusted and known, else the configured
+    classifier's answer -> how many were classified which way."""
+    pc = ctx.cfg.preprocess
+    idx = scenario_index(taxonomy)
+    how: Counter[str] = Counter()
+    todo: list[dict[str, Any]] = []
+    for r in recs:
         lab = r.get("scenario_label")
         sid = idx.get(normalize_name(str(lab))) if (lab and pc.trust_source_labels) else None
         r["_scenario"] = sid
         if sid:
             how["source_label"] += 1
         else:
-            todo.append(i)
+            todo.append(r)
     if todo:
         if pc.classifier == "llm":
-            clf = await ctx.client("classifier", fallback="generator")
-            listing = "\n".join(f"- {s['id']}: {s.get('name', '')} — {s.get('description', '')}"
-                                for s in taxonomy["scenarios"])
-
-            async def classify(r: dict[str, Any]) -> None:
-                if r["question"]:
-                    msgs = user(render("classifier", scenarios=listing, text=r["question"].replace('"', "'")))
-                else:
-                    msgs = user(render("classifier_image", scenarios=listing), [wd.part(r["_img"])])
-                res = await clf.chat(msgs, root=wd.root, params={"temperature": 0})
-                try:
-                    d = extract_json(res.text if res.ok else None)
-                    sid = d.get("scenario") if isinstance(d, dict) else d if isinstance(d, str) else None
-                    sid = idx.get(normalize_name(str(sid))) if sid else None
-                except ValueError:
-                    sid = None
-                if sid is None:
-                    how["llm_unparsable_or_unknown"] += 1
-                else:
-                    how["llm"] += 1
-                r["_scenario"] = sid or "unspecified"
-                r["_classified_by"] = clf.name
-
-            await ctx.gather(classify(recs[i]) for i in todo)
+            await _classify_llm(ctx, todo, taxonomy, idx, how)
         else:
-            texts = [recs[i]["question"] for i in todo if recs[i]["question"]]
-            res = iter(embedding_classify(texts, taxonomy, embedder, pc.min_similarity))
-            for i in todo:
-                r = recs[i]
-                if r["question"]:
-                    sid, sim = next(res)
-                    r["_scenario"], r["_similarity"] = sid, round(sim, 4)
-                    r["_classified_by"] = f"embedding:{embedder.name}"
-                    how["embedding"] += 1
-                else:
-                    r["_scenario"] = "unspecified"
-                    how["unclassified_image"] += 1
-    items = []
-    by_scen: Counter = Counter()
-    for r in recs:
-        sid = r["_scenario"] or "unspecified"
-        q = r["question"]
-        it = {"id": item_id("pool", r["_pool"], r["origin"], q, r["_img"]), "scenario": sid,
-              "category": cats.get(sid), "question": q, "text": r.get("text") or q,
-              "source": "pool:" + r["_pool"], "pair_type": "plain" if q else "image_only",
-              "provenance": {"pool": r["_pool"], "origin": r["origin"],
-                             "source_label": r.get("scenario_label"),
-                             "classified_by": r.get("_classified_by", "source_label"),
-                             **({"similarity": r["_similarity"]} if "_similarity" in r else {})}}
-        if r["_img"]:
-            it["images"] = [r["_img"]]
-        items.append(it)
-        by_scen[sid] += 1
-    report = {"counts": dict(counts), "per_pool": per_pool, "classified": dict(how), "by_scenario": dict(by_scen),
-              "items": len(items), "embedder": embedder.name if embedder else None}
-    return items, report
+            _classify_embedding(todo, taxonomy, embedder, pc.min_similarity, how)
+    return how
+
+
+async def _classify_llm(ctx: AgentContext, todo: list[dict[str, Any]], taxonomy: dict[str, Any],
+                        idx: dict[str, str], how: Counter[str]) -> None:
+    """The LLM classifier: one request per record (a vision request for an image-only one)."""
+    wd = ctx.wd
+    clf = await ctx.client("classifier", fallback="generator")
+    listing = "\n".join(f"- {s['id']}: {s.get('name', '')} — {s.get('description', '')}"
+                        for s in taxonomy["scenarios"])
+
+    async def classify(r: dict[str, Any]) -> None:
+        if r["question"]:
+            msgs = user(render("classifier", scenarios=listing, text=r["question"].replace('"', "'")))
+        else:
+            msgs = user(render("classifier_image", scenarios=listing), [wd.part(r["_img"])])
+        res = await clf.chat(msgs, root=wd.root, params={"temperature": 0})
+        sid = _scenario_answer(res.text if res.ok else None, idx)
+        if sid is None:
+            how["llm_unparsable_or_unknown"] += 1
+        else:
+            how["llm"] += 1
+        r["_scenario"] = sid or "unspecified"
+        r["_classified_by"] = clf.name
+
+    await ctx.gather(classify(r) for r in todo)
+
+
+def _scenario_answer(text: str | None, idx: dict[str, str]) -> str | None:
+    """The taxonomy id in a classifier's JSON answer (``{"scenario": ...}`` or a bare string), if known."""
+    try:
+        d = extract_json(text)
+        sid = d.get("scenario") if isinstance(d, dict) else d if isinstance(d, str) else None
+        return idx.get(normalize_name(str(sid))) if sid else None
+    except ValueError:
+        return None
+
+
+def _classify_embedding(todo: list[dict[str, Any]], taxonomy: dict[str, Any], embedder: Any, min_sim: float,
+                        how: Counter[str]) -> None:
+    """The offline classifier: nearest scenario description; image-only records stay unspecified."""
+    res = iter(embedding_classify([r["question"] for r in todo if r["question"]], taxonomy, embedder, min_sim))
+    for r in todo:
+        if r["question"]:
+            sid, sim = next(res)
+            r["_scenario"], r["_similarity"] = sid, round(sim, 4)
+            r["_classified_by"] = f"embedding:{embedder.name}"
+            how["embedding"] += 1
+        else:
+            r["_scenario"] = "unspecified"
+            how["unclassified_image"] += 1
+
+
+def _to_item(r: dict[str, Any], cats: dict[str, Any]) -> dict[str, Any]:
+    """A filtered, classified record as a build item with its provenance."""
+    sid = r["_scenario"] or "unspecified"
+    q = r["question"]
+    it = {"id": item_id("pool", r["_pool"], r["origin"], q, r["_img"]), "scenario": sid,
+          "category": cats.get(sid), "question": q, "text": r.get("text") or q,
+          "source": "pool:" + r["_pool"], "pair_type": "plain" if q else "image_only",
+          "provenance": {"pool": r["_pool"], "origin": r["origin"],
+                         "source_label": r.get("scenario_label"),
+                         "classified_by": r.get("_classified_by", "source_label"),
+                         **({"similarity": r["_similarity"]} if "_similarity" in r else {})}}
+    if r["_img"]:
+        it["images"] = [r["_img"]]
+    return it
