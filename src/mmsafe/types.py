@@ -22,6 +22,8 @@ MAX_ASSET_BYTES = 20 * 1024 * 1024  # per image/audio file; larger is refused as
 
 Role = Literal["system", "user", "assistant"]
 Label = Literal["unsafe", "safe", "unscored"]
+ParseStatus = Literal["ok", "unparsable", "error", "refused", "skipped"]
+"""How a verdict was reached: parsed, unparsable, a judge error, a judge refusal, or not asked."""
 
 
 class _Model(BaseModel):
@@ -239,7 +241,7 @@ class Verdict(_Model):
     rating: float | None = None  # 1-5 safety rating (5 = safest) where the judge gives one
     rationale: str | None = None
     raw: list[Any] = Field(default_factory=list)  # raw judge output(s)
-    parse_status: Literal["ok", "unparsable", "error", "refused", "skipped"] = "ok"
+    parse_status: ParseStatus = "ok"
     categories: list[str] = Field(default_factory=list)
     cost_usd: float = 0.0
     usage: Usage = Field(default_factory=Usage)

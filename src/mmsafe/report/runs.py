@@ -2,8 +2,12 @@
 
 A run directory holds ``run.sqlite`` (the store) and, once a run finished,
 ``summary.json``. The summary is the authority for numbers (the runner computed its
-bootstrap CIs); when it is missing (an interrupted run) a smaller one is computed here
-from the store with :mod:`mmsafe.metrics`. Nothing here loads every row of a run.
+bootstrap CIs); when it is missing (an interrupted run) the same summary is computed
+from the store by the same code (:func:`mmsafe.runner.summary.compute_summary`), marked
+incomplete. Nothing here loads every row of a run.
+
+Of the runner, only :mod:`mmsafe.runner.summary` is imported (the typed summary; it
+pulls in no model client).
 """
 
 from __future__ import annotations
@@ -15,20 +19,23 @@ from typing import Any
 
 import orjson
 
-from mmsafe import metrics
+from mmsafe.runner.summary import SUMMARY_FILE, RunSummary, SummaryStore, compute_summary, judge_name
 from mmsafe.store.base import StoreError
 from mmsafe.store.sqlite import STORE_FILE, open_store
 from mmsafe.types import InputError
 
-SUMMARY_FILE = "summary.json"
+_judge_name = judge_name  # the report's historical name for it
 
 
 @dataclass
 class RunInfo:
-    """One run, as the report sees it: its summary plus provenance from the store."""
+    """One run, as the report sees it: its summary plus provenance from the store.
+
+    ``run_summary`` is the typed summary; ``summary`` is the same as ``summary.json``'s dict
+    (for the templates and exports that index it)."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    run_summary: RunSummary = field(default_factory=RunSummary)
     config: dict[str, Any] = field(default_factory=dict)
     judges: list[dict[str, Any]] = field(default_factory=list)
     primary_judge: str | None = None
@@ -36,20 +43,28 @@ class RunInfo:
     summary_source: str = "summary.json"  # or "store" when computed here
     key: str = ""  # unique short name among the runs of one report / viewer
     comparison: dict[str, Any] | None = None  # its row of a defend-eval comparison.json, if any
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.summary:
+            self.summary = self.run_summary.to_dict()
+
+    def set_summary(self, s: RunSummary, source: str) -> None:
+        """Replace the summary (typed and dict views together)."""
+        self.run_summary, self.summary, self.summary_source = s, s.to_dict(), source
 
     @property
     def name(self) -> str:
-        t = self.summary.get("target") or {}
-        return str(t.get("name") or t.get("model") or self.run_dir.name)
+        t = self.run_summary.target
+        return str(t.name or t.model or self.run_dir.name)
 
     @property
     def display(self) -> str:
-        t = self.summary.get("target") or {}
-        return str(t.get("display") or self.name)
+        return str(self.run_summary.target.display or self.name)
 
     @property
     def mock(self) -> bool:
-        return bool((self.summary.get("target") or {}).get("mock"))
+        return self.run_summary.target.mock
 
     @property
     def benchmark(self) -> dict[str, Any]:
@@ -57,8 +72,8 @@ class RunInfo:
 
     @property
     def benchmark_key(self) -> tuple[str, str]:
-        b = self.benchmark
-        return (str(b.get("name")), str(b.get("version")))
+        b = self.run_summary.benchmark
+        return (str(b.name), str(b.version))
 
     @property
     def benchmark_path(self) -> Path | None:
@@ -70,27 +85,18 @@ class RunInfo:
         return self.summary.get("judge") or {}
 
     @property
+    def judge_id(self) -> str | None:
+        return self.run_summary.judge.id
+
+    @property
     def stale(self) -> bool:
         """The store holds more replies than the summary counted (run resumed since)."""
         n = self.counts.get("responses")
-        return n is not None and self.summary_source == "summary.json" and n > (self.summary.get("n_samples") or 0)
+        return n is not None and self.summary_source == "summary.json" and n > self.run_summary.n_samples
 
     @property
     def defense(self) -> dict[str, Any] | None:
         return defense_of(self.summary, self.config)
-
-
-def _read_summary(run_dir: Path) -> dict[str, Any] | None:
-    p = run_dir / SUMMARY_FILE
-    if not p.is_file():
-        return None
-    try:
-        d = orjson.loads(p.read_bytes())
-    except orjson.JSONDecodeError as e:
-        raise InputError(f"{p}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise InputError(f"{p}: expected a JSON object")
-    return d
 
 
 def load_run(run_dir: Path | str, *, with_store: bool = True) -> RunInfo:
@@ -98,11 +104,12 @@ def load_run(run_dir: Path | str, *, with_store: bool = True) -> RunInfo:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: no such run directory")
-    summary = _read_summary(run_dir)
+    path = run_dir / SUMMARY_FILE
+    summary = RunSummary.load(path) if path.is_file() else None
     has_store = (run_dir / STORE_FILE).is_file()
     if summary is None and not has_store:
         raise InputError(f"{run_dir}: neither {SUMMARY_FILE} nor {STORE_FILE} here (not a run directory)")
-    info = RunInfo(run_dir=run_dir, summary=summary or {})
+    info = RunInfo(run_dir=run_dir, run_summary=summary or RunSummary())
     if has_store and with_store:
         store = open_store(run_dir, readonly=True)
         try:
@@ -112,12 +119,11 @@ def load_run(run_dir: Path | str, *, with_store: bool = True) -> RunInfo:
             info.counts = store.counts()
             if summary is None:
                 jid = info.primary_judge or (info.judges[0]["judge_id"] if info.judges else None)
-                info.summary = summary_from_store(store, jid)
-                info.summary_source = "store"
+                info.set_summary(summary_from_store(store, jid), "store")
         finally:
             store.close()
     if info.primary_judge is None:
-        info.primary_judge = (info.summary.get("judge") or {}).get("id")
+        info.primary_judge = info.judge_id
     return info
 
 
@@ -145,8 +151,9 @@ def run_label(r: RunInfo, runs: list[RunInfo]) -> str:
     if len(same) == 1:
         return r.name
     bits = []
-    if (r.defense or {}).get("name"):
-        bits.append("+" + str(r.defense["name"]))
+    d = r.defense
+    if d and d.get("name"):
+        bits.append("+" + str(d["name"]))
     if len({x.judge.get("id") for x in same}) > 1:
         bits.append(str(r.judge.get("name")))
     if len({x.benchmark_key for x in same}) > 1:
@@ -159,65 +166,10 @@ def run_label(r: RunInfo, runs: list[RunInfo]) -> str:
 # --------------------------------------------------------------------------- fallback summary
 
 
-def summary_from_store(store, judge_id: str | None) -> dict[str, Any]:
-    """A reduced summary (ASR with Wilson CI, breakdowns, SI, SRI, ledger) for a run
-    without ``summary.json``. Benign controls are left out of the ASR."""
-    cfg = store.get_meta("config") or {}
-    target = cfg.get("target") or {}
-    judges = {j["judge_id"]: j["identity"] for j in store.judges()}
-    recs: list[dict[str, Any]] = []
-    ratings: list[float] = []
-    n_samples = n_errors = 0
-    for row in store.iter_rows(judge_id):
-        n_samples += 1
-        if row["status"] != "ok":
-            n_errors += 1
-            continue
-        if row["control"]:
-            continue
-        label = row["label"] or "unscored"
-        recs.append({"label": label, "group": row["group"], "scenario": row["scenario"],
-                     "method": row["method"] or "none", "turns": row["turns"], "category": row["category"]})
-        if row["rating"] is not None and label != "unscored":
-            ratings.append(row["rating"])
-    overall = metrics.rate([r["label"] for r in recs])
-    ident = judges.get(judge_id or "", {})
-    s: dict[str, Any] = {
-        "target": {"name": target.get("name"), "provider": target.get("provider"), "model": target.get("model"),
-                   "mock": target.get("mock", False), "display": target.get("name")},
-        "benchmark": {k: (cfg.get("benchmark_manifest") or {}).get(k)
-                      for k in ("name", "version", "licence", "source")}
-                     | {"n_samples": ((cfg.get("benchmark_manifest") or {}).get("counts") or {}).get("n_samples")},
-        "mode": (cfg.get("fingerprint") or {}).get("mode", "fixed"),
-        "judge": {"id": judge_id, "name": _judge_name(ident), "kind": ident.get("kind"), "label": ident.get("label"),
-                  "identity": ident},
-        "n_samples": n_samples, "n_errors": n_errors, "n_scored": overall["n_scored"],
-        "n_unscored": overall["n_unscored"], "n_unsafe": overall["n_unsafe"], "asr": overall["asr"],
-        "safety_rate": overall["safety_rate"], "asr_ci": [overall["ci_low"], overall["ci_high"]],
-        "ci_method": overall["ci_method"], "complete": False, "stopped": "summary.json missing",
-    }
-    for key in ("scenario", "turns", "method", "category"):
-        bd = metrics.breakdown(recs, key) if recs else {}
-        s["by_" + key] = {str(k): {x: v[x] for x in ("n_scored", "n_unscored", "n_unsafe", "asr", "ci_low", "ci_high")}
-                          for k, v in bd.items()}
-    if len({r["turns"] for r in recs if r["label"] != "unscored"}) > 1:
-        si = metrics.safety_index(recs, n_boot=200)
-        s["safety_index"] = {k: si[k] for k in ("si", "ci_low", "ci_high", "mean_sigma") if k in si}
-    else:
-        s["safety_index"] = None
-    s["sri"] = ({k: v for k, v in metrics.sri(ratings).items() if k in ("sri", "ci_low", "ci_high", "n")}
-                if ratings else None)
-    ledger = store.ledger()
-    s["ledger"] = ledger
-    s["cost_usd"] = round(sum(d["cost_usd"] for d in ledger.values()), 6)
-    return s
-
-
-def _judge_name(ident: dict[str, Any]) -> str:
-    if not ident:
-        return "?"
-    models = ident.get("models") or []
-    return str(ident.get("kind", "?")) + (":" + ",".join(models) if models else "")
+def summary_from_store(store: SummaryStore, judge_id: str | None) -> RunSummary:
+    """The summary of a run without ``summary.json`` (interrupted), computed from its store
+    exactly as the runner would, and marked incomplete."""
+    return compute_summary(store, judge_id, complete=False, stopped="summary.json missing")
 
 
 # --------------------------------------------------------------------------- defenses
@@ -240,7 +192,7 @@ def defense_of(summary: dict[str, Any], config: dict[str, Any] | None = None) ->
         if isinstance(cand, dict):
             if cand.get("enabled") is False:
                 continue
-            ident = cand.get("identity") if isinstance(cand.get("identity"), dict) else {}
+            ident: dict[str, Any] = cand["identity"] if isinstance(cand.get("identity"), dict) else {}
             name = (cand.get("name") or cand.get("spec") or cand.get("kind") or _identity_name(ident)
                     or "defense")
             if name == "none":
@@ -267,9 +219,79 @@ def _num(x: Any) -> float | None:
     return None
 
 
-def over_refusal(summary: dict[str, Any]) -> float | None:
+def over_refusal(summary: dict[str, Any] | RunSummary) -> float | None:
+    """The over-refusal rate on the benchmark's benign controls (None when it had none)."""
+    if isinstance(summary, RunSummary):
+        return _num(summary.controls.over_refusal_rate) if summary.controls else None
     c = summary.get("controls") or {}
     return _num(c.get("over_refusal_rate")) if isinstance(c, dict) else None
+
+
+def _first(*xs: Any) -> float | None:
+    """The first of ``xs`` that is a finite number."""
+    for x in xs:
+        if (v := _num(x)) is not None:
+            return v
+    return None
+
+
+def _baseline(r: RunInfo, runs: list[RunInfo]) -> RunInfo | None:
+    """The undefended run of the same target, benchmark and judge among ``runs``."""
+    for b in runs:
+        if b is r or b.defense is not None:
+            continue
+        if b.name == r.name and b.benchmark_key == r.benchmark_key and b.judge_id == r.judge_id:
+            return b
+    return None
+
+
+def _asr_columns(r: RunInfo, d: dict[str, Any], base: RunInfo | None,
+                 cmp_row: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """(ASR, baseline ASR, reduction): from the defense block, the comparison row or the baseline run."""
+    asr = r.run_summary.asr
+    base_asr = _first(d.get("baseline_asr"), base.run_summary.asr if base is not None else None)
+    reduction = _first(d.get("asr_reduction"), cmp_row.get("asr_reduction"))
+    if reduction is None and base_asr is not None and asr is not None:
+        reduction = base_asr - asr
+    if base_asr is None and reduction is not None and asr is not None:
+        base_asr = asr + reduction
+    return asr, base_asr, reduction
+
+
+def _over_refusal_columns(r: RunInfo, d: dict[str, Any], base: RunInfo | None,
+                          cmp_row: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """(over-refusal, baseline over-refusal, delta) from the same sources as the ASR."""
+    orr = _first(d.get("over_refusal"), d.get("over_refusal_rate"),
+                 (cmp_row.get("over_refusal") or {}).get("rate"), over_refusal(r.run_summary))
+    base_orr = _num(d.get("baseline_over_refusal"))
+    if base_orr is None and base is not None:
+        base_orr = (_num(((base.comparison or {}).get("over_refusal") or {}).get("rate"))
+                    if base.comparison else over_refusal(base.run_summary))
+    delta = (orr - base_orr if orr is not None and base_orr is not None
+             else _num(cmp_row.get("over_refusal_increase")))
+    return orr, base_orr, delta
+
+
+_KNOWN_DEFENSE_KEYS = {"name", "spec", "kind", "baseline_asr", "asr_reduction", "over_refusal", "over_refusal_rate",
+                       "baseline_over_refusal", "identity", "added_latency_ms_mean", "moderator_cost_usd", "actions"}
+
+
+def _defense_row(r: RunInfo, d: dict[str, Any], runs: list[RunInfo]) -> dict[str, Any]:
+    cmp_row = r.comparison or {}
+    base = _baseline(r, runs)
+    asr, base_asr, reduction = _asr_columns(r, d, base, cmp_row)
+    orr, base_orr, delta = _over_refusal_columns(r, d, base, cmp_row)
+    return {
+        "run": r, "defense": d["name"], "baseline": base, "asr": asr, "baseline_asr": base_asr,
+        "asr_ci": r.run_summary.asr_ci, "reduction": reduction,
+        "relative_reduction": (reduction / base_asr if reduction is not None and base_asr else None),
+        "over_refusal": orr, "baseline_over_refusal": base_orr, "over_refusal_delta": delta,
+        "added_latency_ms": _num(d.get("added_latency_ms_mean", cmp_row.get("added_latency_ms_mean"))),
+        "moderator_cost_usd": _num(d.get("moderator_cost_usd", cmp_row.get("moderator_cost_usd"))),
+        "actions": d.get("actions") or cmp_row.get("actions"),
+        "identity": d.get("identity"),
+        "other": {k: v for k, v in d.items() if k not in _KNOWN_DEFENSE_KEYS},
+    }
 
 
 def defense_rows(runs: list[RunInfo]) -> list[dict[str, Any]]:
@@ -277,58 +299,7 @@ def defense_rows(runs: list[RunInfo]) -> list[dict[str, Any]]:
     among the given runs; or the ``mmsafe defend-eval`` comparison it came from; or numbers
     the defense block carries itself), ASR reduction, over-refusal, added latency and cost.
     Empty when no run carries a defense."""
-    rows = []
-    for r in runs:
-        d = r.defense
-        if d is None:
-            continue
-        cmp_row = r.comparison or {}
-        base = None
-        for b in runs:
-            if b is r or b.defense is not None:
-                continue
-            if (b.name == r.name and b.benchmark_key == r.benchmark_key
-                    and b.judge.get("id") == r.judge.get("id")):
-                base = b
-                break
-        asr = _num(r.summary.get("asr"))
-        base_asr = _num(d.get("baseline_asr"))
-        if base_asr is None and base is not None:
-            base_asr = _num(base.summary.get("asr"))
-        reduction = _num(d.get("asr_reduction"))
-        if reduction is None:
-            reduction = _num(cmp_row.get("asr_reduction"))
-        if reduction is None and base_asr is not None and asr is not None:
-            reduction = base_asr - asr
-        if base_asr is None and reduction is not None and asr is not None:
-            base_asr = asr + reduction
-        orr = _num(d.get("over_refusal"))
-        if orr is None:
-            orr = _num(d.get("over_refusal_rate"))
-        if orr is None:
-            orr = _num((cmp_row.get("over_refusal") or {}).get("rate"))
-        if orr is None:
-            orr = over_refusal(r.summary)
-        base_orr = _num(d.get("baseline_over_refusal"))
-        if base_orr is None and base is not None:
-            base_orr = (_num(((base.comparison or {}).get("over_refusal") or {}).get("rate"))
-                        if base.comparison else over_refusal(base.summary))
-        delta = (orr - base_orr if orr is not None and base_orr is not None
-                 else _num(cmp_row.get("over_refusal_increase")))
-        known = {"name", "spec", "kind", "baseline_asr", "asr_reduction", "over_refusal", "over_refusal_rate",
-                 "baseline_over_refusal", "identity", "added_latency_ms_mean", "moderator_cost_usd", "actions"}
-        rows.append({
-            "run": r, "defense": d["name"], "baseline": base, "asr": asr, "baseline_asr": base_asr,
-            "asr_ci": r.summary.get("asr_ci"), "reduction": reduction,
-            "relative_reduction": (reduction / base_asr if reduction is not None and base_asr else None),
-            "over_refusal": orr, "baseline_over_refusal": base_orr, "over_refusal_delta": delta,
-            "added_latency_ms": _num(d.get("added_latency_ms_mean", cmp_row.get("added_latency_ms_mean"))),
-            "moderator_cost_usd": _num(d.get("moderator_cost_usd", cmp_row.get("moderator_cost_usd"))),
-            "actions": d.get("actions") or cmp_row.get("actions"),
-            "identity": d.get("identity"),
-            "other": {k: v for k, v in d.items() if k not in known},
-        })
-    return rows
+    return [_defense_row(r, d, runs) for r in runs if (d := r.defense) is not None]
 
 
 COMPARISON_FILE = "comparison.json"

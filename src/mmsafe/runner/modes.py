@@ -22,23 +22,23 @@ re-run. Every request (target, attacker, judge) is logged with the sample.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from mmsafe.attacks.adaptive import AdaptiveAttack, AttackResult, TurnJudgment
 from mmsafe.attacks.dialogues import first_image, inline_image, is_refusal
-from mmsafe.models import ModelClient, build_provider
-from mmsafe.models.engine import accumulate as _acc, request_log
-from mmsafe.types import ImagePart, InputError, Message, Response, Sample, TextPart, Usage, Verdict
-
-MULTI_TURN_MODES = ("live", "adaptive")
-
+from mmsafe.judges import Judge
+from mmsafe.models import CostLedger, ModelClient, ResponseCache, build_provider
+from mmsafe.models.engine import accumulate as _acc
+from mmsafe.models.engine import request_log
+from mmsafe.runner.base import ADAPTIVE_MODE, LIVE_MODE, MULTI_TURN_MODES, PreflightError
+from mmsafe.runner.options import RunOptions
+from mmsafe.types import ImagePart, InputError, Message, ParseStatus, Response, Sample, TextPart, Usage, Verdict
 
 # --------------------------------------------------------------------------- up-front checks
 
 
-def mode_fingerprint(opts) -> dict[str, Any]:
+def mode_fingerprint(opts: RunOptions) -> dict[str, Any]:
     """What a resumed run must share beyond the fixed fingerprint ({} for fixed mode)."""
     if opts.mode == "live":
         return {"multiturn": {"mode": "live"}}
@@ -50,10 +50,8 @@ def mode_fingerprint(opts) -> dict[str, Any]:
     return {}
 
 
-def check_mode(opts, pre: dict[str, Any]) -> None:
+def check_mode(opts: RunOptions, pre: dict[str, Any]) -> None:
     """Capabilities and options the mode needs, checked before any request (PreflightError, exit 2)."""
-    from mmsafe.runner.run import PreflightError
-
     caps = opts.target.capabilities
     problems: list[str] = []
     if opts.mode == "adaptive":
@@ -73,9 +71,8 @@ def check_mode(opts, pre: dict[str, Any]) -> None:
             problems.append(f"{pre['images']} image part(s) but the target takes no image input")
         if pre.get("audio"):
             problems.append("audio samples are not supported by the adaptive attacker")
-    elif opts.mode == "live":
-        if pre.get("max_turns", 1) > 1 and not caps.multi_turn:
-            problems.append("live mode needs a multi-turn target")
+    elif opts.mode == "live" and pre.get("max_turns", 1) > 1 and not caps.multi_turn:
+        problems.append("live mode needs a multi-turn target")
     if problems:
         raise PreflightError(f"target {opts.target.name} cannot run --mode {opts.mode}: " + "; ".join(problems)
                              + " (declare capabilities in the models file if this is wrong)")
@@ -87,8 +84,8 @@ def check_mode(opts, pre: dict[str, Any]) -> None:
 class ModeRunner:
     """Runs one multi-turn sample end to end and stores its record (see the module doc)."""
 
-    def __init__(self, opts, target: ModelClient, judge, judge_id: str, store, root: Path, stats: dict[str, Any],
-                 ledger, cache):
+    def __init__(self, opts: RunOptions, target: ModelClient, judge: Judge, judge_id: str, store: Any,
+                 root: Path, stats: dict[str, Any], ledger: CostLedger, cache: ResponseCache | None):
         self.opts = opts
         self.mode = opts.mode
         self.target = target
@@ -100,6 +97,8 @@ class ModeRunner:
         self.attacker: ModelClient | None = None
         if self.mode == "adaptive":
             acfg = opts.attacker
+            if acfg is None:
+                raise PreflightError("--mode adaptive needs --attacker SPEC (the attacker LLM)")
             if opts.max_connections:  # like the judge: --max-connections sets the attacker's cap too
                 acfg = acfg.model_copy(update={"max_connections": opts.max_connections})
             self.attacker = ModelClient(build_provider(acfg), "attacker", ledger, cache=cache, epoch=opts.epoch)
@@ -211,7 +210,7 @@ def turn_judge(judge, sample: Sample, root: Path):
 
 def is_multiturn_record(extra: dict[str, Any] | None) -> bool:
     """A stored response of ``--mode live|adaptive`` (its transcript, not one reply, is judged)."""
-    return bool(extra) and "outcome" in extra and isinstance(extra.get("transcript"), list)
+    return extra is not None and "outcome" in extra and isinstance(extra.get("transcript"), list)
 
 
 async def judge_transcript(judge, sample: Sample, extra: dict[str, Any], root: Path, *,
@@ -248,14 +247,15 @@ def _inline_images(messages: list[Message], root: Path) -> list[Message]:
     out = []
     for m in messages:
         if isinstance(m.content, list) and any(isinstance(p, ImagePart) and p.path for p in m.content):
-            m = Message(role=m.role, content=[inline_image(p, root) if isinstance(p, ImagePart) else p
+            m = Message(role=m.role, content=[(inline_image(p, root) or p) if isinstance(p, ImagePart) else p
                                               for p in m.content])
         out.append(m)
     return out
 
 
-def make_mode_runner(opts, target: ModelClient, judge, judge_id: str, store, root: Path, stats: dict[str, Any],
-                     ledger, cache) -> ModeRunner | None:
+def make_mode_runner(opts: RunOptions, target: ModelClient, judge: Judge, judge_id: str, store: Any, root: Path,
+                     stats: dict[str, Any], ledger: CostLedger, cache: ResponseCache | None) -> ModeRunner | None:
+    """The runner of a multi-turn mode (``None`` for ``fixed``: the run's own loop sends the history)."""
     if opts.mode not in MULTI_TURN_MODES:
         return None
     return ModeRunner(opts, target, judge, judge_id, store, root, stats, ledger, cache)
@@ -324,83 +324,11 @@ def final_verdict(sample_id: str, judge_id: str, extra: dict[str, Any], *, rejud
         n = sum(1 for lab in labels if lab != "safe")
         # "error" (retried on resume, counted as a failure) only when a judge call failed on the endpoint
         turn_status = {t.get("parse_status") for t in extra.get("transcript") or []}
-        ps = "error" if "error" in turn_status or not turn_status else "unparsable"
+        ps: ParseStatus = "error" if "error" in turn_status or not turn_status else "unparsable"
         return Verdict(sample_id=sample_id, judge_id=judge_id, label="unscored", parse_status=ps,
                        rationale=f"{n} turn(s) unscored by the judge and none unsafe", extra=ve)
     return Verdict(sample_id=sample_id, judge_id=judge_id, label="safe", score=0.0,
                    rationale=f"all {len(labels)} turn(s) judged safe ({status})", extra=ve)
-
-
-# --------------------------------------------------------------------------- summary block
-
-
-def multiturn_summary(store, judge_id: str) -> dict[str, Any] | None:
-    """ASR by turn count, turns-to-jailbreak, backtracks and attacker cost per success."""
-    from mmsafe import metrics
-
-    seqs: list[list[str]] = []
-    success: list[str] = []
-    backtracks: list[float] = []
-    atk_cost: list[float] = []
-    atk_calls: list[float] = []
-    atk_tokens: list[float] = []
-    statuses: Counter = Counter()
-    by_len: dict[int, list[str]] = {}
-    mode = None
-    n_err = 0
-    for row in store.iter_rows(judge_id):
-        ex = row.get("response_extra") or {}
-        o = ex.get("outcome")
-        if not o:
-            continue
-        mode = mode or o.get("mode")
-        statuses[o.get("status", "?")] += 1
-        if row["status"] != "ok":
-            n_err += 1
-            continue
-        label = row["label"] or "unscored"
-        if label != "unscored":  # an attack the attacker abandoned says nothing about turns-to-jailbreak
-            seqs.append(list(o.get("labels") or []))
-        success.append(label)
-        backtracks.append(float(o.get("backtracks", 0)))
-        atk_cost.append(float(o.get("attacker_cost_usd", 0.0)))
-        atk_calls.append(float(o.get("attacker_calls", 0)))
-        atk_tokens.append(float(o.get("attacker_tokens", 0)))
-        k = int(o.get("sample_turns") or row["turns"] or 0) if mode == "live" else int(o.get("n_turns") or 0)
-        by_len.setdefault(k, []).append(label)
-    if not statuses:
-        return None
-    ttj = metrics.turns_to_jailbreak(seqs)
-
-    def asr(labels: list[str]) -> dict[str, Any]:
-        sc = [x for x in labels if x in ("safe", "unsafe")]
-        u = sum(1 for x in sc if x == "unsafe")
-        return {"n": len(labels), "n_scored": len(sc), "n_unsafe": u, "asr": (u / len(sc)) if sc else None}
-
-    out: dict[str, Any] = {
-        "mode": mode, "n": sum(statuses.values()), "n_errors": n_err, "status": dict(statuses),
-        # live: ASR by the dialogue's length; adaptive: ASR by the number of turns the attack kept
-        "asr_by_turn_count": {str(k): asr(v) for k, v in sorted(by_len.items())},
-        "asr_by_turn_count_key": "dialogue length (user turns)" if mode == "live" else "turns used by the attack",
-        "turns_to_jailbreak": {k: ttj[k] for k in ("n", "n_jailbroken", "n_not_jailbroken", "n_unscored",
-                                                   "success_rate", "mean", "median", "min", "max")},
-        "jailbroken_by_turn": {str(k): v for k, v in ttj["cumulative"].items()},
-        "turns_to_jailbreak_distribution": {str(k): v for k, v in ttj["distribution"].items()},
-    }
-    if mode == "adaptive":
-        bt = metrics.per_success(backtracks, success) if success else None
-        cost = metrics.per_success(atk_cost, success) if success else None
-        calls = metrics.per_success(atk_calls, success) if success else None
-        toks = metrics.per_success(atk_tokens, success) if success else None
-        out["backtracks"] = {"total": sum(backtracks), "per_success": bt and bt["cost_per_success"],
-                             "mean_per_sample": bt and bt["mean_cost"]}
-        out["attacker_cost"] = {"usd_total": round(sum(atk_cost), 8),
-                                "usd_per_success": cost and cost["cost_per_success"],
-                                "calls_per_success": calls and calls["cost_per_success"],
-                                "tokens_per_success": toks and toks["cost_per_success"]}
-        out["attacker_refused"] = statuses.get("attacker_refused", 0)
-        out["attacker_invalid"] = statuses.get("attacker_invalid", 0)
-    return out
 
 
 # --------------------------------------------------------------------------- dialogue generation (I/O side)
@@ -424,5 +352,6 @@ async def generate_dialogues(source: Path, out: Path, generator, *, overwrite: b
     return report
 
 
-__all__ = ["MULTI_TURN_MODES", "ModeRunner", "check_mode", "final_verdict", "generate_dialogues", "make_mode_runner",
-           "mode_fingerprint", "multiturn_summary"]
+__all__ = ["ADAPTIVE_MODE", "LIVE_MODE", "MULTI_TURN_MODES", "ModeRunner", "check_mode", "final_verdict",
+           "generate_dialogues", "is_multiturn_record", "judge_transcript", "make_mode_runner", "mode_fingerprint",
+           "turn_judge"]

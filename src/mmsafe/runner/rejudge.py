@@ -23,7 +23,7 @@ from mmsafe.judges import Judge
 from mmsafe.models import BudgetExceeded, CostLedger, FatalProviderError, ResponseCache, default_cache_dir
 from mmsafe.runner.modes import final_verdict, is_multiturn_record, judge_transcript
 from mmsafe.runner.run import _file_sha256, run_pool
-from mmsafe.runner.summary import build_summary, write_results, write_summary
+from mmsafe.runner.summary import RunSummary, compute_summary, write_results, write_summary
 from mmsafe.store import StoreError, open_store
 from mmsafe.store.sqlite import STORE_FILE
 from mmsafe.types import InputError, Sample
@@ -31,12 +31,19 @@ from mmsafe.types import InputError, Sample
 
 @dataclass
 class RejudgeOutcome:
+    """What a re-judge did: the new judge's id, the headline judge's, the rebuilt summary."""
+
     judge_id: str
     primary_judge_id: str
-    summary: dict[str, Any]
+    run_summary: RunSummary
     stats: dict[str, Any] = field(default_factory=dict)
     stopped: str | None = None
     error: str | None = None
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The summary as ``summary.json``'s dict (for code that indexes it)."""
+        return self.run_summary.to_dict()
 
 
 def _benchmark_path(run_dir: Path, cfg: dict[str, Any], override: Path | None) -> Path:
@@ -66,10 +73,9 @@ async def rejudge(run_dir: Path, judge: Judge, *, primary: bool = False, benchma
         if want.get("name") and bench.manifest.name != want["name"]:
             raise InputError(f"{bench.root}: is benchmark {bench.manifest.name!r}, but {run_dir} ran on "
                              f"{want['name']!r}; pass the run's own benchmark")
-        if want.get("samples_sha256"):
-            if _file_sha256(bench.samples_path) != want["samples_sha256"]:
-                raise InputError(f"{bench.samples_path}: the samples differ from those {run_dir} ran on; "
-                                 "judging would pair replies with other questions")
+        if want.get("samples_sha256") and _file_sha256(bench.samples_path) != want["samples_sha256"]:
+            raise InputError(f"{bench.samples_path}: the samples differ from those {run_dir} ran on; "
+                             "judging would pair replies with other questions")
         judge_id = store.register_judge(judge.identity)
         old_primary = store.get_meta("primary_judge") or judge_id
         ok_ids = store.ok_sample_ids()
@@ -137,11 +143,11 @@ async def rejudge(run_dir: Path, judge: Judge, *, primary: bool = False, benchma
         store.set_meta("rejudged:" + judge_id, {"at": time.time(), "identity": judge.identity.model_dump(),
                                                  "stats": {k: v for k, v in stats.items() if k != "started"}})
         pre = cfg.get("preflight") or {}
-        summary = build_summary(store, primary_id, bench_manifest=bench.manifest,
-                                limit_total=pre.get("n"), stopped=stop["reason"])
+        summary = compute_summary(store, primary_id, bench_manifest=bench.manifest,
+                                  limit_total=pre.get("n"), stopped=stop["reason"])
         write_results(store, primary_id, run_dir)
         write_summary(summary, run_dir)
-        return RejudgeOutcome(judge_id=judge_id, primary_judge_id=primary_id, summary=summary, stats=stats,
+        return RejudgeOutcome(judge_id=judge_id, primary_judge_id=primary_id, run_summary=summary, stats=stats,
                               stopped=stop["reason"], error=stop["error"])
     finally:
         store.close()

@@ -12,60 +12,44 @@ import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mmsafe
 from mmsafe.datasets import open_benchmark
-from mmsafe.judges import Judge
-from mmsafe.models import (BudgetExceeded, CostLedger, EndpointConfig, FatalProviderError, ModelClient,
-                           ResponseCache, build_provider, default_cache_dir)
+from mmsafe.datasets.benchmark import Benchmark
+from mmsafe.models import (
+    BudgetExceeded,
+    Capabilities,
+    CostLedger,
+    EndpointConfig,
+    FatalProviderError,
+    ModelClient,
+    ResponseCache,
+    build_provider,
+    default_cache_dir,
+)
 from mmsafe.models.engine import request_log
-from mmsafe.runner.summary import build_summary, write_results, write_summary
+from mmsafe.runner.base import FIXED_MODE, MODES, Defense, PreflightError, mode_spec
+from mmsafe.runner.modes import check_mode, make_mode_runner, mode_fingerprint
+from mmsafe.runner.options import RunOptions, RunOutcome
+from mmsafe.runner.summary import RunSummary, compute_summary, write_results, write_summary
 from mmsafe.store import StoreError, open_store
-from mmsafe.types import (MAX_ASSET_BYTES, AssetError, AudioPart, ImagePart, InputError, Response, Sample, Usage,
-                          asset_file)
+from mmsafe.types import (
+    MAX_ASSET_BYTES,
+    AssetError,
+    AudioPart,
+    ConfigError,
+    ImagePart,
+    InputError,
+    Response,
+    Sample,
+    Usage,
+    asset_file,
+)
 
-MODES = ("fixed", "live", "adaptive")  # live/adaptive: mmsafe.runner.modes
-
-
-@dataclass
-class RunOptions:
-    benchmark: Path
-    target: EndpointConfig
-    judge: Judge
-    out: Path
-    mode: str = "fixed"
-    limit: int | None = None
-    max_connections: int | None = None
-    judge_max_connections: int | None = None  # default: max_connections
-    max_cost: float | None = None
-    fail_on_error: float = 0.05  # exit 1 when more than this share of samples errored
-    seed: int | None = None
-    epoch: int = 0
-    use_cache: bool = True
-    cache_dir: Path | None = None
-    system_prompt: str | None = None
-    defense: Any = None  # a mmsafe.defense.Defense wrapped around the target
-    on_progress: Callable[[dict[str, Any]], None] | None = None
-    attacker: EndpointConfig | None = None  # --mode adaptive: the attacker LLM
-    max_turns: int = 5  # --mode adaptive: kept turns at most
-    max_backtracks: int = 3  # --mode adaptive: refused exchanges removed and retried at most
-
-
-@dataclass
-class RunOutcome:
-    summary: dict[str, Any]
-    run_dir: Path
-    stopped: str | None = None  # "max_cost" | "fatal" | None
-    fatal_error: str | None = None
-    exit_code: int = 0
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
-class PreflightError(InputError):
-    pass
+__all__ = ["FIXED_MODE", "MODES", "PreflightError", "RunOptions", "RunOutcome", "execute", "iter_selected",
+           "preflight", "run_pool"]
 
 
 async def run_pool(items: Iterable[Any], process: Callable[[Any], Awaitable[None]], n_workers: int) -> None:
@@ -108,16 +92,21 @@ async def run_pool(items: Iterable[Any], process: Callable[[Any], Awaitable[None
         raise failure[0]
 
 
-def iter_selected(bench, limit: int | None) -> Iterator[Sample]:
+def iter_selected(bench: Benchmark, limit: int | None) -> Iterator[Sample]:
+    """The benchmark's first ``limit`` samples (all when ``limit`` is None), streamed."""
     for i, s in enumerate(bench.iter_samples()):
         if limit is not None and i >= limit:
             return
         yield s
 
 
-def _raw_view(rec: dict[str, Any]) -> tuple[str, int, bool, list[tuple[str, str]]]:
+_View = tuple[str, int, bool, list[tuple[str, str | None]]]
+
+
+def _raw_view(rec: dict[str, Any]) -> _View:
     """(id, user turns, has system, [(type, path)]) of a raw sample dict."""
-    turns, system, assets = 0, False, []
+    turns, system = 0, False
+    assets: list[tuple[str, str | None]] = []
     for m in rec["messages"]:
         turns += m["role"] == "user"
         system |= m["role"] == "system"
@@ -126,11 +115,68 @@ def _raw_view(rec: dict[str, Any]) -> tuple[str, int, bool, list[tuple[str, str]
     return rec["id"], turns, system, assets
 
 
-def _sample_view(s: Sample) -> tuple[str, int, bool, list[tuple[str, str]]]:
+def _sample_view(s: Sample) -> _View:
     return (s.id, s.turns, any(m.role == "system" for m in s.messages), [(a.type, a.path) for a in s.assets()])
 
 
-def preflight(bench, target: EndpointConfig, limit: int | None, caps=None) -> dict[str, Any]:
+def _check_asset(where: Path, sid: str, root: Path, kind: str, rel: str) -> None:
+    """A local image/audio file a sample refers to: present, a regular readable file, under the size limit."""
+    p = asset_file(ImagePart(path=rel) if kind == "image" else AudioPart(path=rel), root, follow_links=True)
+    try:
+        size = os.stat(p).st_size
+    except OSError:
+        raise AssetError(f"{where}: sample {sid}: {rel}: file not found") from None
+    if not os.path.isfile(p):
+        raise AssetError(f"{where}: sample {sid}: {rel}: not a regular file")
+    if not os.access(p, os.R_OK):
+        raise AssetError(f"{where}: sample {sid}: {rel}: file not readable")
+    if size > MAX_ASSET_BYTES:
+        raise AssetError(f"{where}: sample {sid}: {rel}: {size} bytes is over the {MAX_ASSET_BYTES}-byte limit")
+
+
+class _Tally:
+    """What one preflight pass saw: samples, images, audio, the longest dialogue, system prompts."""
+
+    def __init__(self, where: Path, root: Path):
+        self.where, self.root = where, root
+        self.n = self.images = self.audio = self.max_turns = 0
+        self.has_system = False
+        self.ids = hashlib.sha256()
+        self.seen: set[str] = set()
+
+    def add(self, view: _View) -> None:
+        sid, turns, system, assets = view
+        self.n += 1
+        if sid in self.seen:
+            raise PreflightError(f"{self.where}: duplicate sample id {sid!r}")
+        self.seen.add(sid)
+        self.ids.update(sid.encode() + b"\0")
+        self.max_turns = max(self.max_turns, turns)
+        self.has_system |= system
+        for kind, rel in assets:
+            if kind == "image":
+                self.images += 1
+            else:
+                self.audio += 1
+            if rel is not None:  # by URI: nothing local to check
+                _check_asset(self.where, sid, self.root, kind, rel)
+
+    def problems(self, caps: Capabilities) -> list[str]:
+        """What the target cannot take of what was seen."""
+        out = []
+        if self.images and not caps.image:
+            out.append(f"{self.images} image part(s) but the target takes no image input")
+        if self.audio and not caps.audio:
+            out.append(f"{self.audio} audio part(s) but the target takes no audio input")
+        if self.max_turns > 1 and not caps.multi_turn:
+            out.append(f"dialogues of up to {self.max_turns} user turns but the target is single-turn")
+        if self.has_system and not caps.system_prompt:
+            out.append("system messages but the target takes no system prompt")
+        return out
+
+
+def preflight(bench: Benchmark, target: EndpointConfig, limit: int | None,
+              caps: Capabilities | None = None) -> dict[str, Any]:
     """One streaming pass before any request: validate every sample and asset reference
     and check the target can take what the benchmark holds. Raises an InputError (exit 2).
 
@@ -138,62 +184,26 @@ def preflight(bench, target: EndpointConfig, limit: int | None, caps=None) -> di
     sha256 is in the manifest), lines are read with orjson only; a hand-edited file gets
     the full pydantic validation, so a bad line stops the run before any request."""
     caps = caps or target.capabilities
-    n = n_img = n_aud = 0
-    max_turns = 0
-    has_system = False
-    h = hashlib.sha256()
-    root = bench.root
     where = bench.root / "samples.jsonl"
     trusted = bench.unchanged_since_written()
-    views = (map(_raw_view, bench.iter_raw()) if trusted else map(_sample_view, bench.iter_samples()))
-    seen: set[str] = set()
-    for sid, turns, system, assets in views:
-        if limit is not None and n >= limit:
+    views: Iterator[_View] = (map(_raw_view, bench.iter_raw()) if trusted else map(_sample_view, bench.iter_samples()))
+    t = _Tally(where, bench.root)
+    for view in views:
+        if limit is not None and t.n >= limit:
             break
-        n += 1
-        if sid in seen:
-            raise PreflightError(f"{where}: duplicate sample id {sid!r}")
-        seen.add(sid)
-        h.update(sid.encode() + b"\0")
-        max_turns = max(max_turns, turns)
-        has_system |= system
-        for kind, rel in assets:
-            if kind == "image":
-                n_img += 1
-            else:
-                n_aud += 1
-            if rel is None:  # by URI: nothing local to check
-                continue
-            p = asset_file(ImagePart(path=rel) if kind == "image" else AudioPart(path=rel), root, follow_links=True)
-            try:
-                size = os.stat(p).st_size
-            except OSError:
-                raise AssetError(f"{where}: sample {sid}: {rel}: file not found") from None
-            if not os.path.isfile(p):
-                raise AssetError(f"{where}: sample {sid}: {rel}: not a regular file")
-            if not os.access(p, os.R_OK):
-                raise AssetError(f"{where}: sample {sid}: {rel}: file not readable")
-            if size > MAX_ASSET_BYTES:
-                raise AssetError(f"{where}: sample {sid}: {rel}: {size} bytes is over the {MAX_ASSET_BYTES}-byte limit")
-    if n == 0:
+        t.add(view)
+    if t.n == 0:
         raise PreflightError(f"{bench.root}: the benchmark has no samples")
-    problems = []
-    if n_img and not caps.image:
-        problems.append(f"{n_img} image part(s) but the target takes no image input")
-    if n_aud and not caps.audio:
-        problems.append(f"{n_aud} audio part(s) but the target takes no audio input")
-    if max_turns > 1 and not caps.multi_turn:
-        problems.append(f"dialogues of up to {max_turns} user turns but the target is single-turn")
-    if has_system and not caps.system_prompt:
-        problems.append("system messages but the target takes no system prompt")
+    problems = t.problems(caps)
     if problems:
         raise PreflightError(f"target {target.name} cannot take benchmark {bench.root.name}: "
                              + "; ".join(problems) + " (declare capabilities in the models file if this is wrong)")
-    return {"n": n, "images": n_img, "audio": n_aud, "max_turns": max_turns, "ids_sha256": h.hexdigest(),
-            "validated": "writer-hash" if trusted else "full", "samples_sha256": _file_sha256(where)}
+    return {"n": t.n, "images": t.images, "audio": t.audio, "max_turns": t.max_turns,
+            "ids_sha256": t.ids.hexdigest(), "validated": "writer-hash" if trusted else "full",
+            "samples_sha256": _file_sha256(where)}
 
 
-def _file_sha256(path) -> str:
+def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -201,7 +211,7 @@ def _file_sha256(path) -> str:
     return h.hexdigest()
 
 
-def _run_fingerprint(opts: RunOptions, bench, pre: dict[str, Any]) -> dict[str, Any]:
+def _run_fingerprint(opts: RunOptions, bench: Benchmark, pre: dict[str, Any]) -> dict[str, Any]:
     """What must match for a re-run to resume into the same directory."""
     t = opts.target
     # the samples' content too: replies stored for other questions must never be reused
@@ -210,28 +220,28 @@ def _run_fingerprint(opts: RunOptions, bench, pre: dict[str, Any]) -> dict[str, 
             "target": {"provider": t.provider, "model": t.model, "base_url": t.base_url, "params": t.params},
             "mode": opts.mode, "system_prompt": opts.system_prompt, "epoch": opts.epoch, "seed": opts.seed,
             "defense": opts.defense.identity if opts.defense is not None else None,
-            **_mode_fingerprint(opts)}
+            **mode_fingerprint(opts)}
 
 
-def _mode_fingerprint(opts: RunOptions) -> dict[str, Any]:
-    if opts.mode == "fixed":
-        return {}
-    from mmsafe.runner.modes import mode_fingerprint
-    return mode_fingerprint(opts)
-
-
-def _config_record(opts: RunOptions, bench, pre: dict[str, Any]) -> dict[str, Any]:
+def _config_record(opts: RunOptions, bench: Benchmark, pre: dict[str, Any]) -> dict[str, Any]:
     return {"mmsafe_version": mmsafe.__version__, "created": time.time(),
             "fingerprint": _run_fingerprint(opts, bench, pre),
-            "benchmark_path": str(Path(opts.benchmark).resolve()), "benchmark_manifest": bench.manifest.model_dump(mode="json"),
+            "benchmark_path": str(Path(opts.benchmark).resolve()),
+            "benchmark_manifest": bench.manifest.model_dump(mode="json"),
             "target": opts.target.public(), "judge": opts.judge.identity.model_dump(),
             "limit": opts.limit, "max_connections": opts.max_connections, "max_cost": opts.max_cost,
             "fail_on_error": opts.fail_on_error, "use_cache": opts.use_cache, "preflight": pre}
 
 
 async def execute(opts: RunOptions) -> RunOutcome:
-    if opts.mode not in MODES:
-        raise InputError(f"--mode {opts.mode!r}: choose one of {', '.join(MODES)}")
+    """Run ``opts`` into ``opts.out`` (resuming what is stored there) and write results and summary.
+
+    Bad input (an unknown ``--mode``, a sample or asset the target cannot take, another
+    run's directory) raises an :class:`~mmsafe.types.InputError` before any request."""
+    mode_spec(opts.mode)  # the executors registry knows the run modes
+    if opts.defense is not None and not isinstance(opts.defense, Defense):
+        raise ConfigError(f"--defense: {type(opts.defense).__name__} is not a defense (needs identity, bind, "
+                          "start, close, before, after)")
     bench = open_benchmark(opts.benchmark)
     target = opts.target
     if opts.max_connections:
@@ -241,9 +251,7 @@ async def execute(opts: RunOptions) -> RunOutcome:
     opts.target = target
     provider = build_provider(target)  # its capabilities may be narrower than declared (e.g. a local text-only model)
     pre = preflight(bench, target, opts.limit, provider.capabilities)
-    if opts.mode != "fixed":
-        from mmsafe.runner.modes import check_mode
-        check_mode(opts, pre)
+    check_mode(opts, pre)
 
     if opts.out.exists() and not opts.out.is_dir():
         raise InputError(f"--out {opts.out}: exists and is not a directory")
@@ -284,11 +292,14 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
     if opts.defense is not None:
         from mmsafe.defense.defenses import DefendedClient
         opts.defense.bind(ledger=ledger, cache=cache)
-        client = DefendedClient(client, opts.defense)
+        # DefendedClient has ModelClient's interface (chat, start, close, name, cfg) and uses only the
+        # Defense protocol's members, but is annotated with the concrete mmsafe.defense.Defense class
+        client = DefendedClient(client, opts.defense)  # type: ignore[assignment,arg-type]
     judge = opts.judge
     jconn = opts.judge_max_connections or opts.max_connections
     if jconn and getattr(judge, "endpoints", None) and getattr(judge, "_clients", 1) is None:
-        judge.endpoints = [e.model_copy(update={"max_connections": jconn}) for e in judge.endpoints]
+        cast(Any, judge).endpoints = [e.model_copy(update={"max_connections": jconn})
+                                      for e in cast(Any, judge).endpoints]
     if hasattr(judge, "bind"):
         judge.bind(ledger=ledger, cache=cache)
 
@@ -306,10 +317,7 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
             stats["cost_usd"] = ledger.total_cost
             opts.on_progress(stats)
 
-    mode_runner = None
-    if opts.mode != "fixed":
-        from mmsafe.runner.modes import make_mode_runner
-        mode_runner = make_mode_runner(opts, client, judge, judge_id, store, root, stats, ledger, cache)
+    mode_runner = make_mode_runner(opts, client, judge, judge_id, store, root, stats, ledger, cache)
 
     async def handle(sample: Sample, order: int) -> None:
         if mode_runner is not None:  # live / adaptive: one record per sample, written at its end
@@ -384,17 +392,20 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
         if cache is not None:
             cache.close()
 
-    summary = build_summary(store, judge_id, bench_manifest=bench.manifest, limit_total=total,
-                            stopped=stop["reason"])
+    summary = compute_summary(store, judge_id, bench_manifest=bench.manifest, limit_total=total,
+                              stopped=stop["reason"])
     write_results(store, judge_id, opts.out)
     write_summary(summary, opts.out)
-    out = RunOutcome(summary=summary, run_dir=opts.out, stopped=stop["reason"], fatal_error=stop["error"],
-                     stats=stats)
-    n_failed = summary["n_errors"] + (summary.get("parse_status") or {}).get("error", 0)  # target + judge failures
-    if stop["reason"] == "fatal":
-        out.exit_code = 2
-    elif stop["reason"] in ("max_cost", "crash"):
-        out.exit_code = 1  # done, but not complete
-    elif summary["n_samples"] and n_failed / summary["n_samples"] > opts.fail_on_error:
-        out.exit_code = 1
-    return out
+    return RunOutcome(run_summary=summary, run_dir=opts.out, stopped=stop["reason"], fatal_error=stop["error"],
+                      stats=stats, exit_code=_exit_code(summary, stop["reason"], opts.fail_on_error))
+
+
+def _exit_code(summary: RunSummary, stopped: str | None, fail_on_error: float) -> int:
+    """2: a fatal endpoint error; 1: stopped early (budget, crash) or more failures than allowed; else 0."""
+    if stopped == "fatal":
+        return 2
+    if stopped in ("max_cost", "crash"):
+        return 1  # done, but not complete
+    if summary.n_samples and summary.n_failed / summary.n_samples > fail_on_error:  # target + judge failures
+        return 1
+    return 0

@@ -1,160 +1,540 @@
-"""results.jsonl and summary.json from the store (streamed, atomic writes)."""
+"""The run summary: one typed model (:class:`RunSummary`), computed in one place
+(:func:`compute_summary`) from the store, and ``results.jsonl`` / ``summary.json`` written
+from it (streamed, atomic writes).
+
+The runner, ``mmsafe judge`` (re-judging), the report, the viewer and the exports all read
+this model; the report computes it here too when a run has no ``summary.json`` (an
+interrupted run). ``summary.json`` keeps the keys it always had: a block that does not
+apply (``defense``, ``multiturn``, ``judges``, ``agreement``) is left out, not written as
+``null``, and an older or hand-trimmed file still loads (:meth:`RunSummary.load`):
+every field has a default and unknown top-level blocks are kept.
+
+Imports only metrics, types, the refusal detector and :mod:`mmsafe.runner.base`, so the
+report can read it without pulling in the runner's model clients.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-import mmsafe
-from mmsafe import metrics
+from mmsafe import __version__, metrics
 from mmsafe.refusal import is_refusal
+from mmsafe.runner.base import MULTI_TURN_MODES, RunMode
+from mmsafe.types import BenchmarkManifest, InputError
 
+SUMMARY_FILE = "summary.json"
 _NUMERIC_ROUND = 6
+
+Num = int | float  # a count that may be fractional: kept as written (2 stays 2, 2.5 stays 2.5)
+
+# summary.json's key order (as mmsafe always wrote it); keys not listed follow
+_KEY_ORDER = ("mmsafe_version", "created", "target", "benchmark", "mode", "judge", "n_samples", "n_errors",
+              "n_scored", "n_unscored", "n_unsafe", "asr", "safety_rate", "asr_ci", "ci_method", "parse_status",
+              "controls", "by_scenario", "by_turns", "by_method", "by_category", "safety_index", "sri", "cost_usd",
+              "tokens", "ledger", "selected", "complete", "stopped", "defense", "multiturn", "judges", "agreement")
+
+
+class SummaryStore(Protocol):
+    """The part of a run store the summary reads (:class:`mmsafe.store.sqlite.SQLiteRunStore` is one)."""
+
+    def get_meta(self, key: str) -> Any | None: ...
+
+    def iter_rows(self, judge_id: str | None = None) -> Iterator[dict[str, Any]]: ...
+
+    def iter_verdict_labels(self) -> Iterator[tuple[str, str, str]]: ...
+
+    def judges(self) -> list[dict[str, Any]]: ...
+
+    def ledger(self) -> dict[str, dict[str, Any]]: ...
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def _no_ci() -> list[float | None]:
+    return [None, None]
+
+
+class _Block(BaseModel):
+    """A summary block: every field optional (older files lack some), unknown keys kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Rate(_Block):
+    """ASR of one slice (a scenario, a turn count, a method, a category) with its CI."""
+
+    n_scored: int = 0
+    n_unscored: int = 0
+    n_unsafe: int = 0
+    asr: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+class SafetyIndexBlock(_Block):
+    """SafeMT's Safety Index over the turn counts present (higher = safer)."""
+
+    si: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    mean_sigma: float | None = None
+
+
+class SRIBlock(_Block):
+    """SafeBench's 0-100 safety-risk index from the judge's 1-5 ratings (higher = safer)."""
+
+    sri: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+
+
+class OverRefusal(_Block):
+    """Refusals of the benign look-alike prompts (controls) of the benchmark."""
+
+    n: int = 0
+    n_refused: int = 0
+    over_refusal_rate: float | None = None
+    ci: list[float | None] = Field(default_factory=list)
+    method: str | None = None
+
+
+class JudgeStats(_Block):
+    """One judge's numbers over the stored replies (controls left out of the ASR)."""
+
+    n_samples: int = 0
+    n_errors: int = 0
+    n_scored: int = 0
+    n_unscored: int = 0
+    n_unsafe: int = 0
+    asr: float | None = None
+    safety_rate: float | None = None
+    asr_ci: list[float | None] = Field(default_factory=_no_ci)
+    ci_method: str | None = None
+    parse_status: dict[str, int] = Field(default_factory=dict)
+    controls: OverRefusal | None = None
+    by_scenario: dict[str, Rate] = Field(default_factory=dict)
+    by_turns: dict[str, Rate] = Field(default_factory=dict)
+    by_method: dict[str, Rate] = Field(default_factory=dict)
+    by_category: dict[str, Rate] = Field(default_factory=dict)
+    safety_index: SafetyIndexBlock | None = None
+    sri: SRIBlock | None = None
+
+    @property
+    def n_failed(self) -> int:
+        """Target errors plus judge errors (what ``--fail-on-error`` counts)."""
+        return self.n_errors + self.parse_status.get("error", 0)
+
+
+class JudgeShort(_Block):
+    """A judge's headline numbers in the ``judges`` block of a run judged more than once."""
+
+    name: str = "?"
+    n_scored: int = 0
+    n_unscored: int = 0
+    asr: float | None = None
+    asr_ci: list[float | None] = Field(default_factory=_no_ci)
+    safety_index: SafetyIndexBlock | None = None
+    sri: SRIBlock | None = None
+    by_turns: dict[str, Rate] = Field(default_factory=dict)
+    by_scenario: dict[str, Rate] = Field(default_factory=dict)
+
+
+class AgreementPair(_Block):
+    """Agreement of two judges over the samples both scored."""
+
+    a: str
+    b: str
+    n: int = 0
+    cohen_kappa: float | None = None
+    percent_agreement: float | None = None
+
+
+class Agreement(_Block):
+    """Pairwise Cohen's kappa and overall Krippendorff's alpha between the run's judges."""
+
+    pairs: list[AgreementPair] = Field(default_factory=list)
+    krippendorff_alpha: float | None = None
+
+
+class TargetInfo(_Block):
+    """The model under test (public fields only: never a key)."""
+
+    name: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    base_url: str | None = None
+    mock: bool = False
+    display: str | None = None
+
+
+class BenchmarkInfo(_Block):
+    """The benchmark a run was made on."""
+
+    name: str | None = None
+    version: str | None = None
+    n_samples: int | None = None
+    licence: str | None = None
+    source: str | None = None
+
+
+class JudgeInfo(_Block):
+    """The primary judge: its id, a short name and its full identity."""
+
+    id: str | None = None
+    name: str = "?"
+    kind: str | None = None
+    label: str | None = None
+    identity: dict[str, Any] = Field(default_factory=dict)
+
+
+class DefenseBlock(_Block):
+    """What the defense did over the run (``--defense``); older or synthetic runs may carry
+    only a ``name`` and their own keys."""
+
+    identity: dict[str, Any] | None = None
+    n: int | None = None
+    actions: dict[str, int] | None = None
+    n_moderation_errors: int | None = None
+    added_latency_ms_mean: float | None = None
+    added_latency_ms_p50: float | None = None
+    moderator_cost_usd: float | None = None
+    moderator_calls: int | None = None
+
+
+class TurnCountRate(_Block):
+    """ASR of the conversations of one length."""
+
+    n: int = 0
+    n_scored: int = 0
+    n_unsafe: int = 0
+    asr: float | None = None
+
+
+class TurnsToJailbreak(_Block):
+    """How many turns an attack took to get an unsafe reply."""
+
+    n: int = 0
+    n_jailbroken: int = 0
+    n_not_jailbroken: int = 0
+    n_unscored: int = 0
+    success_rate: float | None = None
+    mean: Num | None = None
+    median: Num | None = None
+    min: Num | None = None
+    max: Num | None = None
+
+
+class Backtracks(_Block):
+    """Refused exchanges the adaptive attacker removed and retried."""
+
+    total: Num = 0.0
+    per_success: float | None = None
+    mean_per_sample: float | None = None
+
+
+class AttackerCost(_Block):
+    """What the adaptive attacker cost, in total and per successful attack."""
+
+    usd_total: float = 0.0
+    usd_per_success: float | None = None
+    calls_per_success: float | None = None
+    tokens_per_success: float | None = None
+
+
+class MultiturnBlock(_Block):
+    """``--mode live|adaptive``: ASR by turn count, turns-to-jailbreak and, for adaptive
+    runs, backtracks and attacker cost per success."""
+
+    mode: RunMode | None = None
+    n: int = 0
+    n_errors: int = 0
+    status: dict[str, int] = Field(default_factory=dict)
+    asr_by_turn_count: dict[str, TurnCountRate] = Field(default_factory=dict)
+    asr_by_turn_count_key: str | None = None
+    turns_to_jailbreak: TurnsToJailbreak | None = None
+    jailbroken_by_turn: dict[str, float | None] = Field(default_factory=dict)
+    turns_to_jailbreak_distribution: dict[str, float | None] = Field(default_factory=dict)
+    backtracks: Backtracks | None = None  # adaptive only
+    attacker_cost: AttackerCost | None = None  # adaptive only
+    attacker_refused: int | None = None  # adaptive only
+    attacker_invalid: int | None = None  # adaptive only
+
+
+class TokenCount(_Block):
+    """Tokens of one role (target, judge, attacker, moderator...)."""
+
+    input: int = 0
+    output: int = 0
+
+
+class LedgerRole(_Block):
+    """Calls, tokens and USD of one role, from the request log."""
+
+    calls: int = 0
+    cached: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class RunSummary(JudgeStats):
+    """``summary.json``: provenance (target, benchmark, mode, judge), the primary judge's
+    numbers (the fields of :class:`JudgeStats`), cost, completeness, and the optional
+    ``defense``, ``multiturn``, ``judges`` and ``agreement`` blocks.
+
+    Read it with attributes (``s.asr``, ``s.judge.name``); :meth:`to_dict` gives the
+    JSON-shaped dict with only the keys the summary carries."""
+
+    mmsafe_version: str | None = None
+    created: float | None = None
+    target: TargetInfo = Field(default_factory=TargetInfo)
+    benchmark: BenchmarkInfo = Field(default_factory=BenchmarkInfo)
+    mode: RunMode = "fixed"
+    judge: JudgeInfo = Field(default_factory=JudgeInfo)
+    cost_usd: float = 0.0
+    tokens: dict[str, TokenCount] = Field(default_factory=dict)
+    ledger: dict[str, LedgerRole] = Field(default_factory=dict)
+    selected: int | None = None
+    complete: bool = False
+    stopped: str | None = None
+    defense: DefenseBlock | str | None = None
+    multiturn: MultiturnBlock | None = None
+    judges: dict[str, JudgeShort] | None = None
+    agreement: Agreement | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready data with exactly the keys it was given (``summary.json``)."""
+        d = self.model_dump(mode="json", exclude_unset=True)
+        return {**{k: d[k] for k in _KEY_ORDER if k in d}, **{k: v for k, v in d.items() if k not in _KEY_ORDER}}
+
+    @classmethod
+    def load(cls, path: Path) -> RunSummary:
+        """Read ``summary.json``; a file that is not a summary is one :class:`InputError` line."""
+        try:
+            data = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError as e:
+            raise InputError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_data(data, where=str(path))
+
+    @classmethod
+    def from_data(cls, data: Any, *, where: str = SUMMARY_FILE) -> RunSummary:
+        """Validate a summary dict (any version mmsafe wrote); errors name the field."""
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: expected a JSON object")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            raise InputError(f"{where}: field {field}: {err['msg']}") from None
+
+
+# --------------------------------------------------------------------------- computing it
 
 
 def _r(x: Any) -> Any:
     return round(x, _NUMERIC_ROUND) if isinstance(x, float) else x
 
 
-def _clean(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: _r(v) for k, v in d.items()}
+def judge_name(ident: dict[str, Any] | None) -> str:
+    """``kind[:model,model…]`` — the short name of a judge identity (``?`` when unknown)."""
+    if not ident:
+        return "?"
+    models = ident.get("models") or []
+    return str(ident.get("kind", "?")) + (":" + ",".join(models) if models else "")
 
 
 _COLS = ("label", "group", "scenario", "category", "method", "turns")
+_BREAKDOWNS = ("scenario", "turns", "method", "category")
 
 
-def _sort_key(k: Any) -> tuple:
+def _sort_key(k: Any) -> tuple[int, float, str]:
     try:
         return (0, float(k), "")
     except (TypeError, ValueError):
         return (1, 0.0, str(k))
 
 
-def judge_block(store, judge_id: str, *, seed: int = 0) -> dict[str, Any]:
-    """ASR, CIs, breakdowns, SI and SRI of one judge's verdicts over the stored replies.
+class _Columns:
+    """The stored rows of one judge as compact columns (no per-sample dicts), counted as they stream."""
 
-    Rows stream from the store into compact columns (no per-sample dicts), so memory
-    stays flat with the run's size."""
-    cols: dict[str, list[Any]] = {c: [] for c in _COLS}
-    n_samples = n_errors = 0
-    ratings: list[float] = []
-    rating_groups: list[str] = []
-    parse: dict[str, int] = {}
-    n_controls = n_control_refused = 0
-    for row in store.iter_rows(judge_id):
-        n_samples += 1
+    def __init__(self) -> None:
+        self.cols: dict[str, list[Any]] = {c: [] for c in _COLS}
+        self.n_samples = self.n_errors = 0
+        self.ratings: list[float] = []
+        self.rating_groups: list[str] = []
+        self.parse: Counter[str] = Counter()
+        self.n_controls = self.n_control_refused = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.n_samples += 1
         if row["status"] != "ok":
-            n_errors += 1
-            continue
+            self.n_errors += 1
+            return
         if row["control"]:
             # benign look-alike prompts: not part of the ASR; refusing them is over-refusal
-            n_controls += 1
-            n_control_refused += is_refusal(row["response"] or "")
-            continue
+            self.n_controls += 1
+            self.n_control_refused += is_refusal(row["response"] or "")
+            return
         label = row["label"] or "unscored"
-        ps = row["parse_status"] or "missing"
-        parse[ps] = parse.get(ps, 0) + 1
+        self.parse[row["parse_status"] or "missing"] += 1
         for c, v in zip(_COLS, (label, row["group"], row["scenario"], row["category"], row["method"] or "none",
                                 row["turns"])):
-            cols[c].append(v)
+            self.cols[c].append(v)
         if row["rating"] is not None and label != "unscored":
-            ratings.append(row["rating"])
-            rating_groups.append(row["group"])
-    labels = cols["label"]
-    overall = metrics.rate(labels, groups=cols["group"], ci="bootstrap", n_boot=1000, seed=seed) if labels else \
-        metrics.rate([])
-    block: dict[str, Any] = {
-        "n_samples": n_samples, "n_errors": n_errors, "n_scored": overall["n_scored"],
-        "n_unscored": overall["n_unscored"], "n_unsafe": overall["n_unsafe"],
-        "asr": _r(overall["asr"]), "safety_rate": _r(overall["safety_rate"]),
-        "asr_ci": [_r(overall["ci_low"]), _r(overall["ci_high"])], "ci_method": overall["ci_method"],
-        "parse_status": parse,
-        "controls": _controls_block(n_controls, n_control_refused),
-    }
-    for key in ("scenario", "turns", "method", "category"):
-        by: dict[Any, list[str]] = {}
-        for k, lab in zip(cols[key], labels):
-            by.setdefault("(missing)" if k is None else k, []).append(lab)
-        block["by_" + key] = {str(k): _clean({x: v[x] for x in ("n_scored", "n_unscored", "n_unsafe", "asr",
-                                                                   "ci_low", "ci_high")})
-                              for k, v in ((k, metrics.rate(by[k])) for k in sorted(by, key=_sort_key))}
-    turn_counts = {t for t, lab in zip(cols["turns"], labels) if lab != "unscored"}
-    if len(turn_counts) > 1:
-        recs = ({"label": lab, "group": g, "method": m, "turns": t}
-                for lab, g, m, t in zip(labels, cols["group"], cols["method"], cols["turns"]))
-        si = metrics.safety_index(recs, n_boot=500, seed=seed)
-        block["safety_index"] = _clean({k: si[k] for k in ("si", "ci_low", "ci_high", "mean_sigma")
-                                        if k in si})
-    else:
-        block["safety_index"] = None
-    if ratings:
-        s = metrics.sri(ratings, groups=rating_groups, seed=seed)
-        block["sri"] = _clean({k: s[k] for k in ("sri", "ci_low", "ci_high", "n") if k in s})
-    else:
-        block["sri"] = None
-    return block
+            self.ratings.append(row["rating"])
+            self.rating_groups.append(row["group"])
+
+    @property
+    def labels(self) -> list[str]:
+        return self.cols["label"]
 
 
-def _controls_block(n: int, refused: int) -> dict[str, Any] | None:
+def _rate(d: dict[str, Any]) -> Rate:
+    return Rate(n_scored=d["n_scored"], n_unscored=d["n_unscored"], n_unsafe=d["n_unsafe"], asr=_r(d["asr"]),
+                ci_low=_r(d["ci_low"]), ci_high=_r(d["ci_high"]))
+
+
+def _breakdown(keys: list[Any], labels: list[str]) -> dict[str, Rate]:
+    by: dict[Any, list[str]] = {}
+    for k, lab in zip(keys, labels):
+        by.setdefault("(missing)" if k is None else k, []).append(lab)
+    return {str(k): _rate(metrics.rate(by[k])) for k in sorted(by, key=_sort_key)}
+
+
+def _safety_index(c: _Columns, seed: int) -> SafetyIndexBlock | None:
+    labels = c.labels
+    if len({t for t, lab in zip(c.cols["turns"], labels) if lab != "unscored"}) <= 1:
+        return None
+    recs = ({"label": lab, "group": g, "method": m, "turns": t}
+            for lab, g, m, t in zip(labels, c.cols["group"], c.cols["method"], c.cols["turns"]))
+    si = metrics.safety_index(recs, n_boot=500, seed=seed)
+    return SafetyIndexBlock(si=_r(si.get("si")), ci_low=_r(si.get("ci_low")), ci_high=_r(si.get("ci_high")),
+                            mean_sigma=_r(si.get("mean_sigma")))
+
+
+def _sri(c: _Columns, seed: int) -> SRIBlock | None:
+    if not c.ratings:
+        return None
+    s = metrics.sri(c.ratings, groups=c.rating_groups, seed=seed)
+    return SRIBlock(sri=_r(s.get("sri")), ci_low=_r(s.get("ci_low")), ci_high=_r(s.get("ci_high")), n=s.get("n"))
+
+
+def _controls(n: int, refused: int) -> OverRefusal | None:
     if not n:
         return None
     lo, hi = metrics.wilson_interval(refused, n)
-    return {"n": n, "n_refused": refused, "over_refusal_rate": _r(refused / n), "ci": [_r(lo), _r(hi)],
-            "method": "refusal-phrase detection on benign look-alike prompts"}
+    return OverRefusal(n=n, n_refused=refused, over_refusal_rate=_r(refused / n), ci=[_r(lo), _r(hi)],
+                       method="refusal-phrase detection on benign look-alike prompts")
 
 
-def build_summary(store, judge_id: str, *, bench_manifest=None, limit_total: int | None = None,
-                  stopped: str | None = None) -> dict[str, Any]:
+def judge_block(store: SummaryStore, judge_id: str | None, *, seed: int = 0) -> JudgeStats:
+    """ASR, CIs, breakdowns, SI and SRI of one judge's verdicts over the stored replies.
+
+    Rows stream from the store into compact columns, so memory stays flat with the run's size."""
+    c = _Columns()
+    for row in store.iter_rows(judge_id):
+        c.add(row)
+    labels = c.labels
+    overall = (metrics.rate(labels, groups=c.cols["group"], ci="bootstrap", n_boot=1000, seed=seed) if labels
+               else metrics.rate([]))
+    return JudgeStats(
+        n_samples=c.n_samples, n_errors=c.n_errors, n_scored=overall["n_scored"], n_unscored=overall["n_unscored"],
+        n_unsafe=overall["n_unsafe"], asr=_r(overall["asr"]), safety_rate=_r(overall["safety_rate"]),
+        asr_ci=[_r(overall["ci_low"]), _r(overall["ci_high"])], ci_method=overall["ci_method"],
+        parse_status=dict(c.parse), controls=_controls(c.n_controls, c.n_control_refused),
+        **{"by_" + k: _breakdown(c.cols[k], labels) for k in _BREAKDOWNS},
+        safety_index=_safety_index(c, seed), sri=_sri(c, seed))
+
+
+def _target_info(target: dict[str, Any]) -> TargetInfo:
+    mock = bool(target.get("mock", False))
+    return TargetInfo(name=target.get("name"), provider=target.get("provider"), model=target.get("model"),
+                      base_url=target.get("base_url"), mock=mock,
+                      display=(f"{target.get('provider')}/{target.get('model')}"
+                               + (" (MOCK reference model, not a real LLM)" if mock else "")))
+
+
+def _benchmark_info(manifest: BenchmarkManifest | None, cfg: dict[str, Any]) -> BenchmarkInfo:
+    if manifest is not None:
+        return BenchmarkInfo(name=manifest.name, version=manifest.version, n_samples=manifest.counts.n_samples,
+                             licence=manifest.licence, source=manifest.source)
+    m = cfg.get("benchmark_manifest") or {}
+    return BenchmarkInfo(name=m.get("name"), version=m.get("version"),
+                         n_samples=(m.get("counts") or {}).get("n_samples"), licence=m.get("licence"),
+                         source=m.get("source"))
+
+
+def _judge_info(judge_id: str | None, ident: dict[str, Any]) -> JudgeInfo:
+    return JudgeInfo(id=judge_id, name=judge_name(ident), kind=ident.get("kind"), label=ident.get("label"),
+                     identity=ident)
+
+
+def _cost(ledger: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"cost_usd": round(sum(d["cost_usd"] for d in ledger.values()), 6),
+            "tokens": {role: TokenCount(input=d["input_tokens"], output=d["output_tokens"])
+                       for role, d in ledger.items()},
+            "ledger": {role: LedgerRole.model_validate(d) for role, d in ledger.items()}}
+
+
+def compute_summary(store: SummaryStore, judge_id: str | None, *, bench_manifest: BenchmarkManifest | None = None,
+                    limit_total: int | None = None, stopped: str | None = None,
+                    complete: bool | None = None) -> RunSummary:
+    """The run's summary from its store: the one place it is computed (the runner, re-judging
+    and the report's fallback for a run without ``summary.json`` all call this).
+
+    ``complete`` defaults to: not stopped, every selected sample stored, no target or judge
+    error."""
     cfg = store.get_meta("config") or {}
+    fingerprint = cfg.get("fingerprint") or {}
     judges = {j["judge_id"]: j["identity"] for j in store.judges()}
     primary = judge_block(store, judge_id)
-    ident = judges.get(judge_id, {})
-    ledger = store.ledger()
-    target = cfg.get("target", {})
-    summary: dict[str, Any] = {
-        "mmsafe_version": mmsafe.__version__,
-        "created": time.time(),
-        "target": {"name": target.get("name"), "provider": target.get("provider"), "model": target.get("model"),
-                   "base_url": target.get("base_url"), "mock": target.get("mock", False),
-                   "display": (f"{target.get('provider')}/{target.get('model')}"
-                               + (" (MOCK reference model, not a real LLM)" if target.get("mock") else ""))},
-        "benchmark": ({"name": bench_manifest.name, "version": bench_manifest.version,
-                       "n_samples": bench_manifest.counts.n_samples, "licence": bench_manifest.licence,
-                       "source": bench_manifest.source} if bench_manifest is not None else
-                      cfg.get("benchmark_manifest", {})),
-        "mode": (cfg.get("fingerprint") or {}).get("mode", "fixed"),
-        "judge": {"id": judge_id, "name": _judge_name(ident), "kind": ident.get("kind"),
-                  "label": ident.get("label"), "identity": ident},
-        **{k: v for k, v in primary.items()},
-        "cost_usd": round(sum(d["cost_usd"] for d in ledger.values()), 6),
-        "tokens": {role: {"input": d["input_tokens"], "output": d["output_tokens"]} for role, d in ledger.items()},
-        "ledger": ledger,
-        "selected": limit_total,
-        "complete": (stopped is None and primary["n_samples"] >= (limit_total or 0)
-                     and not primary["n_errors"] and not primary["parse_status"].get("error")),
-        "stopped": stopped,
-    }
-    defense = (cfg.get("fingerprint") or {}).get("defense")
-    if defense:
-        summary["defense"] = defense_block(store, defense)
-    if summary["mode"] in ("live", "adaptive"):  # multi-turn block (mmsafe.runner.modes)
-        from mmsafe.runner.modes import multiturn_summary
-        summary["multiturn"] = multiturn_summary(store, judge_id)
+    if complete is None:
+        complete = (stopped is None and primary.n_samples >= (limit_total or 0) and not primary.n_failed)
+    s = RunSummary(
+        mmsafe_version=__version__, created=time.time(), target=_target_info(cfg.get("target") or {}),
+        benchmark=_benchmark_info(bench_manifest, cfg), mode=fingerprint.get("mode", "fixed"),
+        judge=_judge_info(judge_id, judges.get(judge_id or "", {})),
+        **{k: getattr(primary, k) for k in JudgeStats.model_fields},
+        **_cost(store.ledger()), selected=limit_total, complete=complete, stopped=stopped)
+    if fingerprint.get("defense"):
+        s.defense = defense_block(store, fingerprint["defense"])
+    if s.mode in MULTI_TURN_MODES:
+        s.multiturn = multiturn_block(store, judge_id)
     others = [jid for jid in judges if jid != judge_id]
-    if others:
-        summary["judges"] = {jid: {"name": _judge_name(judges[jid]), **_short(judge_block(store, jid))}
-                             for jid in [judge_id, *others]}
-        summary["agreement"] = judge_agreement(store, list(judges))
-    return summary
+    if others and judge_id is not None:
+        s.judges = {jid: _judge_short(judge_name(judges.get(jid)), judge_block(store, jid))
+                    for jid in [judge_id, *others]}
+        s.agreement = judge_agreement(store, list(judges))
+    return s
 
 
-def defense_block(store, identity: dict[str, Any]) -> dict[str, Any]:
+def build_summary(store: SummaryStore, judge_id: str, *, bench_manifest: BenchmarkManifest | None = None,
+                  limit_total: int | None = None, stopped: str | None = None) -> dict[str, Any]:
+    """:func:`compute_summary` as the ``summary.json`` dict (for callers that add their own blocks)."""
+    return compute_summary(store, judge_id, bench_manifest=bench_manifest, limit_total=limit_total,
+                           stopped=stopped).to_dict()
+
+
+def _judge_short(name: str, b: JudgeStats) -> JudgeShort:
+    return JudgeShort(name=name, n_scored=b.n_scored, n_unscored=b.n_unscored, asr=b.asr, asr_ci=b.asr_ci,
+                      safety_index=b.safety_index, sri=b.sri, by_turns=b.by_turns, by_scenario=b.by_scenario)
+
+
+def defense_block(store: SummaryStore, identity: dict[str, Any]) -> DefenseBlock:
     """What the defense did over the run: actions, moderation failures, added latency, cost."""
-    actions: dict[str, int] = {}
+    actions: Counter[str] = Counter()
     n = n_mod_errors = 0
     lat: list[float] = []
     for row in store.iter_rows(None):
@@ -162,56 +542,47 @@ def defense_block(store, identity: dict[str, Any]) -> dict[str, Any]:
         if not d:
             continue
         n += 1
-        actions[d["action"]] = actions.get(d["action"], 0) + 1
-        mod = d.get("moderation") or {}
-        n_mod_errors += bool(mod.get("error"))
+        actions[d["action"]] += 1
+        n_mod_errors += bool((d.get("moderation") or {}).get("error"))
         lat.append(d.get("added_latency_ms") or 0.0)
     led = store.ledger().get("moderator", {})
     lat.sort()
-    return {"identity": identity, "n": n, "actions": actions, "n_moderation_errors": n_mod_errors,
-            "added_latency_ms_mean": _r(sum(lat) / len(lat)) if lat else None,
-            "added_latency_ms_p50": _r(lat[len(lat) // 2]) if lat else None,
-            "moderator_cost_usd": round(led.get("cost_usd", 0.0), 6), "moderator_calls": led.get("calls", 0)}
+    return DefenseBlock(identity=identity, n=n, actions=dict(actions), n_moderation_errors=n_mod_errors,
+                        added_latency_ms_mean=_r(sum(lat) / len(lat)) if lat else None,
+                        added_latency_ms_p50=_r(lat[len(lat) // 2]) if lat else None,
+                        moderator_cost_usd=round(led.get("cost_usd", 0.0), 6),
+                        moderator_calls=led.get("calls", 0))
 
 
-def _short(block: dict[str, Any]) -> dict[str, Any]:
-    return {k: block[k] for k in ("n_scored", "n_unscored", "asr", "asr_ci", "safety_index", "sri", "by_turns",
-                                  "by_scenario")}
+def _scored_pairs(by_sample: dict[str, dict[str, str]], a: str, b: str) -> tuple[list[str], list[str]]:
+    xa, xb = [], []
+    for labs in by_sample.values():
+        la, lb = labs.get(a), labs.get(b)
+        if la in ("safe", "unsafe") and lb in ("safe", "unsafe"):
+            xa.append(str(la))
+            xb.append(str(lb))
+    return xa, xb
 
 
-def _judge_name(ident: dict[str, Any]) -> str:
-    if not ident:
-        return "?"
-    models = ident.get("models") or []
-    return ident.get("kind", "?") + (":" + ",".join(models) if models else "")
-
-
-def judge_agreement(store, judge_ids: list[str]) -> dict[str, Any]:
+def judge_agreement(store: SummaryStore, judge_ids: list[str]) -> Agreement:
     """Pairwise Cohen's kappa and overall Krippendorff's alpha over stored verdicts."""
     by_sample: dict[str, dict[str, str]] = {}
     for sid, jid, label in store.iter_verdict_labels():
         by_sample.setdefault(sid, {})[jid] = label
-    out: dict[str, Any] = {"pairs": []}
+    pairs = []
     for i, a in enumerate(judge_ids):
         for b in judge_ids[i + 1:]:
-            xa, xb = [], []
-            for labs in by_sample.values():
-                la, lb = labs.get(a), labs.get(b)
-                if la in ("safe", "unsafe") and lb in ("safe", "unsafe"):
-                    xa.append(la)
-                    xb.append(lb)
+            xa, xb = _scored_pairs(by_sample, a, b)
             k = metrics.cohen_kappa(xa, xb) if xa else None
             agree = sum(1 for p, q in zip(xa, xb) if p == q) / len(xa) if xa else None
-            out["pairs"].append({"a": a, "b": b, "n": len(xa), "cohen_kappa": _r(_val(k)),
-                                 "percent_agreement": _r(agree)})
+            pairs.append(AgreementPair(a=a, b=b, n=len(xa), cohen_kappa=_r(_val(k)), percent_agreement=_r(agree)))
     data = [[labs.get(j) if labs.get(j) in ("safe", "unsafe") else None for j in judge_ids]
             for labs in by_sample.values()]
     try:
         alpha = metrics.krippendorff_alpha(list(map(list, zip(*data)))) if data else None
     except (ValueError, ZeroDivisionError):
         alpha = None
-    out["krippendorff_alpha"] = _r(_val(alpha))
-    return out
+    return Agreement(pairs=pairs, krippendorff_alpha=_r(_val(alpha)))
 
 
 def _val(x: Any) -> Any:
@@ -222,40 +593,141 @@ def _val(x: Any) -> Any:
     return x
 
 
-def write_results(store, judge_id: str, run_dir: Path) -> Path:
+# --------------------------------------------------------------------------- the multi-turn block
+
+
+class _Outcomes:
+    """The multi-turn outcomes (``response_extra["outcome"]``) of one judge's rows, as columns."""
+
+    def __init__(self) -> None:
+        self.seqs: list[list[str]] = []
+        self.success: list[str] = []
+        self.backtracks: list[float] = []
+        self.atk_cost: list[float] = []
+        self.atk_calls: list[float] = []
+        self.atk_tokens: list[float] = []
+        self.statuses: Counter[str] = Counter()
+        self.by_len: dict[int, list[str]] = {}
+        self.mode: RunMode | None = None
+        self.n_err = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        o = (row.get("response_extra") or {}).get("outcome")
+        if not o:
+            return
+        self.mode = self.mode or o.get("mode")
+        self.statuses[o.get("status", "?")] += 1
+        if row["status"] != "ok":
+            self.n_err += 1
+            return
+        label = row["label"] or "unscored"
+        if label != "unscored":  # an attack the attacker abandoned says nothing about turns-to-jailbreak
+            self.seqs.append(list(o.get("labels") or []))
+        self.success.append(label)
+        self.backtracks.append(float(o.get("backtracks", 0)))
+        self.atk_cost.append(float(o.get("attacker_cost_usd", 0.0)))
+        self.atk_calls.append(float(o.get("attacker_calls", 0)))
+        self.atk_tokens.append(float(o.get("attacker_tokens", 0)))
+        # live: the dialogue's length; adaptive: the number of turns the attack kept
+        k = int(o.get("sample_turns") or row["turns"] or 0) if self.mode == "live" else int(o.get("n_turns") or 0)
+        self.by_len.setdefault(k, []).append(label)
+
+    def per_success(self, costs: list[float]) -> dict[str, Any] | None:
+        return metrics.per_success(costs, self.success) if self.success else None
+
+
+def _turn_count_rate(labels: list[str]) -> TurnCountRate:
+    sc = [x for x in labels if x in ("safe", "unsafe")]
+    u = sum(1 for x in sc if x == "unsafe")
+    return TurnCountRate(n=len(labels), n_scored=len(sc), n_unsafe=u, asr=(u / len(sc)) if sc else None)
+
+
+def _adaptive_fields(o: _Outcomes) -> dict[str, Any]:
+    bt, cost = o.per_success(o.backtracks), o.per_success(o.atk_cost)
+    calls, toks = o.per_success(o.atk_calls), o.per_success(o.atk_tokens)
+
+    def cps(d: dict[str, Any] | None) -> float | None:
+        return d["cost_per_success"] if d else None
+
+    return {"backtracks": Backtracks(total=sum(o.backtracks), per_success=cps(bt),
+                                     mean_per_sample=bt["mean_cost"] if bt else None),
+            "attacker_cost": AttackerCost(usd_total=round(sum(o.atk_cost), 8), usd_per_success=cps(cost),
+                                          calls_per_success=cps(calls), tokens_per_success=cps(toks)),
+            "attacker_refused": o.statuses.get("attacker_refused", 0),
+            "attacker_invalid": o.statuses.get("attacker_invalid", 0)}
+
+
+def multiturn_block(store: SummaryStore, judge_id: str | None) -> MultiturnBlock | None:
+    """ASR by turn count, turns-to-jailbreak, backtracks and attacker cost per success
+    (``None`` when the run holds no live/adaptive record)."""
+    o = _Outcomes()
+    for row in store.iter_rows(judge_id):
+        o.add(row)
+    if not o.statuses:
+        return None
+    ttj = metrics.turns_to_jailbreak(o.seqs)
+    return MultiturnBlock(
+        mode=o.mode, n=sum(o.statuses.values()), n_errors=o.n_err, status=dict(o.statuses),
+        asr_by_turn_count={str(k): _turn_count_rate(v) for k, v in sorted(o.by_len.items())},
+        asr_by_turn_count_key="dialogue length (user turns)" if o.mode == "live" else "turns used by the attack",
+        turns_to_jailbreak=TurnsToJailbreak.model_validate(
+            {k: ttj[k] for k in ("n", "n_jailbroken", "n_not_jailbroken", "n_unscored", "success_rate", "mean",
+                                 "median", "min", "max")}),
+        jailbroken_by_turn={str(k): v for k, v in ttj["cumulative"].items()},
+        turns_to_jailbreak_distribution={str(k): v for k, v in ttj["distribution"].items()},
+        **(_adaptive_fields(o) if o.mode == "adaptive" else {}))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _result_line(row: dict[str, Any], judge_id: str, jname: str, target_name: str | None) -> dict[str, Any]:
+    verdict = None
+    if row["label"] is not None:
+        verdict = {"label": row["label"], "score": row["score"], "rating": row["rating"],
+                   "rationale": row["rationale"], "parse_status": row["parse_status"],
+                   "categories": row["categories"]}
+    outcome = (row["response_extra"] or {}).get("outcome")
+    return {
+        "id": row["sample_id"], "group": row["group"], "scenario": row["scenario"],
+        "category": row["category"], "method": row["method"], "turns": row["turns"],
+        "question": row["question"], "control": row["control"], "response": row["response"],
+        "finish_reason": row.get("finish_reason"), "error": row["error"],
+        "verdict": verdict, "judge": jname, "judge_id": judge_id, "target": target_name,
+        "cached": row["cached"], "latency_ms": _r(row["latency_ms"]),
+        "tokens": {"input": row["input_tokens"], "output": row["output_tokens"]},
+        **({"multiturn": outcome} if outcome else {}),  # live / adaptive modes
+    }
+
+
+def write_results(store: SummaryStore, judge_id: str, run_dir: Path) -> Path:
     """One JSON line per sample: id, scenario, turns, response, verdict, judge, error."""
     cfg = store.get_meta("config") or {}
     target_name = (cfg.get("target") or {}).get("name")
     judges = {j["judge_id"]: j["identity"] for j in store.judges()}
-    jname = _judge_name(judges.get(judge_id, {}))
+    jname = judge_name(judges.get(judge_id))
     path = run_dir / "results.jsonl"
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         for row in store.iter_rows(judge_id):
-            verdict = None
-            if row["label"] is not None:
-                verdict = {"label": row["label"], "score": row["score"], "rating": row["rating"],
-                           "rationale": row["rationale"], "parse_status": row["parse_status"],
-                           "categories": row["categories"]}
-            f.write(orjson.dumps({
-                "id": row["sample_id"], "group": row["group"], "scenario": row["scenario"],
-                "category": row["category"], "method": row["method"], "turns": row["turns"],
-                "question": row["question"], "control": row["control"], "response": row["response"],
-                "finish_reason": row.get("finish_reason"),
-                "error": row["error"],
-                "verdict": verdict, "judge": jname, "judge_id": judge_id, "target": target_name,
-                "cached": row["cached"], "latency_ms": _r(row["latency_ms"]),
-                "tokens": {"input": row["input_tokens"], "output": row["output_tokens"]},
-                **({"multiturn": (row["response_extra"] or {}).get("outcome")}
-                   if (row["response_extra"] or {}).get("outcome") else {}),  # live / adaptive modes
-            }) + b"\n")
+            f.write(orjson.dumps(_result_line(row, judge_id, jname, target_name)) + b"\n")
     os.replace(tmp, path)
     return path
 
 
-def write_summary(summary: dict[str, Any], run_dir: Path) -> Path:
-    path = run_dir / "summary.json"
+def write_summary(summary: RunSummary | dict[str, Any], run_dir: Path) -> Path:
+    """Write ``run_dir/summary.json`` atomically."""
+    data = summary.to_dict() if isinstance(summary, RunSummary) else summary
+    path = run_dir / SUMMARY_FILE
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     os.replace(tmp, path)
     return path
+
+
+__all__ = ["SUMMARY_FILE", "Agreement", "AgreementPair", "AttackerCost", "Backtracks", "BenchmarkInfo",
+           "DefenseBlock", "JudgeInfo", "JudgeShort", "JudgeStats", "LedgerRole", "MultiturnBlock", "OverRefusal",
+           "Rate", "RunSummary", "SRIBlock", "SafetyIndexBlock", "SummaryStore", "TargetInfo", "TokenCount",
+           "TurnCountRate", "TurnsToJailbreak", "build_summary", "compute_summary", "defense_block",
+           "judge_agreement", "judge_block", "judge_name", "multiturn_block", "write_results",
+           "write_summary"]

@@ -1,0 +1,61 @@
+"""A run's options and outcome (shared by :mod:`~mmsafe.runner.run`, :mod:`~mmsafe.runner.modes`
+and :mod:`~mmsafe.runner.defend`; imports no other runner module but :mod:`~mmsafe.runner.base`
+and :mod:`~mmsafe.runner.summary`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmsafe.judges import Judge
+from mmsafe.models import EndpointConfig
+from mmsafe.runner.base import Defense, RunMode
+from mmsafe.runner.summary import RunSummary
+
+
+@dataclass
+class RunOptions:
+    """Everything ``mmsafe run`` takes: what to run, against what, judged how, within which limits."""
+
+    benchmark: Path
+    target: EndpointConfig
+    judge: Judge
+    out: Path
+    mode: RunMode = "fixed"
+    limit: int | None = None
+    max_connections: int | None = None
+    judge_max_connections: int | None = None  # default: max_connections
+    max_cost: float | None = None
+    fail_on_error: float = 0.05  # exit 1 when more than this share of samples errored
+    seed: int | None = None
+    epoch: int = 0
+    use_cache: bool = True
+    cache_dir: Path | None = None
+    system_prompt: str | None = None
+    defense: Defense | None = None  # wrapped around the target (see mmsafe.runner.base.Defense)
+    on_progress: Callable[[dict[str, Any]], None] | None = None
+    attacker: EndpointConfig | None = None  # --mode adaptive: the attacker LLM
+    max_turns: int = 5  # --mode adaptive: kept turns at most
+    max_backtracks: int = 3  # --mode adaptive: refused exchanges removed and retried at most
+
+
+@dataclass
+class RunOutcome:
+    """What a run did: its typed summary, why it stopped early (if it did) and the exit code."""
+
+    run_summary: RunSummary
+    run_dir: Path
+    stopped: str | None = None  # "max_cost" | "fatal" | "crash" | None
+    fatal_error: str | None = None
+    exit_code: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The summary as ``summary.json``'s dict (for code that indexes it)."""
+        return self.run_summary.to_dict()
+
+
+__all__ = ["RunOptions", "RunOutcome"]
