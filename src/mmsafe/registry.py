@@ -154,7 +154,7 @@ class Registry:
         self.group = f"mmsafe.{kind}"
         self._entries: dict[str, Entry] = {}
         self._plugins: dict[str, Entry] | None = None
-        self.shadowed: list[Entry] = []
+        self._shadowed: list[Entry] = []
 
     # ------------------------------------------------------------------ registering
 
@@ -189,13 +189,19 @@ class Registry:
             for ep in eps:
                 e = Entry(self.kind, ep.name, ep.value, _dist_label(ep))
                 if ep.name in self._entries or ep.name in found:
-                    self.shadowed.append(e)
+                    self._shadowed.append(e)
                     continue
                 found[ep.name] = e
             self._plugins = found
         return self._plugins
 
     # ------------------------------------------------------------------ looking up
+
+    @property
+    def shadowed(self) -> list[Entry]:
+        """Plugins not used because a built-in (or an earlier plugin) has their name."""
+        self._load_plugins()
+        return self._shadowed
 
     def entries(self) -> list[Entry]:
         """Every registered entry of this kind: built-ins first, then plugins, each sorted by name."""

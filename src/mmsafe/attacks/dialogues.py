@@ -165,31 +165,31 @@ def inline_image(part: ImagePart | None, root: Path | None, max_bytes: int = INL
 def method_names() -> list[str]:
     """Registered dialogue methods (type ``dialogue-method`` in the "attacks" registry): the
     built-ins in :data:`METHODS` order, then plugins by name."""
-    from mmsafe.registry import registry
-    names = [e.name for e in registry("attacks").entries() if e.meta.get("type") == "dialogue-method"]
+    from mmsafe.attacks.registry_entries import attack_names
+    names = attack_names(("dialogue-method",))
     return [m for m in METHODS if m in names] + sorted(n for n in names if n not in METHODS)
 
 
 def method_instructions(name: str) -> str:
     """The generator instructions of a registered or ``module.path:Name`` dialogue method
     (a string, or a function of no arguments returning one); InputError if there is none."""
-    from mmsafe.registry import PluginError, is_reference, registry
-    reg = registry("attacks")
-    e = reg.entry(name)
-    if e is not None and e.meta.get("type") == "dialogue-method":
-        obj = e.load()
-    elif e is None and is_reference(name):
-        try:
-            obj = reg.resolve(name)
-        except PluginError as ex:
-            raise InputError(f"--methods {name!r}: {ex}") from None
-    else:
+    from mmsafe.attacks.registry_entries import find_attack
+    from mmsafe.registry import PluginError, is_reference
+    try:
+        found = find_attack(name, ("dialogue-method",))
+    except PluginError as ex:
+        raise InputError(f"--methods {name!r}: {ex}") from None
+    if found is None:
+        if is_reference(name):
+            raise InputError(f"--methods {name!r}: a dialogue method must be a non-empty string of generator "
+                             "instructions (or a function of no arguments returning one)")
         raise InputError(f"--methods {name!r}: unknown dialogue method; choose from {', '.join(method_names())} "
                          "(or module.path:Name)")
+    obj = found[0]
     text = obj() if callable(obj) else obj
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"--methods {name!r}: a dialogue method must be a non-empty string of generator "
-                         f"instructions (or a function returning one), got {type(text).__name__}")
+                         f"instructions (or a function of no arguments returning one), got {type(text).__name__}")
     return text.strip()
 
 

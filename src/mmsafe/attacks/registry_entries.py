@@ -14,14 +14,19 @@ Every entry has ``type`` in its meta:
 
 Targets are ``"module:attr"`` strings so that listing the registry imports nothing (Pillow and
 numpy stay unloaded until a visual transform is used).
+
+A plugin's attack (found by entry point, or named ``module.path:Name``) has no registration
+meta: its type is its ``type`` attribute when it has one, else read from its shape (see
+:func:`attack_type`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import inspect
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mmsafe.registry import Registry
+    from mmsafe.registry import Entry, Registry
 
 ATTACK_TYPES = ("text", "text-llm", "visual", "dialogue-method", "adaptive")
 """The values of an "attacks" entry's ``type``."""
@@ -79,6 +84,72 @@ class MethodPrompt:
         return f"MethodPrompt({self.name!r})"
 
 
+def attack_type(obj: Any) -> str | None:
+    """The type of an attack object: its ``type`` attribute, else from its shape — a string or a
+    function of no arguments: ``dialogue-method``; a class: ``adaptive``; an ``async`` function:
+    ``text-llm``; a function with an ``image`` parameter: ``visual``; another function: ``text``."""
+    t = getattr(obj, "type", None)
+    if isinstance(t, str) and t in ATTACK_TYPES:
+        return t
+    if isinstance(obj, str):
+        return "dialogue-method"
+    if inspect.isclass(obj):
+        return "adaptive"
+    if inspect.iscoroutinefunction(obj):
+        return "text-llm"
+    if not callable(obj):
+        return None
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return None
+    if not params:
+        return "dialogue-method"
+    return "visual" if "image" in params else "text"
+
+
+def entry_type(e: Entry, *, strict: bool = False) -> str | None:
+    """The type of a registered attack: its meta ``type``, else (a plugin) that of the loaded object.
+
+    A plugin that cannot be loaded has no type (``None``), unless ``strict``: then its
+    one-line :class:`~mmsafe.registry.PluginError` is raised."""
+    from mmsafe.registry import PluginError
+    t = e.meta.get("type")
+    if isinstance(t, str):
+        return t
+    try:
+        t = attack_type(e.load())
+    except PluginError:
+        if strict:
+            raise
+        return None
+    if t is not None:
+        e.meta["type"] = t
+    return t
+
+
+def attack_names(types: tuple[str, ...]) -> list[str]:
+    """Registered attacks of ``types``: built-ins first, then plugins (imported to learn their type)."""
+    from mmsafe.registry import registry
+    return [e.name for e in registry("attacks").entries() if entry_type(e) in types]
+
+
+def find_attack(name: str, types: tuple[str, ...]) -> tuple[Any, str] | None:
+    """(object, type) of the registered attack or ``module.path:Name`` reference ``name`` when its type is one
+    of ``types``; None when there is no such attack of those types. A plugin or reference that cannot be
+    loaded raises its one-line :class:`~mmsafe.registry.PluginError`."""
+    from mmsafe.registry import is_reference, load_reference, registry
+    e = registry("attacks").entry(name)
+    if e is not None:
+        t = entry_type(e, strict=True)
+        return (e.load(), t) if t in types else None
+    if is_reference(name):
+        obj = load_reference(name)
+        t = attack_type(obj)
+        return (obj, t) if t in types else None
+    return None
+
+
 def register_attacks(reg: Registry) -> None:
     """Add every built-in text, visual, dialogue-method and adaptive attack to the "attacks" registry."""
     for name, attr, desc in TEXT:
@@ -95,4 +166,5 @@ def register_attacks(reg: Registry) -> None:
             options=("max_turns", "max_backtracks", "attacker_retries", "attacker_images"))
 
 
-__all__ = ["ATTACK_TYPES", "MethodPrompt", "register_attacks"]
+__all__ = ["ATTACK_TYPES", "MethodPrompt", "attack_names", "attack_type", "entry_type", "find_attack",
+           "register_attacks"]

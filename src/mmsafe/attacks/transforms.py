@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import codecs
 import hashlib
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,19 +164,15 @@ def prefix_injection(text: str, *, seed: int = 0) -> TransformResult:
 
 def _lookup(method: str, types: tuple[str, ...]) -> tuple[Any, str]:
     """(the registered or ``module:Name`` transform, its type); TransformError when there is none of ``types``."""
-    from mmsafe.registry import PluginError, is_reference, registry
-    reg = registry("attacks")
-    e = reg.entry(method)
-    if e is not None and e.meta.get("type") in types:
-        return e.load(), str(e.meta["type"])
-    if e is None and is_reference(method):
-        try:
-            obj = reg.resolve(method)
-        except PluginError as ex:
-            raise TransformError(str(ex)) from None
-        kind = getattr(obj, "type", None) or ("text-llm" if inspect.iscoroutinefunction(obj) else "text")
-        if kind in types and callable(obj):
-            return obj, str(kind)
+    from mmsafe.attacks.registry_entries import find_attack
+    from mmsafe.registry import PluginError, is_reference
+    try:
+        found = find_attack(method, types)
+    except PluginError as ex:
+        raise TransformError(str(ex)) from None
+    if found is not None:
+        return found
+    if is_reference(method):
         raise TransformError(f"{method}: not a {' or '.join(types)} transform")
     raise TransformError(f"unknown {'local ' if types == ('text',) else ''}text transform {method!r}; "
                          f"choose one of {', '.join(text_transform_names(types))} (or module.path:Name)")
@@ -185,10 +180,9 @@ def _lookup(method: str, types: tuple[str, ...]) -> tuple[Any, str]:
 
 def text_transform_names(types: tuple[str, ...] = ("text", "text-llm")) -> list[str]:
     """Registered text transforms of ``types`` (built-ins first, in their documented order)."""
-    from mmsafe.registry import registry
-    names = [e.name for e in registry("attacks").entries() if e.meta.get("type") in types]
+    from mmsafe.attacks.registry_entries import attack_names
     order = {n: i for i, n in enumerate(TEXT_TRANSFORMS)}
-    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+    return sorted(attack_names(types), key=lambda n: (order.get(n, len(order)), n))
 
 
 def check_text_transform(method: str) -> str:

@@ -159,23 +159,20 @@ def transform_rotate(*, text: str, instruction: str | None, image: Image.Image |
 
 def visual_transform_names() -> list[str]:
     """Registered visual transforms (built-ins first, in their documented order)."""
-    from mmsafe.registry import registry
-    names = [e.name for e in registry("attacks").entries() if e.meta.get("type") == "visual"]
+    from mmsafe.attacks.registry_entries import attack_names
     order = {n: i for i, n in enumerate(VISUAL_TRANSFORMS)}
-    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+    return sorted(attack_names(("visual",)), key=lambda n: (order.get(n, len(order)), n))
 
 
 def lookup_visual(method: str) -> Any:
-    """The registered (type ``visual``) or ``module.path:Name`` transform; ValueError naming the choices."""
-    from mmsafe.registry import is_reference, registry
-    reg = registry("attacks")
-    e = reg.entry(method)
-    if e is not None and e.meta.get("type") == "visual":
-        return e.load()
-    if e is None and is_reference(method):
-        fn = reg.resolve(method)  # a PluginError (a ValueError) when it cannot be loaded
-        if callable(fn) and getattr(fn, "type", "visual") == "visual":
-            return fn
+    """The registered (type ``visual``) or ``module.path:Name`` transform; ValueError naming the choices
+    (a plugin that cannot be loaded: its one-line PluginError, also a ValueError)."""
+    from mmsafe.attacks.registry_entries import find_attack
+    from mmsafe.registry import is_reference
+    found = find_attack(method, ("visual",))
+    if found is not None:
+        return found[0]
+    if is_reference(method):
         raise ValueError(f"{method}: not a visual transform")
     raise ValueError(f"unknown visual transform {method!r}; choose one of {', '.join(visual_transform_names())} "
                      "(or module.path:Name)")

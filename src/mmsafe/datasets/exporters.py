@@ -392,7 +392,7 @@ class _Exporters:
         e = _benchmark_exporters().get(kind)
         if e is None:
             raise KeyError(kind)
-        return e.load()  # type: ignore[no-any-return]
+        return e.load()
 
     def __len__(self) -> int:
         return len(_benchmark_exporters())
