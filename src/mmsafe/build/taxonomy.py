@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections import Counter
@@ -64,34 +65,8 @@ async def discover_taxonomy(panel: list[str], merger: str | None = None, *, mode
     cache = ResponseCache(cache_path) if cache_path else None
     clients: list[ModelClient] = []
     try:
-        for spec in panel:
-            c = ModelClient(build_provider(resolve_endpoint(spec, "generator", models_file=models_file)),
-                            "generator", ledger, cache=cache)
-            await c.start()
-            clients.append(c)
-        mclient = None
-        if merger:
-            mclient = ModelClient(build_provider(resolve_endpoint(merger, "generator", models_file=models_file)),
-                                  "generator", ledger, cache=cache)
-            await mclient.start()
-            clients.append(mclient)
-        import asyncio
-        prompt = render("panel", n=n)
-        replies = await asyncio.gather(*(c.chat(user(prompt), params={"temperature": 0}) for c in clients[:len(panel)]))
-        proposals: list[dict[str, Any]] = []
-        panel_log = []
-        for c, res in zip(clients, replies):
-            try:
-                if not res.ok:
-                    raise ValueError(res.error or "no reply")
-                ps = parse_proposals(res.text)
-                panel_log.append({"model": c.name, "proposals": len(ps)})
-                proposals += [{**p, "by": c.name} for p in ps]
-            except ValueError as e:
-                panel_log.append({"model": c.name, "error": str(e), "raw": (res.text or "")[:200]})
-        if not proposals:
-            raise BuildError("taxonomy discovery: no panel model gave usable proposals: "
-                             + "; ".join(f"{p['model']}: {p.get('error')}" for p in panel_log))
+        mclient = await _start_clients(panel, merger, models_file, ledger, cache, clients)
+        proposals, panel_log = await _ask_panel(clients[:len(panel)], n)
         base = load_taxonomy(base_taxonomy)
         emb_model = get_embedder(embedder)
         if threshold is None:  # MiniLM cosines run higher than TF-IDF ones for paraphrases
@@ -101,76 +76,21 @@ async def discover_taxonomy(panel: list[str], merger: str | None = None, *, mode
         emb = emb_model.embed(texts + base_texts)
         pe, be = emb[: len(texts)], emb[len(texts):]
         groups = near_duplicate_groups(pe, threshold)
-
-        async def merge(g: list[int]) -> dict[str, Any]:
-            members = [proposals[i] for i in g]
-            rec: dict[str, Any] = {"members": [{"name": m["name"], "by": m["by"]} for m in members]}
-            chosen = dict(members[0])
-            if len(g) > 1:
-                if mclient is None:
-                    rec["merge"] = "first proposal (no merger model)"
-                else:
-                    listing = "\n".join(f"- name: {m['name']}; description: {m['description']}; "
-                                        f"category: {m['category']}" for m in members)
-                    res = await mclient.chat(user(render("merger", proposals=listing)), params={"temperature": 0})
-                    try:
-                        d = extract_json(res.text if res.ok else None)
-                        if not isinstance(d, dict) or not str(d.get("name") or "").strip():
-                            raise ValueError("expected {name, description, category}")
-                        chosen = {"name": " ".join(str(d["name"]).split()),
-                                  "description": str(d.get("description") or chosen["description"]),
-                                  "category": str(d.get("category") or chosen["category"])}
-                        rec["merge"] = mclient.name
-                    except ValueError as e:
-                        rec["merge"] = f"first proposal (merger reply unusable: {e})"
-            return {**chosen, "provenance": rec}
-
-        merged = await asyncio.gather(*(merge(g) for g in groups))
+        merged = await asyncio.gather(*(_merge_group([proposals[i] for i in g], mclient) for g in groups))
     finally:
         for c in clients:
             await c.close()
         if cache is not None:
             cache.close()
 
-    # MLCommons mapping by nearest base scenario (centroid of the group's proposals)
-    scenarios = []
-    categories: dict[str, dict[str, Any]] = {}
-    used_ids: set[str] = set()
-    used_alias: set[str] = set()
-    for g, m in zip(groups, merged):
-        cen = pe[g].mean(axis=0)
-        nrm = np.linalg.norm(cen)
-        sims = be @ (cen / nrm) if nrm > 0 else np.zeros(len(be))
-        j = int(np.argmax(sims))
-        near = base["scenarios"][j]
-        sid = _slug(m["name"])
-        k = 2
-        while sid in used_ids or normalize_name(sid) in used_alias:
-            sid = f"{_slug(m['name'])}_{k}"
-            k += 1
-        used_ids.add(sid)
-        cat_id = _slug(m["category"])
-        categories.setdefault(cat_id, {"id": cat_id, "name": m["category"], "aliases": [m["category"]]})
-        aliases = []
-        for nm in [m["name"]] + [x["name"] for x in m["provenance"]["members"]]:
-            key = normalize_name(nm)
-            if key and key not in used_alias and nm not in aliases:
-                aliases.append(nm)
-                used_alias.add(key)
-        used_alias.add(normalize_name(sid))
-        scenarios.append({
-            "id": sid, "name": m["name"], "category": cat_id, "description": m["description"],
-            "aliases": aliases, "mlcommons": list(near.get("mlcommons") or []),
-            "rubric": near.get("rubric", "default"),
-            "provenance": {**m["provenance"], "proposed_by": sorted({x["by"] for x in m["provenance"]["members"]}),
-                           "mapped_from": {"scenario": near["id"], "similarity": round(float(sims[j]), 4)}},
-        })
+    scenarios, categories = _map_scenarios(groups, merged, pe, be, base)
     by_count = Counter(len(s["provenance"]["proposed_by"]) for s in scenarios)
     tax = {
         "name": name, "version": "1",
         "provenance": {"method": "mmsafe build taxonomy", "panel": [c for c in panel], "merger": merger,
                        "embedder": emb_model.name, "threshold": threshold, "n_requested": n,
-                       "prompt_hash": prompt_hash("panel", "merger"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "prompt_hash": prompt_hash("panel", "merger"),
+                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "panel_replies": panel_log, "n_proposals": len(proposals), "n_scenarios": len(scenarios),
                        "agreement": {str(k): v for k, v in sorted(by_count.items())},
                        "base_taxonomy": base.get("name")},
@@ -182,6 +102,127 @@ async def discover_taxonomy(panel: list[str], merger: str | None = None, *, mode
            for k in ("calls", "cached", "errors", "input_tokens", "output_tokens", "cost_usd")}
     led["wall_s"] = round(time.perf_counter() - t0, 3)
     return tax, led
+
+
+async def _start_clients(panel: list[str], merger: str | None, models_file: Path | None, ledger: CostLedger,
+                         cache: ResponseCache | None, clients: list[ModelClient]) -> ModelClient | None:
+    """Start one client per panel model, then the merger's, appending each to ``clients`` as soon as it
+    is started (so the caller closes those even when a later one fails) -> the merger's client."""
+    for spec in panel:
+        c = ModelClient(build_provider(resolve_endpoint(spec, "generator", models_file=models_file)),
+                        "generator", ledger, cache=cache)
+        await c.start()
+        clients.append(c)
+    if not merger:
+        return None
+    mclient = ModelClient(build_provider(resolve_endpoint(merger, "generator", models_file=models_file)),
+                          "generator", ledger, cache=cache)
+    await mclient.start()
+    clients.append(mclient)
+    return mclient
+
+
+async def _ask_panel(panel_clients: list[ModelClient], n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Ask every panel model for up to ``n`` scenarios -> (all proposals with who made them, one log entry per
+    model); a BuildError naming each model's failure when none gave a usable list."""
+    prompt = render("panel", n=n)
+    replies = await asyncio.gather(*(c.chat(user(prompt), params={"temperature": 0}) for c in panel_clients))
+    proposals: list[dict[str, Any]] = []
+    panel_log = []
+    for c, res in zip(panel_clients, replies):
+        try:
+            if not res.ok:
+                raise ValueError(res.error or "no reply")
+            ps = parse_proposals(res.text)
+            panel_log.append({"model": c.name, "proposals": len(ps)})
+            proposals += [{**p, "by": c.name} for p in ps]
+        except ValueError as e:
+            panel_log.append({"model": c.name, "error": str(e), "raw": (res.text or "")[:200]})
+    if not proposals:
+        raise BuildError("taxonomy discovery: no panel model gave usable proposals: "
+                         + "; ".join(f"{p['model']}: {p.get('error')}" for p in panel_log))
+    return proposals, panel_log
+
+
+async def _merge_group(members: list[dict[str, Any]], mclient: ModelClient | None) -> dict[str, Any]:
+    """One scenario from a group of similar proposals: the merger's, or the first proposal (recorded why)."""
+    rec: dict[str, Any] = {"members": [{"name": m["name"], "by": m["by"]} for m in members]}
+    chosen = dict(members[0])
+    if len(members) > 1:
+        if mclient is None:
+            rec["merge"] = "first proposal (no merger model)"
+        else:
+            listing = "\n".join(f"- name: {m['name']}; description: {m['description']}; "
+                                f"category: {m['category']}" for m in members)
+            res = await mclient.chat(user(render("merger", proposals=listing)), params={"temperature": 0})
+            try:
+                chosen = _merged_scenario(res.text if res.ok else None, chosen)
+                rec["merge"] = mclient.name
+            except ValueError as e:
+                rec["merge"] = f"first proposal (merger reply unusable: {e})"
+    return {**chosen, "provenance": rec}
+
+
+def _merged_scenario(text: str | None, first: dict[str, Any]) -> dict[str, Any]:
+    """The merger's ``{name, description, category}``, missing fields from the first proposal;
+    ValueError when the reply is unusable."""
+    d = extract_json(text)
+    if not isinstance(d, dict) or not str(d.get("name") or "").strip():
+        raise ValueError("expected {name, description, category}")
+    return {"name": " ".join(str(d["name"]).split()),
+            "description": str(d.get("description") or first["description"]),
+            "category": str(d.get("category") or first["category"])}
+
+
+def _map_scenarios(groups: list[list[int]], merged: list[dict[str, Any]], pe: np.ndarray, be: np.ndarray,
+                   base: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Scenarios with unique ids and aliases, each mapped to the MLCommons codes and rubric of the nearest base
+    scenario (by the centroid of its group's proposals) -> (scenarios, categories by id)."""
+    scenarios = []
+    categories: dict[str, dict[str, Any]] = {}
+    used_ids: set[str] = set()
+    used_alias: set[str] = set()
+    for g, m in zip(groups, merged):
+        cen = pe[g].mean(axis=0)
+        nrm = np.linalg.norm(cen)
+        sims = be @ (cen / nrm) if nrm > 0 else np.zeros(len(be))
+        j = int(np.argmax(sims))
+        near = base["scenarios"][j]
+        sid = _unique_id(_slug(m["name"]), used_ids, used_alias)
+        used_ids.add(sid)
+        cat_id = _slug(m["category"])
+        categories.setdefault(cat_id, {"id": cat_id, "name": m["category"], "aliases": [m["category"]]})
+        aliases = _new_aliases([m["name"]] + [x["name"] for x in m["provenance"]["members"]], used_alias)
+        used_alias.add(normalize_name(sid))
+        scenarios.append({
+            "id": sid, "name": m["name"], "category": cat_id, "description": m["description"],
+            "aliases": aliases, "mlcommons": list(near.get("mlcommons") or []),
+            "rubric": near.get("rubric", "default"),
+            "provenance": {**m["provenance"], "proposed_by": sorted({x["by"] for x in m["provenance"]["members"]}),
+                           "mapped_from": {"scenario": near["id"], "similarity": round(float(sims[j]), 4)}},
+        })
+    return scenarios, categories
+
+
+def _unique_id(slug: str, used_ids: set[str], used_alias: set[str]) -> str:
+    """``slug``, or ``slug_2``, ``slug_3``, … — the first not already an id or an alias."""
+    sid = slug
+    k = 2
+    while sid in used_ids or normalize_name(sid) in used_alias:
+        sid = f"{slug}_{k}"
+        k += 1
+    return sid
+
+
+def _new_aliases(names: list[str], used_alias: set[str]) -> list[str]:
+    """The names not yet used as an alias (by normalised form), in order; marks them used."""
+    aliases: list[str] = []
+    for nm in names:
+        key = normalize_name(nm)
+        if key and key not in used_alias and nm not in aliases:
+            aliases.append(nm)
+            used_alias.add(key)
+    return aliases
 
 
 HEADER = """# Risk taxonomy discovered by `mmsafe build taxonomy` (edit freely).
