@@ -44,6 +44,11 @@ def _providers(r: Registry) -> None:
     r.add("hf", "mmsafe.models.hf_provider:HFProvider",
           description="a local Hugging Face transformers model by path (extra: hf)", options=("device", "dtype"),
           capabilities=Capabilities(image=True, audio=False, editable_history=True), extra="hf")
+    r.add("local", "mmsafe.models.local_provider:LocalProvider",
+          description="a local GGUF file served by llama.cpp, started and stopped by mmsafe (local/PATH.gguf; "
+                      "extra: local)", options=("n_ctx", "slots", "n_threads", "n_batch", "chat_format",
+                                                "startup_timeout_s"),
+          capabilities=Capabilities(image=False, audio=False, editable_history=True), extra="local")
 
 
 def _judges(r: Registry) -> None:
@@ -58,7 +63,10 @@ def _judges(r: Registry) -> None:
     r.add("guard", "mmsafe.judges.guard:GuardJudge",
           description="a guard model such as Llama Guard (guard:MODEL)", options=("format", "categories", "template"))
     r.add("offline", "mmsafe.judges.offline:OfflineJudge",
-          description="CPU-only classifier with shipped weights (no API calls)", options=("weights", "threshold"))
+          description="CPU-only classifier with shipped weights (no API calls)",
+          options=("weights", "threshold", "abstain"))
+    r.add("cascade", "mmsafe.judges.cascade:CascadeJudge",
+          description="cheap judges first: cascade:offline>rubric:MODEL (each stage decides when confident)")
 
 
 def _defenses(r: Registry) -> None:

@@ -22,7 +22,7 @@ MAX_ASSET_BYTES = 20 * 1024 * 1024  # per image/audio file; larger is refused as
 
 Role = Literal["system", "user", "assistant"]
 Label = Literal["unsafe", "safe", "unscored"]
-ParseStatus = Literal["ok", "unparsable", "error", "refused", "skipped"]
+ParseStatus = Literal["ok", "unparsable", "error", "refused", "skipped", "abstained"]
 """How a verdict was reached: parsed, unparsable, a judge error, a judge refusal, or not asked."""
 
 

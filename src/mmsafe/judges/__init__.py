@@ -36,14 +36,17 @@ def make_judge(spec: str, *, models_file: Path | None = None, context: Any = Non
     from mmsafe.registry import PluginError, construct, registry, split_named
 
     spec = (spec or "").strip()
-    _, _, opts = split_spec(spec)
-    opts.update({k: v for k, v in (options or {}).items() if v is not None})
     reg = registry("judges")
     name, arg = split_named(spec.partition("?")[0], reg)
     if name not in reg and ":" not in name:
         raise ConfigError(f"judge spec {spec!r}: unknown judge kind {name!r}; choose one of "
                           f"{', '.join(reg.names())} (or module.path:Name)")
     obj = reg.resolve(name)
+    if getattr(obj, "raw_spec", False):  # e.g. a cascade: its stages carry their own ?options
+        arg, opts = spec[len(name) + 1:].strip() if spec.startswith(name + ":") else "", {}
+    else:
+        _, _, opts = split_spec(spec)
+    opts.update({k: v for k, v in (options or {}).items() if v is not None})
     judge = construct(obj, what="judge spec", spec=spec, arg=arg, options=opts,
                       context={"models_file": models_file})
     if not isinstance(judge, Judge):
