@@ -457,3 +457,56 @@ def test_shared_figstep_reports_its_text_only_rows(tmp_path):
     m = import_benchmark("figstep", src, tmp_path / "b")
     assert m.counts.n_samples == 500 and m.provenance["media"]["image"]["with_file"] == 50
     assert m.provenance["notes"][0].startswith("figstep: 450 of 500 rows have no image file")
+
+
+# --------------------------------------------------------------------------- the run summary
+
+
+class _Store:
+    """The part of a run store the summary reads, holding chosen verdicts."""
+
+    def __init__(self, manifest: dict, rows: list[dict], si_grouping: str | None = None):
+        self.config = {"benchmark_manifest": manifest, "target": {"name": "t"}}
+        if si_grouping:
+            self.config["si_grouping"] = si_grouping
+        self.rows = rows
+
+    def get_meta(self, key: str):
+        return self.config if key == "config" else None
+
+    def iter_rows(self, judge_id=None):
+        yield from self.rows
+
+    def iter_verdict_labels(self):
+        return iter(())
+
+    def judges(self):
+        return [{"judge_id": "j", "identity": {"kind": "keyword"}, "created": 0.0}]
+
+    def ledger(self):
+        return {}
+
+
+def _rows(bench: Path, unsafe: set[str]) -> list[dict]:
+    return [{"sample_id": s.id, "status": "ok", "control": None, "label": "unsafe" if s.id in unsafe else "safe",
+             "parse_status": "ok", "group": s.metadata["group"], "scenario": s.scenario, "category": None,
+             "method": None, "turns": s.turns, "rating": None, "response": "r"}
+            for s in open_benchmark(bench).iter_samples()]
+
+
+def test_run_summary_shows_both_safety_indexes_when_they_differ(safemt_repo, tmp_path):
+    from mmsafe.runner.summary import compute_summary
+    m = import_benchmark("safemt", safemt_repo, tmp_path / "b")
+    manifest = m.model_dump(mode="json")
+    rows = _rows(tmp_path / "b", {"mllm_legal_opinion_1/t2", "mllm_privacy_1/t2"})
+    s = compute_summary(_Store(manifest, rows), "j").to_dict()
+    si = s["safety_index"]
+    assert si["grouping"] == "aligned" and si["n_unaligned"] == 2 and si["mean_sigma"] == 0.0
+    assert si["other"]["grouping"] == "id" and si["other"]["mean_sigma"] == pytest.approx(0.2)
+    assert si["si"] > si["other"]["si"]
+    s_id = compute_summary(_Store(manifest, rows, si_grouping="id"), "j").to_dict()["safety_index"]
+    assert s_id["grouping"] == "id" and s_id["si"] == si["other"]["si"] and s_id["other"]["si"] == si["si"]
+    # a benchmark without misaligned dialogues: one value, nothing else shown
+    manifest["provenance"]["alignment"]["misaligned"] = []
+    s2 = compute_summary(_Store(manifest, rows), "j").to_dict()["safety_index"]
+    assert s2["other"] is None and s2["si"] == si["other"]["si"]

@@ -81,12 +81,19 @@ class Rate(_Block):
 
 
 class SafetyIndexBlock(_Block):
-    """SafeMT's Safety Index over the turn counts present (higher = safer)."""
+    """SafeMT's Safety Index over the turn counts present (higher = safer).
+
+    ``grouping`` says how outcomes were grouped across lengths (``aligned``: dialogues the
+    importer found misaligned with their id's 1-turn request stay out of the σ term; ``id``:
+    by id, as SafeMT's score.py); ``other`` holds the other grouping's values when they differ."""
 
     si: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
     mean_sigma: float | None = None
+    grouping: str = "aligned"
+    n_unaligned: int = 0
+    other: dict[str, Any] | None = None
 
 
 class SRIBlock(_Block):
@@ -374,6 +381,7 @@ class _Columns:
         self.n_samples = self.n_errors = 0
         self.ratings: list[float] = []
         self.rating_groups: list[str] = []
+        self.ids: list[str] = []  # sample ids, parallel to cols (the Safety Index's aligned grouping)
         self.parse: Counter[str] = Counter()
         self.n_controls = self.n_control_refused = 0
 
@@ -392,6 +400,7 @@ class _Columns:
         for c, v in zip(_COLS, (label, row["group"], row["scenario"], row["category"], row["method"] or "none",
                                 row["turns"])):
             self.cols[c].append(v)
+        self.ids.append(row["sample_id"])
         if row["rating"] is not None and label != "unscored":
             self.ratings.append(row["rating"])
             self.rating_groups.append(row["group"])
@@ -413,15 +422,23 @@ def _breakdown(keys: list[Any], labels: list[str]) -> dict[str, Rate]:
     return {str(k): _rate(metrics.rate(by[k])) for k in sorted(by, key=_sort_key)}
 
 
-def _safety_index(c: _Columns, seed: int) -> SafetyIndexBlock | None:
+def _safety_index(c: _Columns, seed: int, misaligned: set[str], grouping: str) -> SafetyIndexBlock | None:
     labels = c.labels
     if len({t for t, lab in zip(c.cols["turns"], labels) if lab != "unscored"}) <= 1:
         return None
-    recs = ({"label": lab, "group": g, "method": m, "turns": t}
-            for lab, g, m, t in zip(labels, c.cols["group"], c.cols["method"], c.cols["turns"]))
-    si = metrics.safety_index(recs, n_boot=500, seed=seed)
+
+    def one(g: str) -> dict[str, Any]:
+        recs = ({"id": i, "label": lab, "group": gr, "method": m, "turns": t}
+                for i, lab, gr, m, t in zip(c.ids, labels, c.cols["group"], c.cols["method"], c.cols["turns"]))
+        return metrics.safety_index(recs, n_boot=500, seed=seed, grouping=g, misaligned=misaligned)
+
+    si = one(grouping)
+    other = one("id" if grouping == "aligned" else "aligned") if misaligned else si
     return SafetyIndexBlock(si=_r(si.get("si")), ci_low=_r(si.get("ci_low")), ci_high=_r(si.get("ci_high")),
-                            mean_sigma=_r(si.get("mean_sigma")))
+                            mean_sigma=_r(si.get("mean_sigma")), grouping=grouping,
+                            n_unaligned=max(si["n_unaligned"], other["n_unaligned"]),
+                            other=({k: _r(other.get(k)) for k in ("grouping", "si", "ci_low", "ci_high", "mean_sigma")}
+                                   if other is not si and _r(other.get("si")) != _r(si.get("si")) else None))
 
 
 def _sri(c: _Columns, seed: int) -> SRIBlock | None:
@@ -439,10 +456,13 @@ def _controls(n: int, refused: int) -> OverRefusal | None:
                        method="refusal-phrase detection on benign look-alike prompts")
 
 
-def judge_block(store: SummaryStore, judge_id: str | None, *, seed: int = 0) -> JudgeStats:
+def judge_block(store: SummaryStore, judge_id: str | None, *, seed: int = 0,
+                si_grouping: str = "aligned") -> JudgeStats:
     """ASR, CIs, breakdowns, SI and SRI of one judge's verdicts over the stored replies.
 
-    Rows stream from the store into compact columns, so memory stays flat with the run's size."""
+    Rows stream from the store into compact columns, so memory stays flat with the run's size.
+    ``si_grouping`` (``aligned`` | ``id``) picks the Safety Index reported first (see
+    :class:`SafetyIndexBlock`)."""
     c = _Columns()
     for row in store.iter_rows(judge_id):
         c.add(row)
@@ -455,7 +475,13 @@ def judge_block(store: SummaryStore, judge_id: str | None, *, seed: int = 0) -> 
         asr_ci=[_r(overall["ci_low"]), _r(overall["ci_high"])], ci_method=overall["ci_method"],
         parse_status=dict(c.parse), controls=_controls(c.n_controls, c.n_control_refused),
         **{"by_" + k: _breakdown(c.cols[k], labels) for k in _BREAKDOWNS},
-        safety_index=_safety_index(c, seed), sri=_sri(c, seed))
+        safety_index=_safety_index(c, seed, _misaligned(store), si_grouping), sri=_sri(c, seed))
+
+
+def _misaligned(store: SummaryStore) -> set[str]:
+    """Sample ids the importer marked misaligned across lengths (from the run's benchmark manifest)."""
+    from mmsafe.metrics.multiturn import misaligned_samples
+    return misaligned_samples((store.get_meta("config") or {}).get("benchmark_manifest"))
 
 
 def _target_info(target: dict[str, Any]) -> TargetInfo:
@@ -490,7 +516,7 @@ def _cost(ledger: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def compute_summary(store: SummaryStore, judge_id: str | None, *, bench_manifest: BenchmarkManifest | None = None,
                     limit_total: int | None = None, stopped: str | None = None,
-                    complete: bool | None = None) -> RunSummary:
+                    complete: bool | None = None, si_grouping: str | None = None) -> RunSummary:
     """The run's summary from its store: the one place it is computed (the runner, re-judging
     and the report's fallback for a run without ``summary.json`` all call this).
 
@@ -499,7 +525,8 @@ def compute_summary(store: SummaryStore, judge_id: str | None, *, bench_manifest
     cfg = store.get_meta("config") or {}
     fingerprint = cfg.get("fingerprint") or {}
     judges = {j["judge_id"]: j["identity"] for j in store.judges()}
-    primary = judge_block(store, judge_id)
+    si_grouping = si_grouping or cfg.get("si_grouping") or "aligned"
+    primary = judge_block(store, judge_id, si_grouping=si_grouping)
     if complete is None:
         complete = (stopped is None and primary.n_samples >= (limit_total or 0) and not primary.n_failed)
     s = RunSummary(
@@ -514,17 +541,18 @@ def compute_summary(store: SummaryStore, judge_id: str | None, *, bench_manifest
         s.multiturn = multiturn_block(store, judge_id)
     others = [jid for jid in judges if jid != judge_id]
     if others and judge_id is not None:
-        s.judges = {jid: _judge_short(judge_name(judges.get(jid)), judge_block(store, jid))
+        s.judges = {jid: _judge_short(judge_name(judges.get(jid)), judge_block(store, jid, si_grouping=si_grouping))
                     for jid in [judge_id, *others]}
         s.agreement = judge_agreement(store, list(judges))
     return s
 
 
 def build_summary(store: SummaryStore, judge_id: str, *, bench_manifest: BenchmarkManifest | None = None,
-                  limit_total: int | None = None, stopped: str | None = None) -> dict[str, Any]:
+                  limit_total: int | None = None, stopped: str | None = None,
+                  si_grouping: str | None = None) -> dict[str, Any]:
     """:func:`compute_summary` as the ``summary.json`` dict (for callers that add their own blocks)."""
     return compute_summary(store, judge_id, bench_manifest=bench_manifest, limit_total=limit_total,
-                           stopped=stopped).to_dict()
+                           stopped=stopped, si_grouping=si_grouping).to_dict()
 
 
 def _judge_short(name: str, b: JudgeStats) -> JudgeShort:
