@@ -265,9 +265,25 @@ def test_plugin_exporters(plugin_site: Path, tmp_path: Path) -> None:
         def names(run_dirs):
             return "runs: " + ", ".join(str(d) for d in run_dirs) + "\\n"
         names.of = "leaderboard"
+
+        def ids_ep(bench, out, **opts):
+            return ids(bench, out, **opts)
+        ids_ep.of = "benchmark"
     """)
     bench = make_benchmark(tmp_path / "bench", n=3, image=False)
     assert sorted(EXPORTERS) == ["hf", "jsonl", "parquet", "safemt"] and "jsonl" in EXPORTERS
+    # by entry point: no registration meta, the object's `of` attribute says what it exports
+    write_dist_info(plugin_site, "regtest-export", "0.1", {"mmsafe.exporters": {
+        "ids": "regtest_export:ids_ep", "names": "regtest_export:names", "gone": "regtest_gone:X"}})
+    reg_mod.reset()
+    assert "ids" in EXPORTERS and "names" not in EXPORTERS and "gone" not in EXPORTERS
+    assert export_benchmark("ids", bench, tmp_path / "ids0.txt") == 3
+    assert export_formats() == ["csv", "jsonl", "markdown", "parquet", "names"]
+    with pytest.raises(PluginError, match="regtest-export 0.1"):
+        export_benchmark("gone", bench, tmp_path / "o")
+    assert export_runs([tmp_path / "a"], "names", tmp_path / "n.txt") == 1
+    write_dist_info(plugin_site, "regtest-export", "0.1", {})
+    reg_mod.reset()
     assert export_benchmark("regtest_export:ids", bench, tmp_path / "ids.txt") == 3
     assert len((tmp_path / "ids.txt").read_text().splitlines()) == 3
     with pytest.raises(InputError, match="unknown export format 'xml'"):

@@ -75,6 +75,14 @@ class Entry:
                               f"({self.target}) cannot be loaded: {e.detail}") from None
         return self._loaded
 
+    def meta_or_attr(self, key: str, default: Any = None) -> Any:
+        """The registration meta ``key``; for an entry registered without it (a plugin found by entry
+        point), the loaded object's attribute ``key`` (``default`` when it has none). A plugin that
+        cannot be loaded raises its :class:`PluginError`."""
+        if key in self.meta:
+            return self.meta[key]
+        return getattr(self.load(), key, default)
+
     def describe(self) -> str:
         """The description given at registration, else the first line of the object's docstring."""
         if self.description:

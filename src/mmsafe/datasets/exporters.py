@@ -371,8 +371,15 @@ def _safemt_record(b: Benchmark, s: Sample, out: Path, copied: set[str]) -> dict
 def _benchmark_exporters() -> dict[str, Any]:
     """Format name -> registry entry for every exporter with ``of="benchmark"``
     (``benchmark-jsonl`` is named ``jsonl`` here; the prefix keeps it apart from the run exporter)."""
-    from mmsafe.registry import registry
-    entries = [e for e in registry("exporters").entries() if e.meta.get("of") == "benchmark"]
+    from mmsafe.registry import PluginError, registry
+
+    def of(e: Any) -> Any:
+        try:
+            return e.meta_or_attr("of", "runs")
+        except PluginError:  # a broken plugin is not listed here; named, it fails with its own line
+            return None
+
+    entries = [e for e in registry("exporters").entries() if of(e) == "benchmark"]
     out: dict[str, Any] = {}
     for e in sorted(entries, key=lambda e: not e.name.startswith("benchmark-")):  # benchmark-KIND wins over KIND
         out.setdefault(e.name.removeprefix("benchmark-"), e)
@@ -417,6 +424,11 @@ def export_benchmark(kind: str, bench: Benchmark | Path | str, out: Path | str, 
     elif is_reference(kind):
         fn = registry("exporters").resolve(kind)
     else:
+        reg = registry("exporters")
+        for n in (f"benchmark-{kind}", kind):
+            e = reg.entry(n)
+            if e is not None and "of" not in e.meta:
+                e.load()  # a broken plugin named here: its one-line PluginError, not "unknown"
         raise DatasetError(f"unknown export format {kind!r} (known: {', '.join(sorted(found))}; "
                            "or module.path:function)")
     return fn(bench, out, **opts)

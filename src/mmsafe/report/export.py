@@ -100,10 +100,21 @@ def _open_out(out: Path | None, binary: bool = False) -> tuple[IO[Any], Path | N
     return (open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8")), tmp
 
 
+def exporter_kind(e: Any) -> tuple[str | None, bool]:
+    """(``of``, ``binary``) of a registered exporter: its registration meta, else (a plugin found by entry
+    point) the loaded object's ``of`` (default ``runs``) and ``binary`` attributes. A plugin that cannot be
+    loaded has no ``of``."""
+    from mmsafe.registry import PluginError
+    try:
+        return str(e.meta_or_attr("of", "runs")), bool(e.meta_or_attr("binary", False))
+    except PluginError:
+        return None, False
+
+
 def export_formats() -> list[str]:
     """Formats ``mmsafe export --format`` takes: exporters registered with ``of`` = ``runs`` or ``leaderboard``."""
     from mmsafe.registry import registry
-    return [e.name for e in registry("exporters").entries() if e.meta.get("of") in ("runs", "leaderboard")]
+    return [e.name for e in registry("exporters").entries() if exporter_kind(e)[0] in ("runs", "leaderboard")]
 
 
 def _exporter(fmt: str) -> tuple[Any, str, bool]:
@@ -111,9 +122,12 @@ def _exporter(fmt: str) -> tuple[Any, str, bool]:
     from mmsafe.registry import is_reference, registry
     reg = registry("exporters")
     e = reg.entry(fmt)
-    if e is not None and e.meta.get("of") in ("runs", "leaderboard"):
-        return e.load(), str(e.meta["of"]), bool(e.meta.get("binary", False))
-    if e is None and is_reference(fmt):
+    if e is not None:
+        fn = e.load()  # a broken plugin: its one-line PluginError
+        of, binary = exporter_kind(e)
+        if of in ("runs", "leaderboard"):
+            return fn, str(of), binary
+    elif is_reference(fmt):
         fn = reg.resolve(fmt)
         of = getattr(fn, "of", "runs")
         if callable(fn) and of in ("runs", "leaderboard"):
