@@ -17,6 +17,7 @@ from PIL import Image
 from mmsafe.datasets import (
     IMPORTERS,
     DatasetError,
+    benchmark as benchmark_mod,
     import_benchmark,
     import_csv,
     import_figstep,
@@ -28,7 +29,6 @@ from mmsafe.datasets import (
     import_safemt,
     open_benchmark,
 )
-from mmsafe.datasets import benchmark as benchmark_mod
 from mmsafe.datasets.importers.figstep import FIGSTEP_PROMPT
 from mmsafe.types import AudioPart, ImagePart, TextPart
 

@@ -252,7 +252,7 @@ def test_figstep_tiny_csv_and_full_image_folder(figstep_repo, tmp_path):
 
 
 def test_figstep_nothing_found_names_the_places_looked(tmp_path):
-    with pytest.raises(DatasetError, match="no safebench.csv here, in question/ or in data/question/"):
+    with pytest.raises(DatasetError, match=r"no safebench\.csv here, in question/ or in data/question/"):
         import_benchmark("figstep", tmp_path, tmp_path / "b")
 
 

@@ -127,6 +127,7 @@ def safety_index(
         t = r.get(turns_key)
         if t is None:
             raise ValueError(f"record without {turns_key!r}: {dict(r)!r}")
+        s: Hashable
         if by_alignment and (r.get(aligned_key) is False or (mis and r.get(id_key) in mis)):
             s = ("__unaligned__", n)  # a sequence of its own, outside the σ term
             no_sigma.add(s)

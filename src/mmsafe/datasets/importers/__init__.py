@@ -8,8 +8,9 @@ and writes atomically through :class:`~mmsafe.datasets.BenchmarkWriter`.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mmsafe.types import BenchmarkManifest
 
@@ -47,7 +48,7 @@ class _Importers:
     def __getitem__(self, kind: str) -> Importer:
         if kind not in self._reg():
             raise KeyError(kind)
-        return self._reg().get(kind)  # type: ignore[no-any-return]
+        return self._reg().get(kind)
 
     def keys(self) -> list[str]:
         return list(self._reg().names())
@@ -72,7 +73,7 @@ def _lookup(kind: str) -> Importer:
     fn = reg.resolve(kind)
     if not callable(fn):
         raise DatasetError(f"importer {kind!r} is not callable")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def import_benchmark(kind: str, src: Path | str, out: Path | str, **opts: Any) -> BenchmarkManifest:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["AlignmentItem", "AlignmentResult", "check_alignment", "similarity_method"]
 
@@ -189,7 +190,7 @@ def alignment_block(res: AlignmentResult, items: Sequence[AlignmentItem], *,
                     margin: float, min_sim: float, n_reference: int) -> dict[str, Any]:
     """The manifest block: method, thresholds, counts, and every misaligned dialogue."""
     by_id = {it.sample_id: it for it in items}
-    mis = []
+    mis: list[dict[str, Any]] = []
     for sid in res.misaligned_ids():
         it = by_id[sid]
         best = res.best.get(sid)

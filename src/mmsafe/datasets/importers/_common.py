@@ -8,9 +8,10 @@ import csv
 import hashlib
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from mmsafe import __version__
 from mmsafe.types import MAX_ASSET_BYTES, AudioPart, BenchmarkManifest, ImagePart
@@ -96,7 +97,7 @@ def csv_rows(path: Path, *, required: Iterable[str] = (),
     :class:`DatasetError` naming the column.
     """
     try:
-        fh = open(path, newline="", encoding="utf-8-sig")
+        fh = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 (closed by the with below; an open error is one line)
     except OSError as e:
         raise DatasetError(f"{path}: cannot read ({e.strerror})") from None
     with fh:

@@ -25,8 +25,9 @@ Relative asset paths are resolved against the source file's directory (or
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -270,7 +271,7 @@ def import_csv(src: Path, out: Path, *, name: str | None = None, overwrite: bool
 def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) per non-blank line; DatasetError naming file:line otherwise."""
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 (closed by the with below; an open error is one line)
     except OSError as e:
         raise DatasetError(f"{path}: cannot read ({e.strerror})") from None
     with fh:

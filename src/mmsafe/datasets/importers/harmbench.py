@@ -23,8 +23,8 @@ harmful or the benign CSV; older copies have an unnamed pandas index column inst
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from pydantic import ValidationError
 

@@ -25,8 +25,8 @@ reported (``strict_media`` makes them an error).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import orjson
 from pydantic import ValidationError

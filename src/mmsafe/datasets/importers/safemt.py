@@ -23,8 +23,9 @@ Index groups by them by default (:func:`mmsafe.metrics.safety_index`, ``grouping
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -77,7 +78,7 @@ def safemt_files(src: Path) -> list[tuple[int, Path]]:
 class _Record:
     """One validated SafeMT record (before it becomes a Sample)."""
 
-    __slots__ = ("n", "path", "i", "rid", "scenario", "image", "messages", "rec")
+    __slots__ = ("i", "image", "messages", "n", "path", "rec", "rid", "scenario")
 
     def __init__(self, n: int, path: Path, i: int, rid: str, scenario: str | None,
                  image: str | None, messages: list[Message], rec: dict[str, Any]):
@@ -272,7 +273,7 @@ def _to_sample(w: BenchmarkWriter, r: _Record, img_base: Path, cache: dict, gaps
         if present:
             part = asset_from_ref(w, r.image, img_base, where, cache=cache)
             first = next(m for m in messages if m.role == "user")
-            first.content = [part, TextPart(text=first.content)]  # type: ignore[list-item]
+            first.content = [part, TextPart(text=first.text)]
         elif only_with_images:
             return None
     metadata: dict[str, Any] = {"group": r.rid, "question_source": qsrc,
