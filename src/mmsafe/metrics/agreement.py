@@ -180,24 +180,45 @@ def krippendorff_alpha(
     if items_as_rows:
         width = max((len(r) for r in rows), default=0)
         rows = [[r[j] if j < len(r) else None for r in rows] for j in range(width)]
-    n_units = max((len(r) for r in rows), default=0)
+    values = _alpha_values(rows, level)
+    if len(values) == 0:
+        return None
+    co = _coincidences(rows, values, level)
+    if co is None:
+        return None
+    o, n_c = co
+    n = n_c.sum()
+    if n < 2:
+        return None
+    d2 = _alpha_distances(level, values, n_c)
+    do = float((o * d2).sum())
+    de = float((np.outer(n_c, n_c) * d2).sum())
+    if de <= 0:
+        return None
+    return float(1.0 - (n - 1.0) * do / de)
+
+
+def _alpha_values(rows: list[list[Any]], level: str) -> list[Any]:
+    """The distinct non-missing values, sorted: canonical labels (nominal) or floats (other levels)."""
     if level == "nominal":
-        values: list[Any] = sorted(
+        return sorted(
             {_canon(x) for r in rows for x in r if not _missing(x)},
             key=lambda v: (type(v).__name__, str(v)),
         )
-    else:
-        vals_set = set()
-        for r in rows:
-            for x in r:
-                if _missing(x):
-                    continue
-                if not _is_number(x):
-                    raise ValueError(f"{level} alpha needs numeric values, got {x!r}")
-                vals_set.add(float(x))
-        values = sorted(vals_set)
-    if len(values) == 0:
-        return None
+    vals_set = set()
+    for r in rows:
+        for x in r:
+            if _missing(x):
+                continue
+            if not _is_number(x):
+                raise ValueError(f"{level} alpha needs numeric values, got {x!r}")
+            vals_set.add(float(x))
+    return sorted(vals_set)
+
+
+def _coincidences(rows: list[list[Any]], values: list[Any], level: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The coincidence matrix ``o_ck`` and its marginals ``n_c`` over the pairable units (None if there is none)."""
+    n_units = max((len(r) for r in rows), default=0)
     index = {v: i for i, v in enumerate(values)}
     c = len(values)
     units: list[int] = []
@@ -217,30 +238,28 @@ def krippendorff_alpha(
         return None
     inv = 1.0 / (mu - 1.0)
     o = (nm * inv[:, None]).T @ nm - np.diag((nm * inv[:, None]).sum(axis=0))
-    n_c = o.sum(axis=1)
-    n = n_c.sum()
-    if n < 2:
-        return None
+    return o, o.sum(axis=1)
+
+
+def _alpha_distances(level: str, values: list[Any], n_c: np.ndarray) -> np.ndarray:
+    """The squared distance ``δ²_ck`` between value indices ``c`` and ``k`` at ``level``."""
+    c = len(values)
     v = np.asarray(values if level != "nominal" else range(c), dtype=float)
+    d2: np.ndarray
     if level == "nominal":
         d2 = 1.0 - np.eye(c)
     elif level == "interval":
         d2 = (v[:, None] - v[None, :]) ** 2
     elif level == "ratio":
         s = v[:, None] + v[None, :]
-        d2 = safe_div(v[:, None] - v[None, :], s) ** 2
-        d2 = np.nan_to_num(d2)
+        d2 = np.nan_to_num(safe_div(v[:, None] - v[None, :], s) ** 2)
     else:  # ordinal
         cum = np.concatenate([[0.0], np.cumsum(n_c)])
         lo = np.minimum.outer(np.arange(c), np.arange(c))
         hi = np.maximum.outer(np.arange(c), np.arange(c))
         between = cum[hi + 1] - cum[lo]
         d2 = (between - (n_c[:, None] + n_c[None, :]) / 2.0) ** 2
-    do = float((o * d2).sum())
-    de = float((np.outer(n_c, n_c) * d2).sum())
-    if de <= 0:
-        return None
-    return float(1.0 - (n - 1.0) * do / de)
+    return d2
 
 
 def percent_agreement(a: Sequence[Any], b: Sequence[Any] | None = None) -> float | None:
