@@ -279,7 +279,7 @@ def test_plugin_exporters(plugin_site: Path, tmp_path: Path) -> None:
     assert "ids" in EXPORTERS and "names" not in EXPORTERS and "gone" not in EXPORTERS
     assert export_benchmark("ids", bench, tmp_path / "ids0.txt") == 3
     assert export_formats() == ["csv", "jsonl", "markdown", "parquet", "names"]
-    with pytest.raises(PluginError, match="regtest-export 0.1"):
+    with pytest.raises(PluginError, match=r"regtest-export 0\.1"):
         export_benchmark("gone", bench, tmp_path / "o")
     assert export_runs([tmp_path / "a"], "names", tmp_path / "n.txt") == 1
     write_dist_info(plugin_site, "regtest-export", "0.1", {})

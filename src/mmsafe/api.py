@@ -229,8 +229,7 @@ def calibrate(judge_spec: Any, data: Path | str, fmt: str | None = None, *, mode
     guessed from the header). Returns the calibration record: accuracy, precision, recall,
     F1, Cohen's κ, sensitivity and specificity with confidence intervals.
     """
-    from mmsafe.judges.calibrate import FORMATS
-    from mmsafe.judges.calibrate import calibrate as _calibrate
+    from mmsafe.judges.calibrate import FORMATS, calibrate as _calibrate
     from mmsafe.runtime import run_async
     from mmsafe.types import InputError
 

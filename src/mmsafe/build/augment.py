@@ -19,8 +19,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from mmsafe.attacks import audio as audio_mod
-from mmsafe.attacks import transforms, visual
+from mmsafe.attacks import audio as audio_mod, transforms, visual
 
 from .common import AgentContext, BuildError, item_id, stable_fraction
 

@@ -306,7 +306,7 @@ def export_safemt(bench: Benchmark | Path | str, out_dir: Path | str, *,
                                        f"as SafeMT ({e})") from None
                 f = files.get(s.turns)
                 if f is None:
-                    f = files[s.turns] = open(tmp / f"{s.turns}_turn.json", "wb")
+                    f = files[s.turns] = open(tmp / f"{s.turns}_turn.json", "wb")  # noqa: SIM115 (closed in finally)
                     f.write(b"[\n")
                 else:
                     f.write(b",\n")
