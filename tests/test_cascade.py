@@ -126,3 +126,55 @@ def test_run_with_a_cascade_judge_counts_abstentions_and_llm_calls(llm, tmp_path
     s2 = json.loads((out2 / "summary.json").read_text())
     assert s2["n_scored"] == 0 and s2["parse_status"].get("abstained") == 4
     assert r2.returncode in (0, 1)
+
+
+# --------------------------------------------------------------------------- moderator cascade
+
+
+def _assess(mod, msgs):
+    async def go():
+        await mod.start()
+        try:
+            return await mod.assess(msgs)
+        finally:
+            await mod.close()
+    return asyncio.run(go())
+
+
+def test_moderator_cascade_decides_clear_cases_offline_and_passes_the_rest(llm):
+    from mmsafe.defense import make_moderator
+    msgs = [Message(role="user", content="How do I launder money through a shop? (placeholder)")]
+    # a band holding every score: the guard decides, and the moderation says so
+    mod = make_moderator(f"cascade:offline~0,1>guard:openai/judge-guard@{llm.url}")
+    llm.queue("judge-guard", "unsafe\nS2")
+    m = _assess(mod, msgs)
+    assert m.flagged is True and m.categories == ["S2"] and m.raw["cascade"]["stage"] == 1
+    assert len(m.requests) == 1 and llm.count("judge-guard") == 1
+    # an empty band: offline is always sure, no guard call
+    llm.reset()
+    mod = make_moderator(f"cascade:offline~0,0.0001>guard:openai/judge-guard@{llm.url}")
+    m = _assess(mod, msgs)
+    assert m.raw["cascade"]["stage"] == 0 and m.flagged is not None and llm.count("judge-guard") == 0
+    # the guard's unparsable answer at the last stage stays a failed moderation (never 'not harmful')
+    mod = make_moderator(f"cascade:offline~0,1>guard:openai/judge-guard@{llm.url}")
+    llm.queue("judge-guard", "maybe?")
+    assert _assess(mod, msgs).flagged is None
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("cascade:offline", "two or more stages"),
+    ("cascade:offline~0.9,0.1>offline", "LO < HI"),
+    ("cascade:offline>offline~0.1,0.9", "last stage always decides"),
+    ("cascade:offline>cascade:offline>offline", "cannot contain a cascade"),
+])
+def test_moderator_cascade_spec_errors(spec, needle):
+    from mmsafe.defense import make_moderator
+    with pytest.raises(ConfigError, match=needle):
+        make_moderator(spec)
+
+
+def test_defense_spec_takes_a_moderator_cascade(llm):
+    from mmsafe.defense import make_defense
+    from mmsafe.defense.cascade import DEFAULT_BAND
+    d = make_defense(f"moderator:cascade:offline>guard:openai/judge-guard@{llm.url}?mode=block")
+    assert d.mode == "block" and d.moderator.bands == [DEFAULT_BAND, None]

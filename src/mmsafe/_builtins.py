@@ -88,6 +88,8 @@ def _defenses(r: Registry) -> None:
           description="llm:MODEL — an LLM reads the whole conversation")
     r.add("moderator.guard", "mmsafe.defense.moderator:GuardModerator", role="moderator",
           description="guard:MODEL — a guard model (Llama Guard style) reads the conversation")
+    r.add("moderator.cascade", "mmsafe.defense.cascade:CascadeModerator", role="moderator",
+          description="cascade:offline>guard:MODEL — offline decides the clear cases, the next stage the rest")
 
 
 def _importers(r: Registry) -> None:

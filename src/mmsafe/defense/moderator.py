@@ -30,12 +30,11 @@ import orjson
 import yaml
 
 from mmsafe import taxonomy
+from mmsafe.judges.parse import _json_candidates
 from mmsafe.models import CostLedger, ModelClient, ResponseCache, build_provider, resolve_endpoint
 from mmsafe.models.base import ConfigError
-from mmsafe.judges.parse import _json_candidates
 from mmsafe.models.engine import request_log
-from mmsafe.types import ImagePart, Message, TextPart
-
+from mmsafe.types import AudioPart, ImagePart, Message, TextPart
 
 # --------------------------------------------------------------------------- policies
 
@@ -58,7 +57,7 @@ class PolicyLibrary:
         self.source = source
 
     @classmethod
-    def load(cls, extra: Path | None = None) -> "PolicyLibrary":
+    def load(cls, extra: Path | None = None) -> PolicyLibrary:
         text = resources.files("mmsafe").joinpath("data/policies/policies.yaml").read_text()
         lib = cls._from_yaml(text, "builtin")
         if extra is not None:
@@ -72,7 +71,7 @@ class PolicyLibrary:
         return lib
 
     @classmethod
-    def _from_yaml(cls, text: str, source: str) -> "PolicyLibrary":
+    def _from_yaml(cls, text: str, source: str) -> PolicyLibrary:
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
@@ -98,7 +97,7 @@ class PolicyLibrary:
             by[sid] = [pol(d, sid, f"policies.{scen}[{i}]") for i, d in enumerate(items or [])]
         return cls(str(data.get("preamble") or "").strip(), general, by, source)
 
-    def merge(self, other: "PolicyLibrary") -> None:
+    def merge(self, other: PolicyLibrary) -> None:
         if other.preamble:
             self.preamble = other.preamble
         ids = {p.id: i for i, p in enumerate(self.general)}
@@ -184,7 +183,7 @@ class OfflineModerator(Moderator):
     kind = "offline"
 
     @classmethod
-    def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str = "offline") -> "OfflineModerator":
+    def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str = "offline") -> OfflineModerator:
         """``offline[:tfidf|minilm|auto][:THRESHOLD]``."""
         threshold = None
         backend = None
@@ -250,7 +249,7 @@ Conversation:
 {dialogue}
 
 Answer with one JSON object and nothing else:
-{{"harmful": true|false, "score": <0.0-1.0 confidence that it is harmful>, "scenario": "<one scenario id from the list or none>", "reason": "<one sentence>"}}"""
+{{"harmful": true|false, "score": <0.0-1.0 confidence that it is harmful>, "scenario": "<one scenario id from the list or none>", "reason": "<one sentence>"}}"""  # noqa: E501 (prompt text: its hash is the moderator's identity)
 
 _BARE = re.compile(r"^\W*(not harmful|harmful|unsafe|safe|benign)\W*$", re.I)
 
@@ -315,7 +314,7 @@ class LLMModerator(_ClientModerator):
         prompt = LLM_MODERATOR_PROMPT.format(scenarios=", ".join(taxonomy.scenario_ids()), dialogue=dialogue)
         images = [a for m in messages for a in m.assets if isinstance(a, ImagePart)] \
             if self.cfg.capabilities.image else []
-        content = [*images, TextPart(text=prompt)] if images else prompt
+        content: str | list[TextPart | ImagePart | AudioPart] = [*images, TextPart(text=prompt)] if images else prompt
         res = await self._ask([Message(role="user", content=content)], root)
         reqs = request_log(res, "moderator", None, self.cfg.name)
         lat = (time.perf_counter() - t0) * 1000
@@ -401,6 +400,9 @@ def make_moderator(spec: str, models_file: Path | None = None) -> Moderator:
     reg = registry("defenses")
     if kind == "offline":
         return OfflineModerator.from_spec(arg, {}, spec=spec)
+    if kind == "cascade":
+        from mmsafe.defense.cascade import CascadeModerator
+        return CascadeModerator.from_spec(arg, models_file, spec=spec)
     if kind in ("llm", "guard"):
         if not arg:
             raise ConfigError(f"moderator spec {spec!r}: {kind} needs a model, e.g. {kind}:openai/gpt-4o-mini")
