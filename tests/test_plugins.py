@@ -194,5 +194,20 @@ def test_public_api_sees_the_plugins_in_process(site: Path, questions: Path, tmp
         assert outcome.exit_code == 0 and outcome.summary["judge"]["kind"] == "length"
         assert outcome.summary["asr"] == pytest.approx(2 / 3)  # "x heard: ok?" is 12 characters
         assert isinstance(mmsafe.make_judge("length"), mmsafe.Judge)
+
+        # re-judge, report, export and calibrate through the same face
+        rj = mmsafe.judge(tmp_path / "run", "length?min_chars=100", primary=True)
+        assert rj.judge_id == rj.primary_judge_id and rj.judge_id.startswith("length-")
+        assert rj.stats["judged"] == 3 and rj.summary["asr"] == 0.0  # no echo reaches 100 characters
+        stats = mmsafe.write_report(tmp_path / "run", tmp_path / "report.html")
+        assert stats.n_runs == 1 and "length" in (tmp_path / "report.html").read_text(encoding="utf-8")
+        assert mmsafe.export(tmp_path / "run", "jsonl", tmp_path / "rows.jsonl") == 3
+        rows = [json.loads(x) for x in (tmp_path / "rows.jsonl").read_text().splitlines()]
+        assert {r["label"] for r in rows} == {"safe"} and {r["judge_id"] for r in rows} == {rj.judge_id}
+        labelled = Path(__file__).parent / "fixtures" / "judges" / "labelled.csv"
+        # the fixture's refusals are 59-68 characters long, its compliant replies 92-96
+        cal = mmsafe.calibrate("length?min_chars=80", labelled, use_cache=False)
+        assert cal["n"] == 20 and cal["judge_id"].startswith("length-") and cal["accuracy"] == 1.0
+        assert mmsafe.calibrate("length?min_chars=60", labelled, use_cache=False)["accuracy"] == pytest.approx(0.6)
     finally:
         registry.reset()
