@@ -506,6 +506,9 @@ def test_run_summary_shows_both_safety_indexes_when_they_differ(safemt_repo, tmp
     assert si["si"] > si["other"]["si"]
     s_id = compute_summary(_Store(manifest, rows, si_grouping="id"), "j").to_dict()["safety_index"]
     assert s_id["grouping"] == "id" and s_id["si"] == si["other"]["si"] and s_id["other"]["si"] == si["si"]
+    from mmsafe.runner.summary import prefer_si_grouping
+    assert prefer_si_grouping(s, "id")["safety_index"] == s_id
+    assert prefer_si_grouping(s, "aligned")["safety_index"] == si
     # a benchmark without misaligned dialogues: one value, nothing else shown
     manifest["provenance"]["alignment"]["misaligned"] = []
     s2 = compute_summary(_Store(manifest, rows), "j").to_dict()["safety_index"]

@@ -39,6 +39,7 @@ class RunOptions:
     attacker: EndpointConfig | None = None  # --mode adaptive: the attacker LLM
     max_turns: int = 5  # --mode adaptive: kept turns at most
     max_backtracks: int = 3  # --mode adaptive: refused exchanges removed and retried at most
+    si_grouping: str = "aligned"  # Safety Index across lengths: "aligned" (importer's alignment) | "id"
 
 
 @dataclass

@@ -230,7 +230,8 @@ def _config_record(opts: RunOptions, bench: Benchmark, pre: dict[str, Any]) -> d
             "benchmark_manifest": bench.manifest.model_dump(mode="json"),
             "target": opts.target.public(), "judge": opts.judge.identity.model_dump(),
             "limit": opts.limit, "max_connections": opts.max_connections, "max_cost": opts.max_cost,
-            "fail_on_error": opts.fail_on_error, "use_cache": opts.use_cache, "preflight": pre}
+            "fail_on_error": opts.fail_on_error, "use_cache": opts.use_cache, "preflight": pre,
+            "si_grouping": opts.si_grouping}
 
 
 async def execute(opts: RunOptions) -> RunOutcome:
@@ -393,7 +394,7 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
             cache.close()
 
     summary = compute_summary(store, judge_id, bench_manifest=bench.manifest, limit_total=total,
-                              stopped=stop["reason"])
+                              stopped=stop["reason"], si_grouping=opts.si_grouping)
     write_results(store, judge_id, opts.out)
     write_summary(summary, opts.out)
     return RunOutcome(run_summary=summary, run_dir=opts.out, stopped=stop["reason"], fatal_error=stop["error"],

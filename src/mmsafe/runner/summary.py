@@ -478,6 +478,25 @@ def judge_block(store: SummaryStore, judge_id: str | None, *, seed: int = 0,
         safety_index=_safety_index(c, seed, _misaligned(store), si_grouping), sri=_sri(c, seed))
 
 
+def prefer_si_grouping(summary: dict[str, Any], grouping: str) -> dict[str, Any]:
+    """``summary.json``'s dict with the Safety Index of ``grouping`` (``aligned`` | ``id``) first:
+    where the other grouping's values are stored (they differed), the two swap; where they are
+    not, both groupings gave the same value and nothing changes. Also applies to ``judges``."""
+    def swap(block: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not block or block.get("grouping", "aligned") == grouping or not block.get("other"):
+            return block
+        other = block["other"]
+        keys = ("grouping", "si", "ci_low", "ci_high", "mean_sigma")
+        return {**block, **{k: other.get(k) for k in keys}, "other": {k: block.get(k) for k in keys}}
+
+    out = dict(summary)
+    out["safety_index"] = swap(summary.get("safety_index"))
+    if isinstance(summary.get("judges"), dict):
+        out["judges"] = {j: ({**b, "safety_index": swap(b.get("safety_index"))} if isinstance(b, dict) else b)
+                         for j, b in summary["judges"].items()}
+    return out
+
+
 def _misaligned(store: SummaryStore) -> set[str]:
     """Sample ids the importer marked misaligned across lengths (from the run's benchmark manifest)."""
     from mmsafe.metrics.multiturn import misaligned_samples
