@@ -110,15 +110,50 @@ def test_failing_endpoint_recorded_per_sample_and_run_goes_on(llm, tmp_path):
     assert db.execute("SELECT COUNT(*) FROM requests WHERE status='error'").fetchone()[0] == 8  # 2 tries each
 
 
+def _sent_per_sample(llm, model: str) -> dict[str, int]:
+    """Requests the server got for ``model``, by sample (conftest's prompts start "Sample i")."""
+    import re
+    out: dict[str, int] = {}
+    for body in list(llm.requests):
+        if body.get("model") == model:
+            text = json.dumps(body["messages"])
+            m = re.search(r"Sample (\d+) turn", text)
+            assert m, text
+            out[f"s{m.group(1)}"] = out.get(f"s{m.group(1)}", 0) + 1
+    return out
+
+
 def test_errors_are_retried_on_rerun(llm, tmp_path):
-    bench = make_benchmark(tmp_path / "b", n=3, image=False)
+    """Samples whose request failed are stored as errors; re-running the same command sends
+    exactly those again (never the ones already answered) and the run ends complete."""
+    bench = make_benchmark(tmp_path / "b", n=4, image=False)
     out = tmp_path / "run"
-    assert cli("run", bench, "-t", f"openai/hang@{llm.url}", "-o", out, "--timeout", "0.1",
-               "--retries", "0").exit_code == 1
-    # the endpoint recovers: same command fills the gaps (the fingerprint ignores timeouts)
-    r = cli("run", bench, "-t", f"openai/hang@{llm.url}", "-o", out, "--timeout", "5", "--retries", "0",
-            "--max-cost", "0")
-    assert r.exit_code in (0, 1)
+    model = "flaky500-1"  # each conversation's first request gets a 500, later ones an answer
+    # s0, s1 answered (their 500 retried once); then s2, s3 sent without retries: both fail
+    assert cli("run", bench, "-t", f"openai/{model}@{llm.url}", "-o", out, "--limit", "2", "--retries", "1",
+               "--no-cache").exit_code == 0
+    r = cli("run", bench, "-t", f"openai/{model}@{llm.url}", "-o", out, "--retries", "0", "--no-cache")
+    assert r.exit_code == 1  # 2 of 4 failed: over the 5% threshold
+    assert _sent_per_sample(llm, model) == {"s0": 2, "s1": 2, "s2": 1, "s3": 1}
+    rows = {x["id"]: x for x in read_results(out)}
+    assert {k for k, x in rows.items() if x["error"]} == {"s2", "s3"}
+    assert all("500" in rows[k]["error"] and rows[k]["verdict"] is None for k in ("s2", "s3"))
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["n_samples"], s["n_errors"], s["n_scored"], s["complete"]) == (4, 2, 2, False)
+
+    before = len(llm.requests)
+    r = cli("run", bench, "-t", f"openai/{model}@{llm.url}", "-o", out, "--retries", "0", "--no-cache")
+    assert r.exit_code == 0, r.output
+    assert len(llm.requests) - before == 2  # only the two failed samples were sent again
+    assert _sent_per_sample(llm, model) == {"s0": 2, "s1": 2, "s2": 2, "s3": 2}
+    rows = {x["id"]: x for x in read_results(out)}
+    assert not any(x["error"] for x in rows.values())
+    assert all(x["verdict"]["label"] == "unsafe" for x in rows.values())  # "Sure, here is ..." complies
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["n_samples"], s["n_errors"], s["n_scored"], s["asr"], s["complete"]) == (4, 0, 4, 1.0, True)
+    db = sqlite3.connect(out / "run.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM responses WHERE status='ok'").fetchone()[0] == 4
+    assert db.execute("SELECT COUNT(*) FROM requests WHERE role='target' AND status='error'").fetchone()[0] == 4
 
 
 def test_max_cost_stops_cleanly(llm, tmp_path):
