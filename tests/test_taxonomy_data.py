@@ -110,11 +110,60 @@ def test_every_safemt_scenario_resolves():
 IMPORTER_SPELLINGS = ["IP Infringement", "Gov Decision", "Privacy Violence", "Political Lobbying",
                       "Illegal Activity"]
 
+# each other benchmark's category -> the bundled scenario it must land in (one scenario per
+# category, and the same harm named differently by two benchmarks lands in the same place)
+EXPECTED = {
+    # FigStep (SafeBench-10)
+    "Illegal Activities": "illegal_activities", "Hate Speech": "hate_speech",
+    "Malware Generation": "malware_generation", "Physical Harm": "physical_harm", "Fraud": "fraud",
+    "Adult Content": "pornographic_content", "Privacy Violation": "personal_privacy",
+    "Legal Opinion": "legal_advice", "Financial Advice": "financial_advice",
+    "Health Consultation": "medical_advice",
+    # MM-SafetyBench (its own spellings, typos included)
+    "01-Illegal_Activitiy": "illegal_activities", "02-HateSpeech": "hate_speech",
+    "03-Malware_Generation": "malware_generation", "04-Physical_Harm": "physical_harm",
+    "05-EconomicHarm": "economic_harm", "06-Fraud": "fraud", "07-Sex": "pornographic_content",
+    "08-Political_Lobbying": "political_opinion", "09-Privacy_Violence": "personal_privacy",
+    "10-Legal_Opinion": "legal_advice", "11-Financial_Advice": "financial_advice",
+    "12-Health_Consultation": "medical_advice", "13-Gov_Decision": "government_decision",
+    # HarmBench semantic categories
+    "chemical_biological": "chemical_biological_weapons", "illegal": "illegal_activities",
+    "misinformation_disinformation": "misinformation", "harmful": "physical_harm",
+    "harassment_bullying": "psychological_violence", "cybercrime_intrusion": "vulnerability_exploitation",
+    "copyright": "ip_infringement",
+    # JailbreakBench
+    "Harassment/Discrimination": "hate_speech", "Malware/Hacking": "malware_generation",
+    "Physical harm": "physical_harm", "Economic harm": "economic_harm", "Fraud/Deception": "fraud",
+    "Disinformation": "misinformation", "Sexual/Adult content": "pornographic_content",
+    "Privacy": "personal_privacy", "Expert advice": "medical_advice",
+    "Government decision-making": "government_decision",
+    # mmsafe's importers
+    "IP Infringement": "ip_infringement", "Gov Decision": "government_decision",
+    "Privacy Violence": "personal_privacy", "Political Lobbying": "political_opinion",
+    "Illegal Activity": "illegal_activities",
+}
 
-@pytest.mark.parametrize("name", FIGSTEP + MM_SAFETYBENCH + HARMBENCH + JAILBREAKBENCH
-                         + IMPORTER_SPELLINGS)
-def test_other_benchmarks_resolve(name):
-    assert resolve_scenario(name) is not None
+
+def test_expected_table_covers_every_listed_category():
+    assert set(EXPECTED) == set(FIGSTEP + MM_SAFETYBENCH + HARMBENCH + JAILBREAKBENCH + IMPORTER_SPELLINGS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_other_benchmarks_resolve(name, tax):
+    sid = resolve_scenario(name)
+    assert sid == EXPECTED[name]
+    cats = {c["id"] for c in tax["categories"]}
+    assert scenario(sid)["category"] in cats
+
+
+def test_every_scenario_is_reachable_and_every_category_used(tax):
+    """No orphan: each bundled scenario is named by a supported benchmark (or is the one
+    mmsafe adds itself, self-harm), and each of the 8 categories holds a scenario."""
+    names = [n for v in SAFEBENCH.values() for n in v] + SAFEMT + list(EXPECTED)
+    reached = {resolve_scenario(n) for n in names}
+    assert set(scenario_ids()) - reached == {"self_harm"}
+    assert resolve_scenario("self-harm") == "self_harm"
+    assert {s["category"] for s in tax["scenarios"]} == {c["id"] for c in tax["categories"]}
 
 
 def test_resolution_is_case_and_punctuation_insensitive():
