@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 import orjson
 from aiohttp import web
 
-from mmsafe.report.runs import RunInfo, load_runs, run_label
+from mmsafe.report.runs import RunInfo, _judge_name, load_runs, run_label
 from mmsafe.report.samples import SampleIndex, mime_of, open_index, render_messages
 from mmsafe.report.templating import env, static_text
 from mmsafe.store.sqlite import STORE_FILE
@@ -222,11 +222,6 @@ class RunView:
 
     def has(self, sample_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM responses WHERE sample_id = ?", (sample_id,)).fetchone() is not None
-
-
-def _judge_name(ident: dict[str, Any]) -> str:
-    models = ident.get("models") or []
-    return str(ident.get("kind", "?")) + (":" + ",".join(models) if models else "")
 
 
 def _loads(s: str | None) -> Any:
