@@ -162,16 +162,12 @@ class GuardProxy:
             return _error(502, f"upstream unreachable: {type(e).__name__}", "upstream_error")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        """Moderate one chat request, then block it, or forward it (with policies injected, or flagged)."""
         t0 = time.perf_counter()
         rid = "mmsafe-" + uuid.uuid4().hex[:16]
         self.stats["requests"] += 1
         try:
-            body = orjson.loads(await request.read())
-            if not isinstance(body, dict):
-                raise ValueError("body must be a JSON object")
-            msgs = messages_from_openai(body.get("messages"))
-            # everything the model will read is moderated: system and tool text included
-            view = messages_from_openai(body.get("messages"), for_moderation=True)
+            body, msgs, view = _read_chat_body(await request.read())
         except (orjson.JSONDecodeError, ValueError) as e:
             return _error(400, f"invalid request: {str(e).splitlines()[0]}", "invalid_request_error")
         system = "\n".join(m.text for m in msgs if m.role == "system") or None
@@ -182,12 +178,7 @@ class GuardProxy:
         failed = bool(mod and mod.flagged is None)
         self.stats["flagged"] += flagged
         self.stats["moderation_errors"] += failed
-        rec: dict[str, Any] = {"ts": time.time(), "id": rid, "model": body.get("model"), "action": dec["action"],
-                               "flagged": mod.flagged if mod else None, "score": mod.score if mod else None,
-                               "scenario": mod.scenario if mod else None, "moderation_error": mod.error if mod else None,
-                               "moderation_ms": round(t_mod, 3), "stream": bool(body.get("stream"))}
-        if self.log_bodies:
-            rec["messages"] = body.get("messages")
+        rec = self._decision_record(rid, body, dec["action"], mod, t_mod)
         if dec["action"] == "block":
             self.stats["blocked"] += 1
             rec["upstream_status"] = None
@@ -199,54 +190,85 @@ class GuardProxy:
             rec["policies"] = dec.get("policies")
         headers = {"X-MMSafe-Action": dec["action"],
                    "X-MMSafe-Flagged": "error" if failed else ("1" if flagged else "0"), "X-MMSafe-Request-Id": rid}
+        return await self._forward(request, body, rec, headers)
+
+    def _decision_record(self, rid: str, body: dict[str, Any], action: str, mod: Any,
+                         t_mod: float) -> dict[str, Any]:
+        """The decision-log record of one request (the messages only with ``log_bodies``)."""
+        rec: dict[str, Any] = {"ts": time.time(), "id": rid, "model": body.get("model"), "action": action,
+                               "flagged": mod.flagged if mod else None, "score": mod.score if mod else None,
+                               "scenario": mod.scenario if mod else None,
+                               "moderation_error": mod.error if mod else None,
+                               "moderation_ms": round(t_mod, 3), "stream": bool(body.get("stream"))}
+        if self.log_bodies:
+            rec["messages"] = body.get("messages")
+        return rec
+
+    def _upstream_failed(self, rec: dict[str, Any], status: int, message: str, code: str,
+                         headers: dict[str, str]) -> web.Response:
+        """Count and log an upstream failure -> the error reply (502 / 504)."""
+        self.stats["upstream_errors"] += 1
+        rec["upstream_status"] = status
+        self.log(rec)
+        return _error(status, message, code, headers)
+
+    async def _forward(self, request: web.Request, body: dict[str, Any], rec: dict[str, Any],
+                       headers: dict[str, str]) -> web.StreamResponse:
+        """Send the request upstream and relay its reply (streamed or whole); upstream failures -> 502 / 504."""
         assert self._session is not None
         try:
             up = await self._session.post(self.upstream + "/chat/completions", data=orjson.dumps(body),
                                           headers=self._upstream_headers(request),
                                           timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         except asyncio.TimeoutError:
-            self.stats["upstream_errors"] += 1
-            rec["upstream_status"] = 504
-            self.log(rec)
-            return _error(504, "upstream timed out", "upstream_timeout", headers)
+            return self._upstream_failed(rec, 504, "upstream timed out", "upstream_timeout", headers)
         except aiohttp.ClientError as e:
-            self.stats["upstream_errors"] += 1
-            rec["upstream_status"] = 502
-            self.log(rec)
-            return _error(502, f"upstream unreachable: {type(e).__name__}", "upstream_error", headers)
+            return self._upstream_failed(rec, 502, f"upstream unreachable: {type(e).__name__}", "upstream_error",
+                                         headers)
         try:
             rec["upstream_status"] = up.status
             ctype = up.headers.get("Content-Type", "application/json")
             if body.get("stream") and up.status == 200:
-                resp = web.StreamResponse(status=200, headers={**headers, "Content-Type": ctype,
-                                                               "Cache-Control": "no-cache"})
-                await resp.prepare(request)
-                try:
-                    async for chunk in up.content.iter_any():
-                        await resp.write(chunk)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                    self.stats["upstream_errors"] += 1
-                    rec["stream_error"] = type(e).__name__
-                await resp.write_eof()
-                self.log(rec)
-                return resp
+                return await self._relay_stream(request, up, rec, {**headers, "Content-Type": ctype,
+                                                                   "Cache-Control": "no-cache"})
             data = await up.read()
             if up.status >= 400:
                 self.stats["upstream_errors"] += 1
             self.log(rec)
             return web.Response(body=data, status=up.status, headers={**headers, "Content-Type": ctype})
         except asyncio.TimeoutError:
-            self.stats["upstream_errors"] += 1
-            rec["upstream_status"] = 504
-            self.log(rec)
-            return _error(504, "upstream timed out", "upstream_timeout", headers)
+            return self._upstream_failed(rec, 504, "upstream timed out", "upstream_timeout", headers)
         except aiohttp.ClientError as e:  # e.g. the upstream closed mid-body
-            self.stats["upstream_errors"] += 1
-            rec["upstream_status"] = 502
-            self.log(rec)
-            return _error(502, f"upstream reply broken: {type(e).__name__}", "upstream_error", headers)
+            return self._upstream_failed(rec, 502, f"upstream reply broken: {type(e).__name__}", "upstream_error",
+                                         headers)
         finally:
             up.release()
+
+    async def _relay_stream(self, request: web.Request, up: aiohttp.ClientResponse, rec: dict[str, Any],
+                            headers: dict[str, str]) -> web.StreamResponse:
+        """Stream the upstream's reply through as it comes; a broken stream is counted and logged."""
+        resp = web.StreamResponse(status=200, headers=headers)
+        await resp.prepare(request)
+        try:
+            async for chunk in up.content.iter_any():
+                await resp.write(chunk)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            self.stats["upstream_errors"] += 1
+            rec["stream_error"] = type(e).__name__
+        await resp.write_eof()
+        self.log(rec)
+        return resp
+
+
+def _read_chat_body(raw: bytes) -> tuple[dict[str, Any], list[Message], list[Message]]:
+    """A chat request body -> (body, its messages, the moderation view of them); ValueError when malformed."""
+    body = orjson.loads(raw)
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    msgs = messages_from_openai(body.get("messages"))
+    # everything the model will read is moderated: system and tool text included
+    view = messages_from_openai(body.get("messages"), for_moderation=True)
+    return body, msgs, view
 
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> web.Response:
