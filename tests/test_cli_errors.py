@@ -4,6 +4,7 @@ budgets, Ctrl-C."""
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import sqlite3
@@ -12,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from _serve import ThreadedApp
 from aiohttp import web
-from conftest import make_benchmark
 from typer.testing import CliRunner
 
+from _serve import ThreadedApp
+from conftest import make_benchmark
 from mmsafe.cli import app
 from mmsafe.errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, classify, note
 from mmsafe.models import BudgetExceeded, FatalProviderError
@@ -145,7 +146,8 @@ class _Store:
 
 
 def test_classify_maps_each_known_error_to_its_code_and_line(tmp_path):
-    assert classify(InputError("samples.jsonl:3: question: missing\nmore")).message == "samples.jsonl:3: question: missing"
+    f = classify(InputError("samples.jsonl:3: question: missing\nmore"))
+    assert f is not None and f.message == "samples.jsonl:3: question: missing"
     for e in (ConfigError("c"), AssetError("a"), PluginError("p")):
         f = classify(e)
         assert f is not None and f.code == EXIT_USAGE
@@ -160,8 +162,10 @@ def test_classify_maps_each_known_error_to_its_code_and_line(tmp_path):
     assert f is not None and f.message == "cannot write /mnt/ro/run.sqlite: read-only file system"
     f = classify(FileNotFoundError(errno.ENOENT, "No such file", str(tmp_path / "no" / "such" / "f.csv")))
     assert f is not None and "does not exist" in f.message
-    f = classify(ExceptionGroup("g", [ValueError("x"), InputError("inner")]))
-    assert f is not None and f.message == "inner"
+    if sys.version_info >= (3, 11):
+        group = getattr(builtins, "ExceptionGroup")  # noqa: B009  (a 3.11 name; ruff targets 3.10)
+        f = classify(group("g", [ValueError("x"), InputError("inner")]))
+        assert f is not None and f.message == "inner"
     # a real "attempt to write a readonly database", named by the store that raised it
     db = tmp_path / "run.sqlite"
     sqlite3.connect(db).execute("CREATE TABLE t (x)").connection.close()
@@ -169,9 +173,12 @@ def test_classify_maps_each_known_error_to_its_code_and_line(tmp_path):
         _Store(db).write()
     f = classify(info.value)
     assert f is not None and f.code == EXIT_USAGE and f.message.startswith(f"cannot write {db}: read-only database")
+    f = classify(ImportError("the minilm embedder needs: pip install 'mmsafe[offline]' (sentence-transformers)"))
+    assert f is not None and f.code == EXIT_USAGE and "pip install 'mmsafe[offline]'" in f.message
     # bugs are not mapped: they keep their traceback
     assert classify(ValueError("bug")) is None and classify(OSError("no file")) is None
     assert classify(sqlite3.OperationalError("no such table: t")) is None
+    assert classify(ImportError("cannot import name 'x' from 'mmsafe.y'")) is None
 
 
 def test_note_adds_context_to_the_line():

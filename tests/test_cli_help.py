@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import typer.main
-from conftest import make_benchmark
 from typer.testing import CliRunner
 
 import mmsafe
+from conftest import make_benchmark
 from mmsafe.cli import app
 
 runner = CliRunner()
@@ -38,7 +38,7 @@ def _commands() -> list[tuple[tuple[str, ...], Any]]:
     def walk(cmd: Any, path: tuple[str, ...]) -> None:
         found.append((path, cmd))
         for name, sub in getattr(cmd, "commands", {}).items():
-            walk(sub, path + (name,))
+            walk(sub, (*path, name))
 
     walk(typer.main.get_command(app), ())
     return found
@@ -48,8 +48,8 @@ def test_root_help_lists_every_verb_and_the_build_subcommands():
     r = cli("--help")
     assert r.exit_code == 0
     listed = [ln.split()[0] for ln in r.output.split("Commands:")[1].splitlines() if ln.startswith("  ") and ln.split()]
-    assert set(VERBS) <= set(listed), listed
-    assert [p[0] for p, _ in _commands() if len(p) == 1] == list(VERBS)  # and nothing unlisted here
+    assert listed == list(VERBS)  # all, in this order
+    assert sorted(p[0] for p, _ in _commands() if len(p) == 1) == sorted(VERBS)  # and nothing unlisted
     r = cli("build", "--help")
     assert r.exit_code == 0 and all(s in r.output for s in BUILD_SUBCOMMANDS)
 

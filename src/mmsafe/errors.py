@@ -4,19 +4,18 @@ The CLI's single ``guarded`` wrapper (:mod:`mmsafe.cli.app`) asks :func:`classif
 every exception that leaves a command; a library user can use it the same way. Only the
 errors listed here are mapped; anything else is a bug and keeps its traceback.
 
-=====================================================  ====  ==================================
-error                                                  exit  line
-=====================================================  ====  ==================================
-InputError, ConfigError, DatasetError, AssetError,      2    the error's own first line
-PluginError (all :class:`mmsafe.types.InputError`)
-FatalProviderError (bad key, unknown model …)           2    ``endpoint NAME: …``
-BudgetExceeded (``--max-cost`` spent)                   1    ``stopped: … re-run with a higher --max-cost``
-PermissionError, IsADirectoryError, FileExistsError,    2    ``cannot write FILE: permission denied`` …
-NotADirectoryError, FileNotFoundError, read-only or
-full file system (an ``OSError`` naming a file)
-sqlite3.OperationalError (read-only / unopenable db)    2    ``cannot write FILE: read-only database``
-KeyboardInterrupt                                     130    ``interrupted: … re-run the same command``
-=====================================================  ====  ==================================
+- exit 2, the error's own first line: :class:`~mmsafe.types.InputError` and its kinds
+  (ConfigError, DatasetError, AssetError, PluginError); an ImportError that says
+  ``pip install …`` (a missing extra).
+- exit 2, ``endpoint NAME: …``: FatalProviderError (a bad key, an unknown model or route).
+- exit 1, ``stopped: … re-run with a higher --max-cost``: BudgetExceeded.
+- exit 2, ``cannot write FILE: permission denied`` (``read-only file system``, ``it is a
+  folder, not a file``, ``a file of that name exists`` …): an ``OSError`` that names a file
+  (PermissionError, IsADirectoryError, FileExistsError, NotADirectoryError,
+  FileNotFoundError, a read-only or full file system).
+- exit 2, ``cannot write FILE: read-only database``: sqlite3.OperationalError for a
+  read-only or unopenable database (FILE found from the store that raised it).
+- exit 130, ``interrupted: … re-run the same command to resume``: KeyboardInterrupt.
 
 A command may add context to whatever leaves it with :func:`note` (e.g. "nothing written"),
 which the one line then ends with.
@@ -24,6 +23,7 @@ which the one line then ends with.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import sqlite3
@@ -43,6 +43,9 @@ EXIT_USAGE = 2
 """Bad input: a file, line, field, option, endpoint or credential the user has to fix."""
 EXIT_INTERRUPTED = 130
 """Interrupted (Ctrl-C); what finished is stored and a re-run resumes."""
+
+# exception groups (asyncio.TaskGroup) exist from Python 3.11
+_GROUP: type[BaseException] | None = getattr(builtins, "BaseExceptionGroup", None)
 
 INTERRUPTED_LINE = "interrupted: what finished is stored; re-run the same command to resume"
 
@@ -139,8 +142,8 @@ def classify(exc: BaseException) -> Failure | None:
     """
     if isinstance(exc, KeyboardInterrupt):
         return Failure(EXIT_INTERRUPTED, INTERRUPTED_LINE)
-    if isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
+    if _GROUP is not None and isinstance(exc, _GROUP):
+        for sub in getattr(exc, "exceptions", ()):
             found = classify(sub)
             if found is not None:
                 return found
@@ -154,12 +157,14 @@ def classify(exc: BaseException) -> Failure | None:
     if isinstance(exc, budget):
         return Failure(EXIT_INCOMPLETE, f"stopped: {first_line(exc)}{_notes(exc)}; re-run with a higher "
                                         "--max-cost to continue (finished requests come from the cache)")
+    if isinstance(exc, ImportError) and "pip install" in str(exc):  # an optional extra, named in the message
+        return Failure(EXIT_USAGE, first_line(exc) + _notes(exc))
     if isinstance(exc, OSError):
-        line = _os_error_line(exc)
-        return None if line is None else Failure(EXIT_USAGE, line + _notes(exc))
+        fs_line = _os_error_line(exc)
+        return None if fs_line is None else Failure(EXIT_USAGE, fs_line + _notes(exc))
     if isinstance(exc, sqlite3.OperationalError):
-        line = _sqlite_line(exc)
-        return None if line is None else Failure(EXIT_USAGE, line + _notes(exc))
+        db_line = _sqlite_line(exc)
+        return None if db_line is None else Failure(EXIT_USAGE, db_line + _notes(exc))
     return None
 
 

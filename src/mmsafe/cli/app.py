@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -24,6 +24,10 @@ from .console import err, error_line, out
 ENV_PREFIX = "MMSAFE"
 # options that must not be set from the environment (MMSAFE_RUN_HELP=1 would print help)
 _NO_ENV = frozenset({"help", "version", "install_completion", "show_completion"})
+
+# the order `mmsafe --help` lists the verbs in (a verb missing here is listed after these)
+VERB_ORDER = ("import", "run", "judge", "calibrate", "dialogues", "moderate", "defend-eval", "serve-guard", "report",
+              "view", "export", "plugins", "demo", "version", "build")
 
 CONTEXT_SETTINGS: dict[str, Any] = {
     "auto_envvar_prefix": ENV_PREFIX,
@@ -58,12 +62,13 @@ def _no_env(cmd: Any, ctx: Any) -> None:
 
 
 class Group(TyperGroup):
-    """mmsafe's command groups: subcommands run inside :func:`guarded`, listed in the order declared."""
+    """mmsafe's command groups: subcommands run inside :func:`guarded`, verbs listed in :data:`VERB_ORDER`."""
 
     # (click is vendored by recent typer versions: contexts and commands are typed Any here)
 
     def list_commands(self, ctx: Any) -> list[str]:
-        return list(self.commands)
+        rank = {name: i for i, name in enumerate(VERB_ORDER)}
+        return sorted(self.commands, key=lambda name: rank.get(name, len(rank)))  # stable: subcommands as declared
 
     def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
         if parent is None:  # the root: its own --help/--version; subcommands are patched in resolve_command
@@ -111,7 +116,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_print_version, is_eager=True,
+    version: Annotated[bool | None, typer.Option("--version", callback=_print_version, is_eager=True,
                                                     help="print the mmsafe version and exit")] = None,
 ) -> None:
     """mmsafe: build, run, judge, measure and defend safety benchmarks for multimodal LLMs."""
@@ -133,4 +138,4 @@ def main() -> None:
         sys.exit(EXIT_INTERRUPTED)
 
 
-__all__ = ["CONTEXT_SETTINGS", "ENV_PREFIX", "Group", "app", "guarded", "main", "sub_app"]
+__all__ = ["CONTEXT_SETTINGS", "ENV_PREFIX", "VERB_ORDER", "Group", "app", "guarded", "main", "sub_app"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -19,7 +19,7 @@ build_app = sub_app("Build a benchmark: taxonomy discovery and the agents prepro
 app.add_typer(build_app, name="build")
 
 Config = Annotated[Path, typer.Option("--config", "-c", metavar="FILE", help="build.yaml")]
-Work = Annotated[Optional[Path], typer.Option(metavar="DIR", help="work directory", show_default="OUT.work")]
+Work = Annotated[Path | None, typer.Option(metavar="DIR", help="work directory", show_default="OUT.work")]
 
 
 def _log(msg: str) -> None:
@@ -54,14 +54,14 @@ def print_build(res: dict[str, Any]) -> None:
 @build_app.callback()
 def build_main(
     ctx: typer.Context,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="build.yaml",
+    config: Annotated[Path | None, typer.Option("--config", "-c", metavar="FILE", help="build.yaml",
                                                    show_default="required without a subcommand")] = None,
-    out: Annotated[Optional[Path], out_option("benchmark directory to write")] = None,
+    out: Annotated[Path | None, out_option("benchmark directory to write")] = None,
     work: Work = None,
     force: Force = False,
-    only: Annotated[list[str], typer.Option(
+    only: Annotated[list[str] | None, typer.Option(
         "--only", metavar="STAGE", help="run only these stages (repeatable; others reuse stored output)",
-        show_default="all enabled")] = [],
+        show_default="all enabled")] = None,
 ) -> None:
     """Run the enabled stages in order (each cached and resumable), then write OUT."""
     if ctx.invoked_subcommand is not None:
@@ -80,7 +80,7 @@ def build_main(
 def build_stage(
     name: Annotated[str, typer.Argument(help="preprocess | generate | image | augment | select")],
     config: Config,
-    out: Annotated[Optional[Path], out_option("benchmark directory (its work dir is OUT.work)")] = None,
+    out: Annotated[Path | None, out_option("benchmark directory (its work dir is OUT.work)")] = None,
     work: Work = None,
     force: Force = False,
 ) -> None:
@@ -90,10 +90,12 @@ def build_stage(
     from mmsafe.build.pipeline import default_work_dir, run_stage
     from mmsafe.models import ResponseCache
     from mmsafe.runtime import run_async
-    if work is None and out is None:
-        fail("mmsafe build stage needs --work DIR or --out BENCH")
+    if work is None:
+        if out is None:
+            fail("mmsafe build stage needs --work DIR or --out BENCH")
+        work = default_work_dir(out)
     cfg = load_config(config)
-    wd = WorkDir(work or default_work_dir(out))
+    wd = WorkDir(work)
 
     async def go() -> dict[str, Any]:
         cache = ResponseCache(wd.root / "cache.sqlite") if cfg.cache else None
@@ -127,16 +129,16 @@ def build_write(
 def build_taxonomy(
     panel: Annotated[list[str], typer.Option("--panel", "-p", metavar="MODEL",
                                              help=f"a panel model (repeatable): {MODEL_SPEC}")],
-    merger: Annotated[Optional[str], typer.Option(metavar="MODEL", help="the model that merges similar proposals",
+    merger: Annotated[str | None, typer.Option(metavar="MODEL", help="the model that merges similar proposals",
                                                   show_default="none: the first proposal of each group stands")] = None,
     out: Annotated[Path, out_option("taxonomy YAML to write", file=True)] = Path("taxonomy.yaml"),
     models: Models = None,
     n: Annotated[int, typer.Option(min=1, help="how many kinds of request to ask each panel model for")] = 20,
-    threshold: Annotated[Optional[float], typer.Option(
+    threshold: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="cosine at or above which proposals are merged",
         show_default="0.75 with MiniLM, 0.5 with TF-IDF")] = None,
     embedder: Annotated[str, typer.Option(metavar="NAME", help="auto | minilm | tfidf")] = "auto",
-    base: Annotated[Optional[Path], typer.Option(
+    base: Annotated[Path | None, typer.Option(
         metavar="FILE", help="taxonomy whose MLCommons mapping is copied", show_default="the bundled one")] = None,
     name: Annotated[str, name_option("taxonomy name")] = "discovered",
 ) -> None:

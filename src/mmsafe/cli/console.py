@@ -8,7 +8,7 @@ as written. Style is given explicitly, as ``(text, style)`` pieces (see :func:`s
 from __future__ import annotations
 
 import sys
-from typing import NoReturn, Union
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -16,7 +16,7 @@ from rich.text import Text
 
 from mmsafe.errors import EXIT_USAGE
 
-Piece = Union[str, tuple[str, str], Text]
+Piece = str | tuple[str, str] | Text
 """Literal text, or ``(text, style)``, or a ready :class:`rich.text.Text`."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,8 +15,18 @@ from mmsafe.types import InputError, Message
 from . import console
 from .app import app
 from .console import fail, note, out, say
-from .options import (Cache, Judge, MaxConnections, Models, Moderator, Policies, Target, Workers, limit_option,
-                      out_option)
+from .options import (
+    Cache,
+    Judge,
+    MaxConnections,
+    Models,
+    Moderator,
+    Policies,
+    Target,
+    Workers,
+    limit_option,
+    out_option,
+)
 from .run import DEFENSE_SPEC, fmt_rate
 
 
@@ -93,11 +103,11 @@ def defend_eval(
     target: Target,
     defense: Annotated[list[str], typer.Option("--defense", "-d", metavar="SPEC",
                                                help=f"defense to compare (repeatable): {DEFENSE_SPEC}")],
-    benign: Annotated[Optional[Path], typer.Option(
+    benign: Annotated[Path | None, typer.Option(
         metavar="DIR", help="benign/borderline benchmark for over-refusal", show_default="none")] = None,
     judge: Judge = "keyword",
     out: Annotated[Path, out_option("folder for the runs and comparison.json")] = Path("runs/defend-eval"),
-    limit: Annotated[Optional[int], limit_option("samples of each benchmark")] = None,
+    limit: Annotated[int | None, limit_option("samples of each benchmark")] = None,
     max_connections: MaxConnections = None,
     models: Models = None,
     policies: Policies = None,
@@ -106,17 +116,19 @@ def defend_eval(
     """Compare defenses: ASR by turns with and without each, ASR reduction, over-refusal, latency, cost."""
     from mmsafe.datasets import open_benchmark
     from mmsafe.defense import make_defense
-    from mmsafe.defense.evaluate import evaluate_defenses
     from mmsafe.judges import make_judge
     from mmsafe.models import resolve_endpoint
     from mmsafe.runner import RunOptions
+    from mmsafe.runner.base import Defense
+    from mmsafe.runner.defend import evaluate_defenses
     tcfg = resolve_endpoint(target, "target", models_file=models)
-    defenses = [(None, None)] + [(d, make_defense(d, models_file=models, policies=policies)) for d in defense]
-    make_judge(judge, models_file=models)  # fail early on a bad spec
+    defenses: list[tuple[str | None, Defense | None]] = [(None, None)]
+    defenses += [(d, make_defense(d, models_file=models, policies=policies)) for d in defense]
+    first_judge = make_judge(judge, models_file=models)  # fail early on a bad spec (each run makes its own)
     open_benchmark(harmful)
     if benign is not None:
         open_benchmark(benign)
-    base = RunOptions(benchmark=harmful, target=tcfg, judge=None, out=out, limit=limit,
+    base = RunOptions(benchmark=harmful, target=tcfg, judge=first_judge, out=out, limit=limit,
                       max_connections=max_connections, use_cache=cache)
     res = evaluate_defenses(harmful, benign, base, defenses, out, lambda: make_judge(judge, models_file=models))
     table = Table(title=f"defenses on {harmful.name} — target {tcfg.name}")
@@ -144,10 +156,10 @@ def serve_guard(
     token_env: Annotated[str, typer.Option(metavar="NAME",
                                            help="env var holding the bearer token clients must send")
                          ] = "MMSAFE_GUARD_TOKEN",
-    upstream_key_env: Annotated[Optional[str], typer.Option(
+    upstream_key_env: Annotated[str | None, typer.Option(
         "--upstream-key-env", "--api-key-env", metavar="NAME", help="env var holding the upstream's API key",
         show_default="none")] = None,
-    log: Annotated[Optional[Path], typer.Option(metavar="FILE", help="JSONL decision log",
+    log: Annotated[Path | None, typer.Option(metavar="FILE", help="JSONL decision log",
                                                 show_default="stderr")] = None,
     log_bodies: Annotated[bool, typer.Option(help="also log message bodies")] = False,
     on_error: Annotated[str, typer.Option(metavar="ACTION", help="when moderation fails: allow | block")] = "allow",

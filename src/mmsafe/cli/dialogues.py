@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -12,8 +12,18 @@ from mmsafe import errors
 from .app import app
 from .console import bold, say, warn
 from .importing import refuse_existing
-from .options import MODEL_SPEC, Cache, Epoch, MaxConnections, MaxCost, Models, Overwrite, limit_option, name_option, \
-    out_option
+from .options import (
+    MODEL_SPEC,
+    Cache,
+    Epoch,
+    MaxConnections,
+    MaxCost,
+    Models,
+    Overwrite,
+    limit_option,
+    name_option,
+    out_option,
+)
 from .progress import progress_bar
 
 
@@ -28,15 +38,15 @@ def dialogues(
     methods: Annotated[str, typer.Option(
         metavar="METHODS", help="all | comma-separated escalation,roleplay,research,demonstration; combine with "
         "'+', e.g. roleplay+escalation")] = "all",
-    safemt_json: Annotated[Optional[Path], typer.Option(
+    safemt_json: Annotated[Path | None, typer.Option(
         "--safemt-json", metavar="FILE", help="also export SafeMT's JSON format here", show_default="none")] = None,
-    limit: Annotated[Optional[int], limit_option("questions")] = None,
+    limit: Annotated[int | None, limit_option("questions")] = None,
     max_attempts: Annotated[int, typer.Option(
         min=1, metavar="N", help="attempts per dialogue (the requested method, then others)")] = 4,
     max_connections: MaxConnections = None,
     max_cost: MaxCost = None,
     models: Models = None,
-    name: Annotated[Optional[str], name_option("benchmark name", show_default="<source>-dialogues")] = None,
+    name: Annotated[str | None, name_option("benchmark name", show_default="<source>-dialogues")] = None,
     image: Annotated[bool, typer.Option(help="show the image to the generator when it takes images")] = True,
     overwrite: Overwrite = False,
     cache: Cache = True,

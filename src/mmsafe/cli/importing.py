@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -24,12 +24,12 @@ def import_cmd(
                                              "harmbench | jbb | csv | jsonl | a plugin's name | module.path:Name")],
     src: Annotated[Path, typer.Argument(help="source file or directory in that benchmark's own format")],
     out: Annotated[Path, out_option("benchmark directory to write")],
-    name: Annotated[Optional[str], name_option("benchmark name", show_default="from the source")] = None,
-    map: Annotated[list[str], typer.Option(
+    name: Annotated[str | None, name_option("benchmark name", show_default="from the source")] = None,
+    map: Annotated[list[str] | None, typer.Option(
         "--map", metavar="FIELD=COLUMN",
-        help="csv/jsonl column mapping (repeatable), e.g. --map question=prompt --map scenario=category")] = [],
-    opt: Annotated[list[str], typer.Option("--opt", metavar="KEY=VALUE",
-                                           help="importer option (repeatable), e.g. --opt audio=true")] = [],
+        help="csv/jsonl column mapping (repeatable), e.g. --map question=prompt --map scenario=category")] = None,
+    opt: Annotated[list[str] | None, typer.Option("--opt", metavar="KEY=VALUE",
+                                           help="importer option (repeatable), e.g. --opt audio=true")] = None,
     overwrite: Overwrite = False,
     strict_media: Annotated[bool, typer.Option(
         "--strict-media", help="a row whose image or audio file is missing is an error (exit 2), "
@@ -40,7 +40,7 @@ def import_cmd(
     opts: dict[str, Any] = {}
     if map:
         opts["mapping"] = pairs(map, "--map")
-    for k, v in pairs(opt, "--opt").items():
+    for k, v in pairs(opt or [], "--opt").items():
         opts[k] = {"true": True, "false": False}.get(v.lower(), v)
     if not src.exists():
         fail(f"{src}: not found")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json as _json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,7 +13,7 @@ from mmsafe.errors import EXIT_USAGE
 
 from .app import app
 from .console import fail, out, say, warn
-from .options import Cache, Judge, JudgeOpt, JsonOut, Models, Workers, limit_option, pairs
+from .options import Cache, JsonOut, Judge, JudgeOpt, Models, Workers, limit_option, pairs
 from .progress import progress_bar
 from .run import fmt_rate
 
@@ -24,19 +24,20 @@ def judge_cmd(
     judge: Judge,
     models: Models = None,
     max_connections: Workers = 16,
-    primary: Annotated[bool, typer.Option("--primary", help="make this judge the headline one in summary.json")] = False,
-    benchmark: Annotated[Optional[Path], typer.Option(
+    primary: Annotated[bool, typer.Option(
+        "--primary", help="make this judge the headline one in summary.json")] = False,
+    benchmark: Annotated[Path | None, typer.Option(
         metavar="DIR", help="the run's benchmark, if it moved since the run", show_default="where the run found it")
     ] = None,
     cache: Cache = True,
-    judge_opt: JudgeOpt = [],
+    judge_opt: JudgeOpt = None,
 ) -> None:
     """Re-judge a run's stored replies with another judge (no re-generation); resumable."""
     from mmsafe.judges import make_judge
     from mmsafe.runner.rejudge import rejudge
     from mmsafe.runtime import run_async
 
-    j = make_judge(judge, models_file=models, options=pairs(judge_opt, "--judge-opt"))
+    j = make_judge(judge, models_file=models, options=pairs(judge_opt or [], "--judge-opt"))
     progress, update = progress_bar(0, f"judge {j.identity.name}")
     with progress:
         res = run_async(rejudge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
@@ -61,16 +62,16 @@ def judge_cmd(
 def calibrate_cmd(
     judge: Annotated[str, typer.Option("--judge", "-j", metavar="SPEC", help="judge spec to measure")],
     data: Annotated[Path, typer.Option("--data", metavar="FILE", help="human-labelled file (1 = unsafe)")],
-    format: Annotated[Optional[str], typer.Option(
+    format: Annotated[str | None, typer.Option(
         "--format", metavar="FORMAT", help="csv | harmbench | xstest | gptfuzz | jailjudge",
         show_default="from the header")] = None,
     models: Models = None,
     json: JsonOut = False,
     max_connections: Workers = 16,
-    limit: Annotated[Optional[int], limit_option("rows")] = None,
+    limit: Annotated[int | None, limit_option("rows")] = None,
     force: Annotated[bool, typer.Option("--force", help="re-run even if a cached calibration exists")] = False,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="use the calibration and response caches")] = True,
-    judge_opt: JudgeOpt = [],
+    judge_opt: JudgeOpt = None,
 ) -> None:
     """Measure a judge against human labels: accuracy, precision, recall, F1, κ, sensitivity, specificity (CIs)."""
     from mmsafe.judges import make_judge
@@ -79,7 +80,7 @@ def calibrate_cmd(
 
     if format is not None and format not in FORMATS:
         fail(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
-    j = make_judge(judge, models_file=models, options=pairs(judge_opt, "--judge-opt"))
+    j = make_judge(judge, models_file=models, options=pairs(judge_opt or [], "--judge-opt"))
     rec = run_async(calibrate(j, data, format, concurrency=max_connections, use_cache=cache, force=force,
                               limit=limit))
     if json:

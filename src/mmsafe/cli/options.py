@@ -10,7 +10,7 @@ reads ``MMSAFE_MODELS``, as it always has.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -26,7 +26,7 @@ MODEL_SPEC = "provider/model[@BASE_URL] or a name from the models file"
 
 # --------------------------------------------------------------------------- models and judges
 
-Models = Annotated[Optional[Path], typer.Option(
+Models = Annotated[Path | None, typer.Option(
     "--models", envvar="MMSAFE_MODELS", show_default=False, metavar="FILE",
     help="YAML models file naming endpoints, keys' env vars, prices and roles")]
 
@@ -35,34 +35,34 @@ Target = Annotated[str, typer.Option("--target", "-t", metavar="MODEL", help=f"t
 JUDGE_SPEC = ("judge spec: keyword | rubric:M | jury:M[,M…] | guard:M | offline | a plugin's name | "
               "module.path:Name (options as ?k=v&k=v)")
 Judge = Annotated[str, typer.Option("--judge", "-j", metavar="SPEC", help=JUDGE_SPEC)]
-JudgeOpt = Annotated[list[str], typer.Option("--judge-opt", metavar="KEY=VALUE",
+JudgeOpt = Annotated[list[str] | None, typer.Option("--judge-opt", metavar="KEY=VALUE",
                                              help="judge option (repeatable; same as ?KEY=VALUE in the spec)")]
 
 MODERATOR_SPEC = "offline[:tfidf|minilm|auto][:THRESHOLD] | llm:MODEL | guard:MODEL"
 Moderator = Annotated[str, typer.Option("--moderator", metavar="SPEC", help=f"the moderator: {MODERATOR_SPEC}")]
-Policies = Annotated[Optional[Path], typer.Option(
+Policies = Annotated[Path | None, typer.Option(
     "--policies", metavar="FILE", show_default=False, help="extra safety-policy YAML for the moderator")]
 
 # --------------------------------------------------------------------------- connections
 
-MaxConnections = Annotated[Optional[int], typer.Option(
+MaxConnections = Annotated[int | None, typer.Option(
     "--max-connections", min=1, metavar="N", show_default=f"{DEFAULT_MAX_CONNECTIONS}, or the models file's",
     help="most requests in flight at once per endpoint")]
 Workers = Annotated[int, typer.Option(
     "--max-connections", "--concurrency", min=1, metavar="N", help="most items handled at once")]
-Timeout = Annotated[Optional[float], typer.Option(
+Timeout = Annotated[float | None, typer.Option(
     "--timeout", min=0.001, metavar="SECONDS", show_default=f"{DEFAULT_TIMEOUT_S:g} s, or the models file's",
     help="per-request timeout")]
-Retries = Annotated[Optional[int], typer.Option(
+Retries = Annotated[int | None, typer.Option(
     "--retries", min=0, metavar="N", show_default=f"{DEFAULT_RETRIES}, or the models file's",
     help="retries per request on 429/5xx/timeouts")]
-BaseUrl = Annotated[Optional[str], typer.Option(
+BaseUrl = Annotated[str | None, typer.Option(
     "--base-url", metavar="URL", show_default="the provider's, or @BASE_URL in the spec",
     help="the target's base URL (OpenAI-compatible), e.g. http://127.0.0.1:8000/v1")]
-ApiKeyEnv = Annotated[Optional[str], typer.Option(
+ApiKeyEnv = Annotated[str | None, typer.Option(
     "--api-key-env", metavar="NAME", show_default="the provider's, e.g. OPENAI_API_KEY",
     help="name of the env var holding the target's API key (the key itself never goes on the command line)")]
-MaxCost = Annotated[Optional[float], typer.Option(
+MaxCost = Annotated[float | None, typer.Option(
     "--max-cost", min=0.0, metavar="USD", show_default="no limit", help="stop cleanly once this many USD are spent")]
 
 # --------------------------------------------------------------------------- cache

@@ -24,7 +24,7 @@ def _describe(entry: Any, status: str) -> dict[str, Any]:
     try:
         row["options"] = list(entry.option_names())
         row["description"] = entry.describe()
-    except Exception as e:  # noqa: BLE001 - a plugin may fail in any way; it is reported, never raised
+    except Exception as e:
         line = first_line(e)
         if not line.startswith("plugin "):
             line = f"plugin {entry.kind[:-1]} {entry.name!r} from {entry.origin}: {line}"

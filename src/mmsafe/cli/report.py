@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,7 +18,7 @@ RunDirs = Annotated[list[Path], typer.Argument(help="one or more run directories
 def report(
     run_dirs: RunDirs,
     out: Annotated[Path, out_option("HTML file to write", file=True)] = Path("report.html"),
-    title: Annotated[Optional[str], typer.Option(metavar="TEXT", help="page title",
+    title: Annotated[str | None, typer.Option(metavar="TEXT", help="page title",
                                                  show_default="from the runs")] = None,
     examples: Annotated[int, typer.Option(min=0, metavar="N",
                                           help="example samples shown per run (behind a content warning)")] = 12,
@@ -27,7 +27,7 @@ def report(
     from mmsafe.report import build_report
     if out.is_dir():
         fail(f"cannot write {out}: it is a folder; give a file path such as {out / 'report.html'}")
-    st = build_report(run_dirs, out, title=title, examples=examples)
+    st = build_report(list[Path | str](run_dirs), out, title=title, examples=examples)
     say(f"report: {st.path} ({st.bytes / 1e6:.2f} MB, {st.n_runs} run(s), built in {st.seconds:.2f}s)")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -13,8 +13,22 @@ from mmsafe.types import InputError
 
 from .app import app
 from .console import bold, err, fail, say, warn
-from .options import (ApiKeyEnv, BaseUrl, Cache, Epoch, Judge, MaxConnections, MaxCost, Models, Policies, Retries,
-                      Target, Timeout, limit_option, out_option)
+from .options import (
+    ApiKeyEnv,
+    BaseUrl,
+    Cache,
+    Epoch,
+    Judge,
+    MaxConnections,
+    MaxCost,
+    Models,
+    Policies,
+    Retries,
+    Target,
+    Timeout,
+    limit_option,
+    out_option,
+)
 from .progress import progress_bar
 
 DEFENSE_SPEC = ("wrap the target: moderator:offline[?mode=inject|block|flag], moderator:llm:MODEL, "
@@ -67,19 +81,19 @@ def run(
     benchmark: Annotated[Path, typer.Argument(help="benchmark directory (see mmsafe import)")],
     target: Target,
     judge: Judge = "keyword",
-    out: Annotated[Optional[Path], out_option("run directory", show_default="runs/<bench>-<model>")] = None,
-    limit: Annotated[Optional[int], limit_option("samples")] = None,
+    out: Annotated[Path | None, out_option("run directory", show_default="runs/<bench>-<model>")] = None,
+    limit: Annotated[int | None, limit_option("samples")] = None,
     max_connections: MaxConnections = None,
-    judge_max_connections: Annotated[Optional[int], typer.Option(
+    judge_max_connections: Annotated[int | None, typer.Option(
         "--judge-max-connections", min=1, metavar="N", show_default="--max-connections",
         help="most judge requests in flight at once")] = None,
     max_cost: MaxCost = None,
-    seed: Annotated[Optional[int], typer.Option(help="generation seed sent to the target", show_default="none")] = None,
+    seed: Annotated[int | None, typer.Option(help="generation seed sent to the target", show_default="none")] = None,
     mode: Annotated[str, typer.Option(
         metavar="MODE", help="fixed: send the pre-written history, the target writes the last reply; live: the "
         "target answers every user turn itself, each turn judged; adaptive: an attacker LLM drives the "
         "conversation (needs --attacker)")] = "fixed",
-    attacker: Annotated[Optional[str], typer.Option(
+    attacker: Annotated[str | None, typer.Option(
         metavar="MODEL", help="--mode adaptive: the attacker LLM (provider/model[@BASE_URL] or a models-file name, "
         "role attacker)")] = None,
     max_turns: Annotated[int, typer.Option(min=1, metavar="N", help="--mode adaptive: kept turns at most")] = 5,
@@ -88,11 +102,11 @@ def run(
     models: Models = None,
     base_url: BaseUrl = None,
     api_key_env: ApiKeyEnv = None,
-    temperature: Annotated[Optional[float], typer.Option(
+    temperature: Annotated[float | None, typer.Option(
         min=0.0, help="sampling temperature sent to the target", show_default="the provider's")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(
+    max_tokens: Annotated[int | None, typer.Option(
         min=1, metavar="N", help="most tokens the target may write per reply", show_default="the provider's")] = None,
-    system_prompt: Annotated[Optional[str], typer.Option(metavar="TEXT", help="system prompt sent to the target",
+    system_prompt: Annotated[str | None, typer.Option(metavar="TEXT", help="system prompt sent to the target",
                                                          show_default="none")] = None,
     timeout: Timeout = None,
     retries: Retries = None,
@@ -100,7 +114,7 @@ def run(
         min=0.0, max=1.0, metavar="SHARE", help="exit 1 if more than this share of samples error")] = 0.05,
     cache: Cache = True,
     epoch: Epoch = 0,
-    defense: Annotated[Optional[str], typer.Option(metavar="SPEC", help=DEFENSE_SPEC, show_default="none")] = None,
+    defense: Annotated[str | None, typer.Option(metavar="SPEC", help=DEFENSE_SPEC, show_default="none")] = None,
     policies: Policies = None,
 ) -> None:
     """Run a benchmark against a target, judge the replies, write RUN_DIR/{run.sqlite,results.jsonl,summary.json}."""
@@ -108,6 +122,7 @@ def run(
     from mmsafe.judges import make_judge
     from mmsafe.models import resolve_endpoint
     from mmsafe.runner import RunOptions, execute
+    from mmsafe.runner.base import mode_spec
     from mmsafe.runtime import run_async
 
     params: dict[str, Any] = {}
@@ -129,7 +144,7 @@ def run(
     if out is None:
         out = Path("runs") / f"{bench.manifest.name}-{tcfg.model}".replace("/", "_")
     progress, update = progress_bar(min(len(bench), limit) if limit else len(bench), tcfg.name)
-    opts = RunOptions(benchmark=benchmark, target=tcfg, judge=j, out=out, mode=mode, limit=limit,
+    opts = RunOptions(benchmark=benchmark, target=tcfg, judge=j, out=out, mode=mode_spec(mode).name, limit=limit,
                       max_connections=max_connections, max_cost=max_cost, fail_on_error=fail_on_error,
                       judge_max_connections=judge_max_connections,
                       seed=seed, epoch=epoch, use_cache=cache, system_prompt=system_prompt,
