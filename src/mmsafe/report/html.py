@@ -299,23 +299,9 @@ def collect_examples(r: RunInfo, k: int, budget: list[int], thumbs: dict[str, st
         store.close()
 
 
-def render_report(runs: list[RunInfo], *, title: str | None = None, examples: int = 12) -> str:
-    lb = leaderboard_rows(runs)
-    labels = {r.key: run_label(r, runs) for r in runs}
-    ch = build_charts(runs, lb)
-    mt, mt_charts = multiturn_blocks(runs, labels)
-    ch.update(mt_charts)
-    drows = defense_rows(runs)
-    dchart = charts.scatter([{"name": f"{d['run'].name} + {d['defense']}", "x": d["over_refusal"],
-                              "y": d["reduction"]} for d in drows]) if drows else None
-    budget = [IMAGE_BUDGET]
-    thumbs: dict[str, str | None] = {}
-    ex = {r.key: collect_examples(r, examples, budget, thumbs) for r in runs}
-    other = []
-    for r in runs:
-        for k, v in r.summary.items():
-            if k not in KNOWN_KEYS:
-                other.append({"run": r, "key": k, "json": _pretty(v)})
+def _report_warnings(runs: list[RunInfo]) -> list[str]:
+    """What a reader must know before comparing these runs: mock targets, different benchmarks or
+    judges, stale or missing summaries, incomplete runs."""
     warnings = []
     if any(r.mock for r in runs):
         warnings.append("Some targets are MOCK reference models, not real LLMs.")
@@ -332,6 +318,24 @@ def render_report(runs: list[RunInfo], *, title: str | None = None, examples: in
                             "with Wilson intervals.")
         elif r.summary.get("complete") is False:
             warnings.append(f"{r.display}: run incomplete (stopped: {r.summary.get('stopped') or 'unknown'}).")
+    return warnings
+
+
+def render_report(runs: list[RunInfo], *, title: str | None = None, examples: int = 12) -> str:
+    lb = leaderboard_rows(runs)
+    labels = {r.key: run_label(r, runs) for r in runs}
+    ch = build_charts(runs, lb)
+    mt, mt_charts = multiturn_blocks(runs, labels)
+    ch.update(mt_charts)
+    drows = defense_rows(runs)
+    dchart = charts.scatter([{"name": f"{d['run'].name} + {d['defense']}", "x": d["over_refusal"],
+                              "y": d["reduction"]} for d in drows]) if drows else None
+    budget = [IMAGE_BUDGET]
+    thumbs: dict[str, str | None] = {}
+    ex = {r.key: collect_examples(r, examples, budget, thumbs) for r in runs}
+    other = [{"run": r, "key": k, "json": _pretty(v)} for r in runs for k, v in r.summary.items()
+             if k not in KNOWN_KEYS]
+    warnings = _report_warnings(runs)
     data = {
         "mmsafe_version": mmsafe.__version__, "generated": time.time(),
         "leaderboard": [{k: v for k, v in row.items()} for row in lb],
