@@ -145,9 +145,21 @@ class AnthropicProvider(Provider):
         return encode_anthropic_messages(messages, root, system)
 
     async def complete(self, payload: Any, params: dict[str, Any], timeout_s: float) -> ChatResult:
+        """One Messages API call -> ChatResult; every failure becomes a ProviderError (retryable or not)."""
         if self._client is None:
             await self.start()
         assert self._client is not None
+        kwargs, extra_body, ignored = self._request(payload, params)
+        t0 = time.perf_counter()
+        msg = await self._send(kwargs, extra_body, timeout_s)
+        latency = (time.perf_counter() - t0) * 1000
+        res = self._result(msg, latency)
+        if ignored:
+            res.extra["ignored_params"] = ignored
+        return res
+
+    def _request(self, payload: Any, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        """The SDK arguments for one call -> (kwargs, extra body params, params ignored as unsupported)."""
         p = dict(params)
         mt, mct = p.pop("max_tokens", None), p.pop("max_completion_tokens", None)
         max_tokens = mt or mct or DEFAULT_MAX_TOKENS
@@ -161,9 +173,13 @@ class AnthropicProvider(Provider):
                                   "messages": payload["messages"]}
         if payload.get("system"):
             kwargs["system"] = payload["system"]
-        t0 = time.perf_counter()
+        return kwargs, extra_body, ignored
+
+    async def _send(self, kwargs: dict[str, Any], extra_body: dict[str, Any], timeout_s: float) -> Any:
+        """Send one request -> the SDK's message; SDK errors mapped to ProviderErrors."""
+        assert self._client is not None
         try:
-            msg = await asyncio.wait_for(
+            return await asyncio.wait_for(
                 self._client.messages.create(**kwargs, extra_body=extra_body or None, timeout=timeout_s),
                 timeout_s)
         except (asyncio.TimeoutError, anthropic.APITimeoutError):
@@ -179,18 +195,17 @@ class AnthropicProvider(Provider):
         except ValueError as e:  # a 200 whose body is not JSON / not a message (the SDK lets it through)
             raise ProviderError(f"malformed response body: {type(e).__name__}: {str(e)[:200]}",
                                 retryable=True) from None
-        latency = (time.perf_counter() - t0) * 1000
+
+    def _result(self, msg: Any, latency: float) -> ChatResult:
+        """The SDK's message -> ChatResult (text blocks joined); a malformed one -> retryable ProviderError."""
         try:
             text = "".join(b.text for b in msg.content if getattr(b, "type", None) == "text")
             usage = msg.usage
-            res = ChatResult(text=text, finish_reason=msg.stop_reason,
-                             input_tokens=int(usage.input_tokens or 0), output_tokens=int(usage.output_tokens or 0),
-                             model=str(msg.model or self.cfg.model), latency_ms=latency)
+            return ChatResult(text=text, finish_reason=msg.stop_reason,
+                              input_tokens=int(usage.input_tokens or 0), output_tokens=int(usage.output_tokens or 0),
+                              model=str(msg.model or self.cfg.model), latency_ms=latency)
         except (AttributeError, TypeError, ValueError):
             raise ProviderError(f"malformed response body: {str(msg)[:200]!r}", retryable=True) from None
-        if ignored:
-            res.extra["ignored_params"] = ignored
-        return res
 
     def _status_error(self, e: anthropic.APIStatusError) -> ProviderError:
         status = e.status_code
