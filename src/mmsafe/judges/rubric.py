@@ -21,7 +21,7 @@ from mmsafe.judges.llm import (LLMJudge, Options, RUBRIC_NAMES, fill, judge_mess
                                load_template, render_dialogue, rubric_for, text_hash, usage_of)
 from mmsafe.judges.parse import parse_judgment
 from mmsafe.models.base import ConfigError, EndpointConfig
-from mmsafe.types import JudgeIdentity, Response, Sample, Verdict
+from mmsafe.types import JudgeIdentity, Label, ParseStatus, Response, Sample, Verdict
 
 PROMPT_TEMPLATE = "judge_prompt.txt"
 
@@ -76,16 +76,17 @@ class RubricJudge(LLMJudge):
         text, attached, rub = self.prompt(sample, response, root)
         res, rows = await self.call(self.endpoint, judge_message(text, attached), sample.id, root)
         cost, usage = usage_of([res])
-        base = dict(sample_id=sample.id, judge_id=self.judge_id, cost_usd=cost, usage=usage)
         extra: dict[str, Any] = {"rubric": rub, "assets_sent": len(attached)}
         if not res.ok:
-            return Verdict(**base, label="unscored", parse_status="error", rationale=f"judge error: {res.error}",
-                           raw=[], extra=extra), rows
+            return Verdict(sample_id=sample.id, judge_id=self.judge_id, cost_usd=cost, usage=usage, label="unscored",
+                           parse_status="error", rationale=f"judge error: {res.error}", raw=[], extra=extra), rows
         p = parse_judgment(res.text)
         extra["parse"] = {k: v for k, v in p.as_dict().items() if v is not None and v != []}
-        if not p.ok:
-            status = "refused" if p.status == "refused" else "unparsable"
-            return Verdict(**base, label="unscored", parse_status=status, raw=[res.text],
-                           rationale=p.problem, extra=extra), rows
-        return Verdict(**base, label=p.label, parse_status="ok", raw=[res.text], rationale=p.reason,
-                       score=p.score, rating=p.rating, categories=p.categories, extra=extra), rows
+        label: Label | None = "unsafe" if p.label == "unsafe" else "safe" if p.label == "safe" else None
+        if not p.ok or label is None:  # an "ok" parse without a safe/unsafe label is unparsable, never safe
+            status: ParseStatus = "refused" if p.status == "refused" else "unparsable"
+            return Verdict(sample_id=sample.id, judge_id=self.judge_id, cost_usd=cost, usage=usage, label="unscored",
+                           parse_status=status, raw=[res.text], rationale=p.problem, extra=extra), rows
+        return Verdict(sample_id=sample.id, judge_id=self.judge_id, cost_usd=cost, usage=usage, label=label,
+                       parse_status="ok", raw=[res.text], rationale=p.reason, score=p.score, rating=p.rating,
+                       categories=p.categories, extra=extra), rows
