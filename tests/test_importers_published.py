@@ -513,3 +513,30 @@ def test_run_summary_shows_both_safety_indexes_when_they_differ(safemt_repo, tmp
     manifest["provenance"]["alignment"]["misaligned"] = []
     s2 = compute_summary(_Store(manifest, rows), "j").to_dict()["safety_index"]
     assert s2["other"] is None and s2["si"] == si["other"]["si"]
+
+
+def test_cli_run_and_report_si_grouping(safemt_repo, tmp_path, capsys):
+    assert cli("import", "safemt", safemt_repo, "--out", tmp_path / "b").exit_code == 0
+    r = cli("run", tmp_path / "b", "-t", "mock/mixed", "-o", tmp_path / "run", "--si-grouping", "id")
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["safety_index"]["grouping"] == "id" and "Safety Index:" in r.output
+    r = cli("run", tmp_path / "b", "-t", "mock/mixed", "-o", tmp_path / "run2", "--si-grouping", "ids")
+    assert r.exit_code == 2 and "--si-grouping 'ids': expected aligned or id" in r.output
+    # where the two groupings differ, the run line shows both and the report can put either first
+    s["safety_index"] = {"si": 0.5, "ci_low": 0.4, "ci_high": 0.6, "mean_sigma": 0.2, "grouping": "id",
+                         "n_unaligned": 2, "other": {"grouping": "aligned", "si": 0.625, "ci_low": 0.5,
+                                                     "ci_high": 0.7, "mean_sigma": 0.0}}
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(s))
+    from mmsafe.cli.run import print_summary
+    print_summary(s, tmp_path / "run")
+    assert "Safety Index: 0.500 (id groups; aligned-grouped 0.625: 2 dialogues misaligned" in capsys.readouterr().out
+    from mmsafe.report import build_report
+    from mmsafe.report.runs import load_runs
+    assert load_runs([tmp_path / "run"])[0].summary["safety_index"]["si"] == 0.5
+    r = cli("report", tmp_path / "run", "--out", tmp_path / "r.html", "--si-grouping", "aligned")
+    assert r.exit_code == 0, r.output
+    build_report([tmp_path / "run"], tmp_path / "r2.html", si_grouping="aligned")
+    assert '"si":{"value":0.625,"lo":0.5,"hi":0.7}' in (tmp_path / "r2.html").read_text()
+    build_report([tmp_path / "run"], tmp_path / "r3.html", si_grouping="id")
+    assert '"si":{"value":0.5,"lo":0.4,"hi":0.6}' in (tmp_path / "r3.html").read_text()

@@ -43,6 +43,20 @@ Moderator = Annotated[str, typer.Option("--moderator", metavar="SPEC", help=f"th
 Policies = Annotated[Path | None, typer.Option(
     "--policies", metavar="FILE", show_default=False, help="extra safety-policy YAML for the moderator")]
 
+SiGrouping = Annotated[str | None, typer.Option(
+    "--si-grouping", metavar="aligned|id", show_default="aligned, or the run's",
+    help="Safety Index across dialogue lengths: aligned (a dialogue the importer found to carry another "
+         "request than its id's 1-turn record stays out of that id's stability term) or id (by id, as "
+         "SafeMT's score.py); the other value is shown too when it differs")]
+
+
+def si_grouping_value(value: str | None) -> str | None:
+    """``--si-grouping`` checked: ``aligned``, ``id`` or None (not given)."""
+    if value is not None and value not in ("aligned", "id"):
+        raise InputError(f"--si-grouping {value!r}: expected aligned or id")
+    return value
+
+
 # --------------------------------------------------------------------------- connections
 
 MaxConnections = Annotated[int | None, typer.Option(

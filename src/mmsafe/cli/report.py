@@ -9,7 +9,7 @@ import typer
 
 from .app import app
 from .console import fail, say
-from .options import out_option
+from .options import SiGrouping, out_option, si_grouping_value
 
 RunDirs = Annotated[list[Path], typer.Argument(help="one or more run directories")]
 
@@ -22,12 +22,14 @@ def report(
                                                  show_default="from the runs")] = None,
     examples: Annotated[int, typer.Option(min=0, metavar="N",
                                           help="example samples shown per run (behind a content warning)")] = 12,
+    si_grouping: SiGrouping = None,
 ) -> None:
     """Write one self-contained HTML report (no network) over one or more runs."""
     from mmsafe.report import build_report
     if out.is_dir():
         fail(f"cannot write {out}: it is a folder; give a file path such as {out / 'report.html'}")
-    st = build_report(list[Path | str](run_dirs), out, title=title, examples=examples)
+    st = build_report(list[Path | str](run_dirs), out, title=title, examples=examples,
+                      si_grouping=si_grouping_value(si_grouping))
     say(f"report: {st.path} ({st.bytes / 1e6:.2f} MB, {st.n_runs} run(s), built in {st.seconds:.2f}s)")
 
 

@@ -24,10 +24,12 @@ from .options import (
     Models,
     Policies,
     Retries,
+    SiGrouping,
     Target,
     Timeout,
     limit_option,
     out_option,
+    si_grouping_value,
 )
 from .progress import progress_bar
 
@@ -69,8 +71,13 @@ def print_summary(s: dict[str, Any], run_dir: Path) -> None:
         f"scored {s['n_scored']}/{s['n_samples']}, unscored {s['n_unscored']}, errors {s['n_errors']}, "
         f"cost ${s['cost_usd']:.4f}")
     say(f"judge: {s['judge']['name']}" + (f" — {s['judge']['label']}" if s["judge"].get("label") else ""))
-    if s.get("safety_index"):
-        say(f"Safety Index: {s['safety_index'].get('si'):.3f}")
+    si = s.get("safety_index")
+    if si and si.get("si") is not None:
+        other = si.get("other") or {}
+        say(f"Safety Index: {si['si']:.3f}"
+            + (f" ({si.get('grouping')} groups; {other.get('grouping')}-grouped {other['si']:.3f}: "
+               f"{si.get('n_unaligned')} dialogues misaligned across lengths)"
+               if other.get("si") is not None else ""))
     if s.get("multiturn"):
         print_multiturn(s["multiturn"])
     say(f"results: {run_dir / 'results.jsonl'}  summary: {run_dir / 'summary.json'}")
@@ -116,6 +123,7 @@ def run(
     epoch: Epoch = 0,
     defense: Annotated[str | None, typer.Option(metavar="SPEC", help=DEFENSE_SPEC, show_default="none")] = None,
     policies: Policies = None,
+    si_grouping: SiGrouping = None,
 ) -> None:
     """Run a benchmark against a target, judge the replies, write RUN_DIR/{run.sqlite,results.jsonl,summary.json}."""
     from mmsafe.datasets import open_benchmark
@@ -149,7 +157,8 @@ def run(
                       judge_max_connections=judge_max_connections,
                       seed=seed, epoch=epoch, use_cache=cache, system_prompt=system_prompt,
                       on_progress=update if err.is_terminal else None,
-                      defense=dfn, attacker=acfg, max_turns=max_turns, max_backtracks=max_backtracks)
+                      defense=dfn, attacker=acfg, max_turns=max_turns, max_backtracks=max_backtracks,
+                      si_grouping=si_grouping_value(si_grouping) or "aligned")
     gc.freeze()  # the long-lived import-time objects leave the collector's scans: less CPU per request
     with progress:
         outcome = run_async(execute(opts))

@@ -358,10 +358,16 @@ def render_report(runs: list[RunInfo], *, title: str | None = None, examples: in
 
 
 def build_report(run_dirs: list[Path | str], out: Path | str, *, title: str | None = None,
-                 examples: int = 12) -> ReportStats:
-    """Write the report to ``out`` (atomically) and return its size and build time."""
+                 examples: int = 12, si_grouping: str | None = None) -> ReportStats:
+    """Write the report to ``out`` (atomically) and return its size and build time.
+
+    ``si_grouping`` (``aligned`` | ``id``) shows that Safety Index first where a run stored both."""
     t0 = time.perf_counter()
     runs = load_runs(list(run_dirs))
+    if si_grouping:
+        from mmsafe.runner.summary import RunSummary, prefer_si_grouping
+        for r in runs:
+            r.set_summary(RunSummary.model_validate(prefer_si_grouping(r.summary, si_grouping)), r.summary_source)
     html = render_report(runs, title=title, examples=examples)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
