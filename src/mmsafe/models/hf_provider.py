@@ -73,6 +73,48 @@ def _vision_classes() -> list[Any]:
     return out
 
 
+def _device_and_dtype(name: str, opts: dict[str, Any]) -> tuple[str, Any]:
+    """``params.device`` (default: cuda when available) and ``params.dtype`` as a torch dtype or ``"auto"``
+    (default: auto on cuda, float32 on cpu)."""
+    device = str(opts.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype: Any = opts.get("dtype") or ("auto" if device.startswith("cuda") else "float32")
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ConfigError(f"hf/{name}: params.dtype {opts.get('dtype')!r} is not a torch dtype")
+    return device, dtype
+
+
+def _load_processor_and_tokenizer(name: str, loc: str) -> tuple[Any, Any]:
+    """The model's processor (None when it has none) and tokenizer (the processor's, else its own)."""
+    processor = None
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(loc, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError):
+        processor = None
+    tokenizer = getattr(processor, "tokenizer", None) or processor
+    if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(loc, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"hf/{name}: no tokenizer found with the model ({e})") from None
+    return processor, tokenizer
+
+
+def _load_model(name: str, loc: str, vision: bool, dtype: Any) -> Any:
+    """The first model class that loads the weights: image-text classes first for a vision config, then causal LM."""
+    classes = (_vision_classes() if vision else []) + [transformers.AutoModelForCausalLM]
+    errors = []
+    for cls in classes:
+        try:
+            return cls.from_pretrained(loc, local_files_only=True, **{_DTYPE_KW: dtype})
+        except ValueError as e:  # "Unrecognized configuration class ... for this kind of AutoModel"
+            errors.append(f"{cls.__name__}: {str(e).splitlines()[0][:160]}")
+        except OSError as e:
+            raise _not_found(name, e) from None
+    raise ConfigError(f"hf/{name}: not a generative text or image-text model ({'; '.join(errors)})")
+
+
 def _is_vision_config(config: Any) -> bool:
     from transformers.models.auto import modeling_auto as ma
 
@@ -149,40 +191,14 @@ class HFProvider(Provider):
                 return
             name, loc = self.cfg.model, self.location
             opts = {k: self.cfg.params[k] for k in LOAD_PARAMS if k in self.cfg.params}
-            device = str(opts.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-            dtype: Any = opts.get("dtype") or ("auto" if device.startswith("cuda") else "float32")
-            if isinstance(dtype, str) and dtype != "auto":
-                dtype = getattr(torch, dtype, None)
-                if not isinstance(dtype, torch.dtype):
-                    raise ConfigError(f"hf/{name}: params.dtype {opts.get('dtype')!r} is not a torch dtype")
+            device, dtype = _device_and_dtype(name, opts)
             try:
                 config = transformers.AutoConfig.from_pretrained(loc, local_files_only=True)
             except (OSError, ValueError) as e:
                 raise _not_found(name, e) from None
             vision = _is_vision_config(config)
-            processor = None
-            try:
-                processor = transformers.AutoProcessor.from_pretrained(loc, local_files_only=True)
-            except (OSError, ValueError, TypeError, KeyError):
-                processor = None
-            tokenizer = getattr(processor, "tokenizer", None) or processor
-            if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
-                try:
-                    tokenizer = transformers.AutoTokenizer.from_pretrained(loc, local_files_only=True)
-                except (OSError, ValueError) as e:
-                    raise ConfigError(f"hf/{name}: no tokenizer found with the model ({e})") from None
-            classes = (_vision_classes() if vision else []) + [transformers.AutoModelForCausalLM]
-            model, errors = None, []
-            for cls in classes:
-                try:
-                    model = cls.from_pretrained(loc, local_files_only=True, **{_DTYPE_KW: dtype})
-                    break
-                except ValueError as e:  # "Unrecognized configuration class ... for this kind of AutoModel"
-                    errors.append(f"{cls.__name__}: {str(e).splitlines()[0][:160]}")
-                except OSError as e:
-                    raise _not_found(name, e) from None
-            if model is None:
-                raise ConfigError(f"hf/{name}: not a generative text or image-text model ({'; '.join(errors)})")
+            processor, tokenizer = _load_processor_and_tokenizer(name, loc)
+            model = _load_model(name, loc, vision, dtype)
             model.to(device)
             model.eval()
             self.device = device
