@@ -36,7 +36,7 @@ def import_cmd(
                                "not a row imported without it")] = False,
 ) -> None:
     """Import an existing benchmark into mmsafe's benchmark directory format."""
-    from mmsafe.datasets import import_benchmark
+    from mmsafe.api import import_benchmark
     opts: dict[str, Any] = {}
     if map:
         opts["mapping"] = pairs(map, "--map")

@@ -33,15 +33,13 @@ def judge_cmd(
     judge_opt: JudgeOpt = None,
 ) -> None:
     """Re-judge a run's stored replies with another judge (no re-generation); resumable."""
-    from mmsafe.judges import make_judge
-    from mmsafe.runner.rejudge import rejudge
-    from mmsafe.runtime import run_async
+    from mmsafe import api
 
-    j = make_judge(judge, models_file=models, options=pairs(judge_opt or [], "--judge-opt"))
+    j = api.make_judge(judge, models_file=models, options=pairs(judge_opt or [], "--judge-opt"))
     progress, update = progress_bar(0, f"judge {j.identity.name}")
     with progress:
-        res = run_async(rejudge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
-                                use_cache=cache, on_progress=update))
+        res = api.judge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
+                        use_cache=cache, on_progress=update)
     st = res.stats
     blk = (res.summary.get("judges") or {}).get(res.judge_id) or res.summary
     say(f"judge {j.identity.name} ({res.judge_id}): judged {st['judged']}, already judged {st['skipped_done']}, "
@@ -74,15 +72,11 @@ def calibrate_cmd(
     judge_opt: JudgeOpt = None,
 ) -> None:
     """Measure a judge against human labels: accuracy, precision, recall, F1, κ, sensitivity, specificity (CIs)."""
-    from mmsafe.judges import make_judge
-    from mmsafe.judges.calibrate import FORMATS, calibrate, format_table
-    from mmsafe.runtime import run_async
+    from mmsafe import api
+    from mmsafe.judges.calibrate import format_table
 
-    if format is not None and format not in FORMATS:
-        fail(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
-    j = make_judge(judge, models_file=models, options=pairs(judge_opt or [], "--judge-opt"))
-    rec = run_async(calibrate(j, data, format, concurrency=max_connections, use_cache=cache, force=force,
-                              limit=limit))
+    rec = api.calibrate(judge, data, format, models_file=models, options=pairs(judge_opt or [], "--judge-opt"),
+                        max_connections=max_connections, use_cache=cache, force=force, limit=limit)
     if json:
         sys.stdout.write(_json.dumps(rec) + "\n")
         sys.stdout.flush()

@@ -19,6 +19,7 @@ from .options import JsonOut
 
 
 def _describe(entry: Any, status: str) -> dict[str, Any]:
+    """A row for an entry the API does not list (a shadowed plugin); a load failure is its ``error``."""
     row: dict[str, Any] = {"kind": entry.kind, "name": entry.name, "origin": entry.origin, "options": [],
                            "description": "", "status": status}
     try:
@@ -35,16 +36,22 @@ def _describe(entry: Any, status: str) -> dict[str, Any]:
 
 
 def plugin_rows() -> list[dict[str, Any]]:
-    """One row per registered entry of every kind (in :data:`mmsafe.registry.KINDS` order), then the
-    plugins a built-in's name shadows. A plugin that cannot be loaded is a row with status
-    ``broken`` and its one-line ``error``."""
+    """One row per registered entry of every kind (in :data:`mmsafe.registry.KINDS` order, from
+    :func:`mmsafe.api.plugins`), then the plugins a built-in's name shadows. A plugin that cannot
+    be loaded is a row with status ``broken`` and its one-line ``error``."""
+    from mmsafe import api
     from mmsafe.registry import KINDS, registry
 
     rows: list[dict[str, Any]] = []
+    for info in api.plugins():
+        row: dict[str, Any] = {"kind": info.kind, "name": info.name, "origin": info.origin,
+                               "options": list(info.options), "description": info.description,
+                               "status": "broken" if info.error else "ok"}
+        if info.error:
+            row["error"] = first_line(ValueError(info.error))
+        rows.append(row)
     for kind in KINDS:
-        reg = registry(kind)
-        rows.extend(_describe(e, "ok") for e in reg.entries())
-        for e in reg.shadowed:
+        for e in registry(kind).shadowed:
             row = _describe(e, "shadowed")
             row["description"] = (f"not used: the built-in {kind[:-1]} {e.name!r} has this name"
                                   + (f" ({row['description']})" if row["description"] else ""))
