@@ -22,7 +22,8 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from itertools import pairwise
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -100,7 +101,7 @@ class TfidfEmbedder(Embedder):
     def _features(text: str) -> list[str]:
         t = text.lower()
         words = _TOKEN.findall(t)
-        feats = ["w:" + w for w in words] + ["b:" + a + " " + b for a, b in zip(words, words[1:])]
+        feats = ["w:" + w for w in words] + ["b:" + a + " " + b for a, b in pairwise(words)]
         for w in words:
             s = f" {w} "
             for n in (3, 4, 5):
@@ -143,7 +144,7 @@ class MiniLMEmbedder(Embedder):
     _model: Any = None
     # text -> its embedding, shared by the process (LRU): a build's select stage re-embeds the
     # questions the generate stage already embedded; ~10 ms of CPU each on a small machine
-    _memo: OrderedDict[str, np.ndarray] = OrderedDict()
+    _memo: ClassVar[OrderedDict[str, np.ndarray]] = OrderedDict()
     _memo_lock = threading.Lock()
     memo_size = 16384  # x 384 float32 = 25 MB at most
 
@@ -290,9 +291,9 @@ def near_duplicate_groups(emb: np.ndarray, threshold: float) -> list[list[int]]:
     for s in range(0, n, block):
         sims = x[s:s + block] @ x.T
         ii, jj = np.nonzero(sims >= threshold)
-        for i, j in zip(ii + s, jj):
-            if j > i:
-                ri, rj = find(int(i)), find(int(j))
+        for a, b in zip(ii + s, jj):
+            if b > a:
+                ri, rj = find(int(a)), find(int(b))
                 if ri != rj:
                     parent[max(ri, rj)] = min(ri, rj)
     groups: dict[int, list[int]] = {}

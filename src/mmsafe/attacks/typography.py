@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
+from itertools import pairwise
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
@@ -92,10 +93,14 @@ def _font_bytes(path: str | None, bold: bool) -> bytes:
     return resources.files("mmsafe").joinpath("data/fonts", name).read_bytes()
 
 
+_LAYOUTS = {int(engine): engine for engine in ImageFont.Layout}
+
+
 @lru_cache(maxsize=128)
 def _font(size: int, bold: bool, path: str | None, layout_engine: int) -> ImageFont.FreeTypeFont:
+    # an unknown engine number goes to Pillow as None: its default, as Pillow does for any unknown value
     return ImageFont.truetype(io.BytesIO(_font_bytes(path, bold)), size=size,
-                              layout_engine=layout_engine)
+                              layout_engine=_LAYOUTS.get(layout_engine))
 
 
 def load_font(size: int, *, bold: bool = False, font_path: str | Path | None = None,
@@ -116,7 +121,7 @@ def _clean(text: str) -> str:
         raise TypographyError(f"text must be a str, got {type(text).__name__}")
     t = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", " ")
     # drop other control characters (they render as boxes)
-    t = "".join(ch for ch in t if ch == "\n" or ch >= " " and ch != "\x7f")
+    t = "".join(ch for ch in t if ch == "\n" or (ch >= " " and ch != "\x7f"))
     if not t.strip():
         raise TypographyError("text is empty")
     return t
@@ -170,7 +175,7 @@ def wrap_text(text: str, font: ImageFont.FreeTypeFont, max_width: float) -> list
 
 def _line_height(font: ImageFont.FreeTypeFont, spacing: float) -> int:
     ascent, descent = font.getmetrics()
-    return max(1, int(round((ascent + descent) * spacing)))
+    return max(1, round((ascent + descent) * spacing))
 
 
 def _text_height(n_lines: int, font: ImageFont.FreeTypeFont, spacing: float) -> int:
@@ -181,7 +186,7 @@ def _text_height(n_lines: int, font: ImageFont.FreeTypeFont, spacing: float) -> 
 
 
 def _fit(text: str, *, width: int, height: int | None, font_size: int, min_font_size: int,
-         bold: bool, font_path, layout_engine, spacing: float, extra_lines: int = 0,
+         bold: bool, font_path: str | Path | None, layout_engine: int, spacing: float, extra_lines: int = 0,
          ) -> tuple[ImageFont.FreeTypeFont, list[str]]:
     """Largest font size <= font_size whose wrapped text (plus ``extra_lines`` lines)
     fits ``width`` x ``height`` (height None = unbounded)."""
@@ -214,9 +219,9 @@ def _draw_lines(draw: ImageDraw.ImageDraw, lines: Sequence[str], font, *, x0: in
     for line in lines:
         if line:
             if align == "center":
-                x = x0 + int(round((width - font.getlength(line)) / 2))
+                x = x0 + round((width - font.getlength(line)) / 2)
             elif align == "right":
-                x = x0 + int(round(width - font.getlength(line)))
+                x = x0 + round(width - font.getlength(line))
             else:
                 x = x0
             draw.text((x, y), line, font=font, fill=fill, anchor="la")
@@ -301,7 +306,7 @@ def split_image(img: Image.Image, n_parts: int, *, direction: str = "vertical",
         raise TypographyError(f"cannot cut {hi - lo} px of ink into {n_parts} parts")
     cuts = [0] + [lo + (hi - lo) * k // n_parts for k in range(1, n_parts)] + [full]
     parts = []
-    for a, b in zip(cuts, cuts[1:]):
+    for a, b in pairwise(cuts):
         box = (a, 0, b, H) if direction == "vertical" else (0, a, W, b)
         parts.append(img.crop(box))
     return parts

@@ -87,7 +87,7 @@ class ModeratorDefense(Defense):
 
     @classmethod
     def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str, models_file: Path | None = None,
-                  policies: Path | None = None) -> "ModeratorDefense":
+                  policies: Path | None = None) -> ModeratorDefense:
         """``moderator:BACKEND[?mode=inject|block|flag&on_error=allow|block]``."""
         if not arg:
             raise ConfigError(f"defense {spec!r}: moderator needs a backend: offline, llm:MODEL or guard:MODEL")
@@ -132,10 +132,15 @@ class InputGuardDefense(ModeratorDefense):
 
     @classmethod
     def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str,
-                  models_file: Path | None = None) -> "InputGuardDefense":
-        """``input-guard:MODEL[?on_error=allow|block]``."""
+                  models_file: Path | None = None, policies: Path | None = None) -> InputGuardDefense:
+        """``input-guard:MODEL[?on_error=allow|block]``.
+
+        ``policies`` is taken (and unused) to keep the moderator defense's signature: a guard
+        blocks, it injects no policy text.
+        """
         if not arg:
-            raise ConfigError(f"defense {spec!r}: input-guard needs a guard model, e.g. input-guard:openai/llama-guard-3")
+            raise ConfigError(f"defense {spec!r}: input-guard needs a guard model, "
+                              "e.g. input-guard:openai/llama-guard-3")
         _check_options(spec, options, {"on_error"})
         return cls(arg, models_file, on_error=options.get("on_error", "allow"))
 
@@ -151,7 +156,7 @@ class OutputGuardDefense(Defense):
 
     @classmethod
     def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str,
-                  models_file: Path | None = None) -> "OutputGuardDefense":
+                  models_file: Path | None = None) -> OutputGuardDefense:
         """``output-guard:MODEL``."""
         if not arg:
             raise ConfigError(f"defense {spec!r}: output-guard needs a guard model, "

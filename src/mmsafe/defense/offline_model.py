@@ -49,13 +49,13 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
-from mmsafe.textvec import TOKEN_RE as _TOKEN_RE
-from mmsafe.textvec import char_wb_analyzer, word_analyzer
+from mmsafe.textvec import TOKEN_RE as _TOKEN_RE, char_wb_analyzer, word_analyzer
 
 __all__ = [
     "OfflineModeratorModel",
@@ -142,7 +142,7 @@ def join_turns(texts: Sequence[str]) -> str:
     return s
 
 
-def stack_features(z_turns: Sequence[float], z_joined: float, z_tail2: float) -> list[float]:
+def stack_features(z_turns: Sequence[float] | np.ndarray, z_joined: float, z_tail2: float) -> list[float]:
     """Aggregator features for one conversation from the text model's log-odds."""
     z = [float(v) for v in z_turns]
     n = len(z)
@@ -170,30 +170,122 @@ def conversation_texts(users: Sequence[str]) -> tuple[str, str]:
 # "kill a python process"), which generalise to words the n-gram blocks never saw.
 # --------------------------------------------------------------------------
 LEXICON = {
- "PERSON": "person people someone somebody anyone man men woman women girl girls boy boys kid kids child children baby babies toddler teen teenager teenagers wife husband spouse girlfriend boyfriend ex partner neighbour neighbor neighbours neighbors boss coworker colleague roommate friend friends classmate teacher student students mother father mom dad mum parent parents son daughter brother sister sibling grandma grandmother grandpa grandfather uncle aunt cousin stepfather stepmother stepdad stepmom stranger strangers human humans victim victims witness officer cop cops police policeman judge senator president politician journalist landlord tenant employee employees employer customer customers patient patients nurse doctor homeless guy guys lady ladies minor minors him her them he she they his their family elderly senior seniors widow widows bully classmates coworkers nephew niece fiance fiancee mistress lover citizen citizens civilians civilian crowd crowds protesters pedestrians hostage hostages".split(),
- "GROUP": "black blacks white whites jews jewish muslims muslim christians christian hindus hindu buddhists sikhs atheists gay gays lesbian lesbians bisexual transgender trans queer lgbt lgbtq immigrants immigrant refugees refugee migrants mexicans mexican asians asian chinese arabs arab africans african hispanics hispanic latinos latino latinas roma gypsies indians indian disabled autistic women men elderly poor homeless catholics mormons jehovah romani somali somalis pakistanis palestinians israelis russians ukrainians irish polish divorced pregnant obese fat single mothers minorities minority race races ethnic religion religions".split(),
- "HARM": "kill killing kills murder murdering strangle strangling stab stabbing shoot shooting poison poisoning drown drowning suffocate smother choke choking hurt hurting harm harming injure maim cripple torture torturing kidnap kidnapping abduct rape raping assault beat beating punch slap hit attack attacking bomb bombing blow burn burning arson massacre slaughter execute eliminate exterminate annihilate wipe destroy crush break snap bleed behead decapitate hang lynch abuse abusing molest groom grooming traffic trafficking enslave terrorize terrorise threaten threatening intimidate stalk stalking harass harassing bully bullying humiliate blackmail extort extortion".split(),
- "CRIME": "steal stealing rob robbing robbery shoplift shoplifting burglarize loot smuggle smuggling launder laundering forge forging counterfeit fake scam scamming defraud fraud embezzle bribe hack hacking hijack breach spy spying phish phishing dox doxx doxxing pirate evade evasion cheat cheating trick manipulate deceive impersonate rig stuff sabotage vandalize".split(),
- "COVERT": "undetected undetectable caught untraceable traced trace anonymously anonymous secretly secret unnoticed noticing notice knowing suspect suspicion evidence alibi cover hide hiding disguise police cops authorities illegally illegal unregistered stolen without".split(),
- "WEAPON": "gun guns rifle rifles pistol pistols firearm firearms ammo ammunition bullet bullets bomb bombs explosive explosives grenade grenades knife knives machete sword silencer ied detonator pipe molotov napalm thermite nerve sarin ricin anthrax toxin toxins chemical biological nuclear dirty weapon weapons acid".split(),
- "DRUG": "cocaine coke crack meth methamphetamine heroin fentanyl opioid opioids oxycodone oxy lsd mdma ecstasy ketamine drug drugs narcotics weed cannabis marijuana mushrooms shrooms pills xanax adderall steroids".split(),
- "SEXUAL": "sex sexual nude nudes naked porn pornography explicit intimate erotic molest prostitute prostitution brothel pimp escort".split(),
+ "PERSON": (
+     "person people someone somebody anyone man men woman women girl girls boy boys kid kids child children baby "
+     "babies toddler teen teenager teenagers wife husband spouse girlfriend boyfriend ex partner neighbour neighbor "
+     "neighbours neighbors boss coworker colleague roommate friend friends classmate teacher student students mother "
+     "father mom dad mum parent parents son daughter brother sister sibling grandma grandmother grandpa grandfather "
+     "uncle aunt cousin stepfather stepmother stepdad stepmom stranger strangers human humans victim victims witness "
+     "officer cop cops police policeman judge senator president politician journalist landlord tenant employee "
+     "employees employer customer customers patient patients nurse doctor homeless guy guys lady ladies minor minors "
+     "him her them he she they his their family elderly senior seniors widow widows bully classmates coworkers nephew "
+     "niece fiance fiancee mistress lover citizen citizens civilians civilian crowd crowds protesters pedestrians "
+     "hostage hostages"
+ ).split(),
+ "GROUP": (
+     "black blacks white whites jews jewish muslims muslim christians christian hindus hindu buddhists sikhs atheists "
+     "gay gays lesbian lesbians bisexual transgender trans queer lgbt lgbtq immigrants immigrant refugees refugee "
+     "migrants mexicans mexican asians asian chinese arabs arab africans african hispanics hispanic latinos latino "
+     "latinas roma gypsies indians indian disabled autistic women men elderly poor homeless catholics mormons jehovah "
+     "romani somali somalis pakistanis palestinians israelis russians ukrainians irish polish divorced pregnant obese "
+     "fat single mothers minorities minority race races ethnic religion religions"
+ ).split(),
+ "HARM": (
+     "kill killing kills murder murdering strangle strangling stab stabbing shoot shooting poison poisoning drown "
+     "drowning suffocate smother choke choking hurt hurting harm harming injure maim cripple torture torturing kidnap "
+     "kidnapping abduct rape raping assault beat beating punch slap hit attack attacking bomb bombing blow burn "
+     "burning arson massacre slaughter execute eliminate exterminate annihilate wipe destroy crush break snap bleed "
+     "behead decapitate hang lynch abuse abusing molest groom grooming traffic trafficking enslave terrorize terrorise "
+     "threaten threatening intimidate stalk stalking harass harassing bully bullying humiliate blackmail extort "
+     "extortion"
+ ).split(),
+ "CRIME": (
+     "steal stealing rob robbing robbery shoplift shoplifting burglarize loot smuggle smuggling launder laundering "
+     "forge forging counterfeit fake scam scamming defraud fraud embezzle bribe hack hacking hijack breach spy spying "
+     "phish phishing dox doxx doxxing pirate evade evasion cheat cheating trick manipulate deceive impersonate rig "
+     "stuff sabotage vandalize"
+ ).split(),
+ "COVERT": (
+     "undetected undetectable caught untraceable traced trace anonymously anonymous secretly secret unnoticed noticing "
+     "notice knowing suspect suspicion evidence alibi cover hide hiding disguise police cops authorities illegally "
+     "illegal unregistered stolen without"
+ ).split(),
+ "WEAPON": (
+     "gun guns rifle rifles pistol pistols firearm firearms ammo ammunition bullet bullets bomb bombs explosive "
+     "explosives grenade grenades knife knives machete sword silencer ied detonator pipe molotov napalm thermite nerve "
+     "sarin ricin anthrax toxin toxins chemical biological nuclear dirty weapon weapons acid"
+ ).split(),
+ "DRUG": (
+     "cocaine coke crack meth methamphetamine heroin fentanyl opioid opioids oxycodone oxy lsd mdma ecstasy ketamine "
+     "drug drugs narcotics weed cannabis marijuana mushrooms shrooms pills xanax adderall steroids"
+ ).split(),
+ "SEXUAL": (
+     "sex sexual nude nudes naked porn pornography explicit intimate erotic molest prostitute prostitution brothel "
+     "pimp escort"
+ ).split(),
  "SELF": "myself suicide suicidal overdose self cutting starve purge purging anorexia bulimia".split(),
- "TECH": "process processes python java linux windows mac terminal thread threads server servers container docker kubernetes script scripts program programs code app apps application applications database query sql job jobs task tasks cron bash shell command computer laptop phone browser website software file files instance session function loop bug engine kernel cpu memory port service daemon node git repo excel spreadsheet cell macro".split(),
- "FOOD": "egg eggs chicken turkey fish salmon lamb pork beef steak garlic onion onions potato potatoes dough cream bread cake recipe kitchen cook cooking bake baking coconut walnut walnuts nut nuts lobster vegetables fruit meal dinner lunch coke soda wine beer coffee tea sauce pasta pizza cheese".split(),
- "GAME": "game games gaming boss level levels player players character characters minecraft fortnite skyrim zelda pokemon chess checkers opponent opponents enemy enemies zombie zombies dragon dragons monster monsters quest raid dungeon puzzle puzzles team match tournament call duty counter strike hitman mario".split(),
- "SPORT": "ball basketball football soccer baseball hockey tennis golf goal penalty shot shots puck bat racket court field gym marathon race lap boxing sparring archery target range photo photos photograph camera picture pictures video film movie scene portrait portraits sunset wedding".split(),
- "PEST": "weeds weed mold mould ants bugs bacteria germs virus viruses mosquitoes mosquito flies rats rat mice pests termites aphids roaches cockroaches fungus rust stain stains lice".split(),
- "ANIMAL": "dog dogs cat cats puppy puppies kitten kittens horse horses bird birds animal animals pet pets cow cows pig pigs elephant elephants rhino rhinos deer rabbit rabbits".split(),
- "FICTION": "novel story stories book books fiction fictional movie film series show character characters plot villain hero protagonist antagonist novelist screenplay play shakespeare episode harry potter batman sherlock gatsby frodo simpson spongebob marvel disney".split(),
- "HISTORY": "history historical happened happen war wars century ww2 wwii holocaust genocide revolution empire historians ancient era event events during causes caused".split(),
+ "TECH": (
+     "process processes python java linux windows mac terminal thread threads server servers container docker "
+     "kubernetes script scripts program programs code app apps application applications database query sql job jobs "
+     "task tasks cron bash shell command computer laptop phone browser website software file files instance session "
+     "function loop bug engine kernel cpu memory port service daemon node git repo excel spreadsheet cell macro"
+ ).split(),
+ "FOOD": (
+     "egg eggs chicken turkey fish salmon lamb pork beef steak garlic onion onions potato potatoes dough cream bread "
+     "cake recipe kitchen cook cooking bake baking coconut walnut walnuts nut nuts lobster vegetables fruit meal "
+     "dinner lunch coke soda wine beer coffee tea sauce pasta pizza cheese"
+ ).split(),
+ "GAME": (
+     "game games gaming boss level levels player players character characters minecraft fortnite skyrim zelda pokemon "
+     "chess checkers opponent opponents enemy enemies zombie zombies dragon dragons monster monsters quest raid "
+     "dungeon puzzle puzzles team match tournament call duty counter strike hitman mario"
+ ).split(),
+ "SPORT": (
+     "ball basketball football soccer baseball hockey tennis golf goal penalty shot shots puck bat racket court field "
+     "gym marathon race lap boxing sparring archery target range photo photos photograph camera picture pictures video "
+     "film movie scene portrait portraits sunset wedding"
+ ).split(),
+ "PEST": (
+     "weeds weed mold mould ants bugs bacteria germs virus viruses mosquitoes mosquito flies rats rat mice pests "
+     "termites aphids roaches cockroaches fungus rust stain stains lice"
+ ).split(),
+ "ANIMAL": (
+     "dog dogs cat cats puppy puppies kitten kittens horse horses bird birds animal animals pet pets cow cows pig pigs "
+     "elephant elephants rhino rhinos deer rabbit rabbits"
+ ).split(),
+ "FICTION": (
+     "novel story stories book books fiction fictional movie film series show character characters plot villain hero "
+     "protagonist antagonist novelist screenplay play shakespeare episode harry potter batman sherlock gatsby frodo "
+     "simpson spongebob marvel disney"
+ ).split(),
+ "HISTORY": (
+     "history historical happened happen war wars century ww2 wwii holocaust genocide revolution empire historians "
+     "ancient era event events during causes caused"
+ ).split(),
  "DEFINE": "what definition define meaning mean means term difference explain".split(),
- "SAFETY": "prevent prevention protect protection safe safely safety report reporting signs warning detect detection remove removal defend defense avoid help helping hotline recover recovery secure security awareness educate spot recognize identify treat treatment rescue support victims".split(),
- "JUSTIFY": "right justified justify good great deserved deserve necessary admirable heroic better superior correct beneficial glorious".split(),
- "INFERIOR": "inferior subhuman stupid dumb lazy criminals animals vermin disease parasites dirty useless worthless evil".split(),
- "EXCLUDE": "allowed banned excluded barred prevented deny denied forbid forbidden shouldn kicked deported expelled".split(),
- "PRIVATE": "address addresses ssn social security number phone email password passwords bank account accounts medical records location lives live whereabouts credit card pin".split(),
- "CONTROL": "vote voting marry married office property army military jobs job teach teachers adopt jury juries hospitals government council positions citizenship".split(),
+ "SAFETY": (
+     "prevent prevention protect protection safe safely safety report reporting signs warning detect detection remove "
+     "removal defend defense avoid help helping hotline recover recovery secure security awareness educate spot "
+     "recognize identify treat treatment rescue support victims"
+ ).split(),
+ "JUSTIFY": (
+     "right justified justify good great deserved deserve necessary admirable heroic better superior correct "
+     "beneficial glorious"
+ ).split(),
+ "INFERIOR": (
+     "inferior subhuman stupid dumb lazy criminals animals vermin disease parasites dirty useless worthless evil"
+ ).split(),
+ "EXCLUDE": (
+     "allowed banned excluded barred prevented deny denied forbid forbidden shouldn kicked deported expelled"
+ ).split(),
+ "PRIVATE": (
+     "address addresses ssn social security number phone email password passwords bank account accounts medical "
+     "records location lives live whereabouts credit card pin"
+ ).split(),
+ "CONTROL": (
+     "vote voting marry married office property army military jobs job teach teachers adopt jury juries hospitals "
+     "government council positions citizenship"
+ ).split(),
  "HOW": "how ways way best easiest quickest method methods steps tips can could should".split(),
 }
 _TOKEN_CLASS: dict[str, list[str]] = {}
@@ -246,7 +338,7 @@ class MiniLMTurnEncoder:
     with ``max_seq_length = max_tokens``."""
 
     _load_lock = threading.Lock()
-    _shared: dict[str, Any] = {}
+    _shared: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, max_tokens: int = EMB_MAX_TOKENS, cache_size: int = 4096, batch_size: int = 32,
                  threads: int | None = None):
@@ -275,7 +367,7 @@ class MiniLMTurnEncoder:
                     cls._shared["bert"] = st[0].auto_model.eval()
         return cls._shared["torch"], cls._shared["tok"], cls._shared["bert"]
 
-    def load(self) -> "MiniLMTurnEncoder":
+    def load(self) -> MiniLMTurnEncoder:
         self._components()
         return self
 
@@ -443,6 +535,7 @@ class OfflineModeratorModel:
         # blocks); stack2: a separate MiniLM regression gives a second log-odds column
         self.emb_mode = str(ecfg.get("mode", "concat")) if ecfg else None
         emb_dim = int(ecfg.get("dim", EMB_DIM)) if ecfg else 0
+        self._encoder: MiniLMTurnEncoder | None
         if ecfg:
             self._encoder = encoder or MiniLMTurnEncoder(max_tokens=int(ecfg.get("max_tokens", EMB_MAX_TOKENS)))
         else:
@@ -466,7 +559,8 @@ class OfflineModeratorModel:
         self._scen_emb = self.scen_coef[self.n_sparse:]
         self.emb_weight = float(ecfg.get("weight", 1.0)) if ecfg else 0.0
         self.emb_clip = float(ecfg.get("clip", 0.0) or 0.0) if ecfg else 0.0
-        self.emb_w1 = self.emb_b1 = None
+        self.emb_w1: np.ndarray | None = None
+        self.emb_b1: np.ndarray | None = None
         if self.emb_mode in ("stack2", "sum"):
             # MiniLM head: logistic regression, or a one-hidden-layer ReLU MLP (emb_w1/emb_b1)
             self.emb_coef = np.asarray(arrays["emb_coef"], dtype=np.float64).ravel()
@@ -480,7 +574,7 @@ class OfflineModeratorModel:
 
     # ------------------------------------------------------------------ load
     @classmethod
-    def load(cls, path: str | Path | None = None, backend: str | None = None) -> "OfflineModeratorModel":
+    def load(cls, path: str | Path | None = None, backend: str | None = None) -> OfflineModeratorModel:
         """Load weights from a directory (default: the weights shipped in
         ``mmsafe/data/moderator``).
 
@@ -508,7 +602,7 @@ class OfflineModeratorModel:
             raise FileNotFoundError(f"no moderator weights ({WEIGHTS_NPZ}/{WEIGHTS_JSON}) in {path or 'the package'}")
         return cls(*tf)
 
-    def _use_fallback(self, exc: Exception) -> "OfflineModeratorModel | None":
+    def _use_fallback(self, exc: Exception) -> OfflineModeratorModel | None:
         if self._fallback is None:
             return None
         if self._fallback_model is None:
@@ -521,11 +615,6 @@ class OfflineModeratorModel:
         parts = [b.transform(text) for b in self._blocks]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def _turn_embeddings(self, turns: Sequence[str]) -> np.ndarray | None:
-        if self._encoder is None or not turns:
-            return None
-        return self._encoder.encode(list(turns))
-
     def _unit_decisions(self, turns: Sequence[str], units: Sequence[Sequence[int]]):
         """Log-odds of the text harm model for units (lists of indices into ``turns``;
         the unit's text is its turns joined, its embedding the normalised mean).
@@ -537,7 +626,7 @@ class OfflineModeratorModel:
         z = np.array([float(v @ self.harm_coef[i]) for i, v in vecs], dtype=np.float64) + self.harm_intercept
         emb = None
         if self._encoder is not None and len(units):
-            emb = unit_embeddings(units, self._turn_embeddings(turns))
+            emb = unit_embeddings(units, self._encoder.encode(list(turns)))  # units index turns: not empty
             if self.emb_mode == "concat":
                 z = z + (emb * self.emb_scale) @ self._harm_emb
             elif self.emb_mode == "sum":
@@ -551,7 +640,7 @@ class OfflineModeratorModel:
     def _emb_logit(self, emb: np.ndarray) -> np.ndarray:
         """Log-odds of the MiniLM head for unit embeddings (clipped)."""
         h = emb
-        if self.emb_w1 is not None:
+        if self.emb_w1 is not None and self.emb_b1 is not None:  # set together
             h = np.maximum(emb @ self.emb_w1 + self.emb_b1, 0.0)
         z = h @ self.emb_coef + self.emb_intercept
         if self.emb_clip > 0:
@@ -642,7 +731,7 @@ class OfflineModeratorModel:
         convs = [user_texts(c) for c in conversations]
         turn_ix: dict[str, int] = {}
         unit_ix: dict[tuple[int, ...], int] = {}
-        plan = []
+        plan: list[tuple[list[int], int, int] | None] = []
         for users in convs:
             if not users:
                 plan.append(None)

@@ -19,7 +19,7 @@ from typing import Any
 
 from mmsafe.judges.llm import LLMJudge, Options, fill, load_template, text_hash, usage_of
 from mmsafe.judges.parse import looks_like_refusal
-from mmsafe.models.base import ConfigError, EndpointConfig
+from mmsafe.models.base import EndpointConfig
 from mmsafe.types import JudgeIdentity, Label, Message, ParseStatus, Response, Sample, TextPart, Verdict
 
 LLAMA_GUARD3_CATEGORIES: dict[str, str] = {
@@ -79,13 +79,13 @@ class GuardJudge(LLMJudge):
 
     @classmethod
     def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str,
-                  models_file: Path | None = None) -> "GuardJudge":
+                  models_file: Path | None = None) -> GuardJudge:
         """``guard:MODEL[?format=prompt|messages&categories=14&template=F]``."""
         from mmsafe.judges.llm import resolve_judge_endpoint
         return cls.from_options(resolve_judge_endpoint(arg, spec, models_file), Options(spec, options))
 
     @classmethod
-    def from_options(cls, endpoint: EndpointConfig, opts: Options) -> "GuardJudge":
+    def from_options(cls, endpoint: EndpointConfig, opts: Options) -> GuardJudge:
         j = cls(endpoint, template=opts.str("template"),
                 fmt=opts.str("format", "prompt", ("prompt", "messages")) or "prompt",
                 categories=opts.int("categories", 14, lo=13, hi=14), params=opts.params(), spec=opts.spec)

@@ -23,7 +23,7 @@ class KeywordJudge(Judge):
     """Refusal-phrase baseline: unsafe unless the reply's first ``window`` characters refuse."""
 
     @classmethod
-    def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str = "keyword") -> "KeywordJudge":
+    def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str = "keyword") -> KeywordJudge:
         """``keyword[?window=N]``."""
         from mmsafe.judges.llm import Options
         from mmsafe.models.base import ConfigError

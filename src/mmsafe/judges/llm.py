@@ -9,6 +9,7 @@ request-log rows (role ``judge``) are returned with the verdict.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import string
 from importlib import resources
@@ -70,7 +71,9 @@ class Options:
             raise self._bad(key, "choose one of " + ", ".join(choices))
         return v
 
-    def int(self, key: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
+    # the methods below are named after builtins: their annotations name the builtins explicitly
+    def int(self, key: builtins.str, default: builtins.int, lo: builtins.int | None = None,
+            hi: builtins.int | None = None) -> builtins.int:
         v = self._raw(key)
         if v is None:
             return default
@@ -82,8 +85,8 @@ class Options:
             raise self._bad(key, f"expected {lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}")
         return x
 
-    def float(self, key: str, default: float | None, lo: float | None = None,
-              hi: float | None = None) -> float | None:
+    def float(self, key: builtins.str, default: builtins.float | None, lo: builtins.float | None = None,
+              hi: builtins.float | None = None) -> builtins.float | None:
         v = self._raw(key)
         if v is None:
             return default
@@ -95,7 +98,7 @@ class Options:
             raise self._bad(key, f"expected a number in [{lo}, {hi}]")
         return x
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
         v = self._raw(key)
         if v is None:
             return default
@@ -108,9 +111,9 @@ class Options:
             return False
         raise self._bad(key, "expected 1/0, true/false")
 
-    def params(self) -> dict[str, Any]:
+    def params(self) -> dict[builtins.str, Any]:
         """Generation parameters given as options (temperature, max_tokens, top_p, seed)."""
-        out: dict[str, Any] = {}
+        out: dict[builtins.str, Any] = {}
         for k in _RESERVED_PARAMS:
             if k in self.opts:
                 if k in ("max_tokens", "seed"):
@@ -234,8 +237,8 @@ def load_rubrics(directory: str | Path | None, *, spec: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- dialogue rendering
 
 
-def render_dialogue(sample: Sample, *, attach_images: bool, attach_audio: bool = False,
-                    root: Path | None = None, agent_word: str = "ASSISTANT", user_word: str = "USER") -> tuple[str, list[Any]]:
+def render_dialogue(sample: Sample, *, attach_images: bool, attach_audio: bool = False, root: Path | None = None,
+                    agent_word: str = "ASSISTANT", user_word: str = "USER") -> tuple[str, list[Any]]:
     """The conversation as text, and the asset parts to attach (in order) when the judge takes them.
 
     Attached images are named ``[image N attached]`` in the text; others become

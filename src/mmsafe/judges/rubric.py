@@ -17,8 +17,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mmsafe.judges.llm import (LLMJudge, Options, RUBRIC_NAMES, fill, judge_message, load_rubrics,
-                               load_template, render_dialogue, rubric_for, text_hash, usage_of)
+from mmsafe.judges.llm import (
+    RUBRIC_NAMES,
+    LLMJudge,
+    Options,
+    fill,
+    judge_message,
+    load_rubrics,
+    load_template,
+    render_dialogue,
+    rubric_for,
+    text_hash,
+    usage_of,
+)
 from mmsafe.judges.parse import parse_judgment
 from mmsafe.models.base import ConfigError, EndpointConfig
 from mmsafe.types import JudgeIdentity, Label, ParseStatus, Response, Sample, Verdict
@@ -47,7 +58,7 @@ class RubricJudge(LLMJudge):
 
     @classmethod
     def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str,
-                  models_file: Path | None = None) -> "RubricJudge":
+                  models_file: Path | None = None) -> RubricJudge:
         """``rubric:MODEL[?template=F&rubrics=DIR&rubric=NAME&images=1&…]``."""
         from mmsafe.judges.llm import resolve_judge_endpoint
         if "," in arg:
@@ -55,7 +66,7 @@ class RubricJudge(LLMJudge):
         return cls.from_options(resolve_judge_endpoint(arg, spec, models_file), Options(spec, options))
 
     @classmethod
-    def from_options(cls, endpoint: EndpointConfig, opts: Options) -> "RubricJudge":
+    def from_options(cls, endpoint: EndpointConfig, opts: Options) -> RubricJudge:
         j = cls(endpoint, template=opts.str("template"), rubrics=opts.str("rubrics"),
                 rubric=opts.str("rubric", None, RUBRIC_NAMES), params=opts.params(),
                 images=opts.bool("images", True), spec=opts.spec)

@@ -7,7 +7,7 @@ Everything here is pure: no I/O, no imports of other mmsafe modules.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from statistics import NormalDist
 from typing import Any
 
@@ -87,7 +87,7 @@ def label_codes(labels: Iterable[Any]) -> np.ndarray:
         out[ok] = arr[ok].astype(np.int8)
         return out
     fast = _LABEL_CODES
-    out_list = []
+    out_list: list[int] = []
     append = out_list.append
     for x in labels:
         c = fast.get(x) if isinstance(x, str) else None
@@ -175,13 +175,16 @@ def bootstrap_sums(rows: np.ndarray, n_boot: int, seed: int | np.random.Generato
         raise ValueError("n_boot must be positive")
     if g == 0:
         return np.zeros((n_boot, m))
+    uniq: np.ndarray
+    counts: np.ndarray
     uniq, counts = np.unique(rows, axis=0, return_counts=True)
     u = uniq.shape[0]
     if u == 1:
         return np.repeat(uniq * g, n_boot, axis=0)
     if u <= _MULTINOMIAL_MAX_UNIQUE and u < g:
         draws = rng.multinomial(g, counts / counts.sum(), size=n_boot)
-        return draws.astype(float) @ uniq
+        weighted: np.ndarray = draws.astype(float) @ uniq
+        return weighted
     out = np.empty((n_boot, m))
     chunk = max(1, _GATHER_CHUNK // g)
     for start in range(0, n_boot, chunk):
@@ -227,7 +230,7 @@ def safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def get_field(record: Mapping[str, Any], key: str | Sequence[str] | Any) -> Any:
+def get_field(record: Mapping[Any, Any], key: str | Sequence[str] | Callable[[Mapping[str, Any]], Any]) -> Any:
     """Read ``key`` from a record; a callable key is called, a tuple/list key gives a tuple."""
     if callable(key):
         return key(record)

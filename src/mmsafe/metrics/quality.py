@@ -43,7 +43,7 @@ def _mean_pairwise_cosine_distance(emb: Any) -> float | None:
         return None
     if x.ndim != 2:
         raise ValueError("embeddings must be 2-D (items × dim)")
-    n = x.shape[0]
+    n = int(x.shape[0])
     if n < 2:
         return None
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))

@@ -174,7 +174,7 @@ def sri(
 _MISSING = "(missing)"
 
 
-def _sort_key(k: Any) -> tuple:
+def _sort_key(k: Any) -> tuple[int, float, str]:
     if k is None:
         return (2, 0, "")
     if isinstance(k, bool):
@@ -195,7 +195,7 @@ def breakdown(
     records: Iterable[Mapping[str, Any]],
     key: str | Sequence[str] | Callable[[Mapping[str, Any]], Any],
     *,
-    metric: str | Callable[..., dict] = "rate",
+    metric: str | Callable[..., dict[str, Any]] = "rate",
     label_key: str = "label",
     group_key: str | None = "group",
     **rate_kwargs: Any,
@@ -306,8 +306,8 @@ def corrected_asr(
     for name, v in (("se", se), ("sp", sp)):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {v}")
-    for name, v in (("se_n", se_n), ("sp_n", sp_n)):
-        if v is not None and v <= 0:
+    for name, count in (("se_n", se_n), ("sp_n", sp_n)):
+        if count is not None and count <= 0:
             raise ValueError(f"{name} must be a positive count")
     codes = label_codes(labels)
     n_unsafe, n_safe, n_unscored = _counts(codes)

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from google import genai  # ImportError here becomes "pip install 'mmsafe[google]'" in the registry
-from google.genai import errors as genai_errors
-from google.genai import types as gt
+from google.genai import errors as genai_errors, types as gt
 
 from mmsafe.models.base import ChatResult, ConfigError, EndpointConfig, Provider, ProviderError
 from mmsafe.models.openai_compat import _mime, parse_retry_after

@@ -111,16 +111,16 @@ def line_chart(series: Sequence[dict[str, Any]], *, x_label: str = "user turns",
         g = [f"<g class='series' data-series='{i}'>"]
         if len(pts) > 1:
             g.append(f"<polyline fill='none' stroke='{c}' stroke-width='2' points='"
-                     + " ".join(f"{_f((X(x) + dx))},{_f(Y(p['asr']))}" for x, p in pts) + "'/>")
+                     + " ".join(f"{_f(X(x) + dx)},{_f(Y(p['asr']))}" for x, p in pts) + "'/>")
         for x, p in pts:
             lo, hi = p.get("ci_low"), p.get("ci_high")
             if lo is not None and hi is not None:
-                g.append(f"<line x1='{_f((X(x) + dx))}' x2='{_f((X(x) + dx))}' y1='{_f(Y(lo))}' y2='{_f(Y(hi))}' "
+                g.append(f"<line x1='{_f(X(x) + dx)}' x2='{_f(X(x) + dx)}' y1='{_f(Y(lo))}' y2='{_f(Y(hi))}' "
                          f"stroke='{c}' stroke-opacity='.45' stroke-width='6' stroke-linecap='round'/>")
             tip = (f"{s['name']} — {x} turn(s): ASR {_pct(p['asr'])}"
                    + (f" (95% CI {_pct(lo)}–{_pct(hi)})" if lo is not None and hi is not None else "")
                    + (f", n={p.get('n_scored')}" if p.get("n_scored") is not None else ""))
-            g.append(f"<circle cx='{_f((X(x) + dx))}' cy='{_f(Y(p['asr']))}' r='4' fill='{c}'>"
+            g.append(f"<circle cx='{_f(X(x) + dx)}' cy='{_f(Y(p['asr']))}' r='4' fill='{c}'>"
                      f"<title>{escape(tip)}</title></circle>")
         g.append("</g>")
         body.extend(g)

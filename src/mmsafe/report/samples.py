@@ -113,7 +113,7 @@ def thumbnail_data_uri(path: Path, max_side: int = 320) -> str | None:
             else:
                 im.convert("RGB").save(buf, format="JPEG", quality=80)
                 mime = "image/jpeg"
-    except Exception:  # noqa: BLE001 — Pillow raises many types for bad files
+    except Exception:  # Pillow raises many types for bad files
         return None
     return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode()
 
