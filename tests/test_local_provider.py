@@ -1,0 +1,243 @@
+"""The ``local`` provider: a GGUF file served by llama.cpp that mmsafe starts, shares and
+stops — bad input as one-line errors, the context window on the endpoint, one server per
+(file, options) shared by roles, a clear per-request error on context overflow, and no
+llama.cpp process left behind however mmsafe ends (normal end, error, Ctrl-C, SIGTERM,
+SIGKILL, a killed watchdog)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from _llama import (
+    GGUF,
+    MARKER_ENV,
+    kill_marked,
+    llama_pids,
+    marked_pids,
+    needs_model,
+    pid_alive,
+    wait_until,
+)
+from mmsafe.models import CostLedger, ModelClient, build_provider, resolve_endpoint
+from mmsafe.types import Message
+
+pytestmark = needs_model
+runner = CliRunner()
+
+
+def cli(*args: object):
+    from mmsafe.cli import app
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def text_bench(root: Path, n: int, question: str = "Write a short poem about the sea, number {i}.") -> Path:
+    from mmsafe.datasets.benchmark import BenchmarkWriter
+    from mmsafe.types import BenchmarkManifest, Sample
+    with BenchmarkWriter(root, BenchmarkManifest(name="text"), overwrite=True) as w:
+        for i in range(n):
+            q = question.format(i=i)
+            w.add(Sample(id=f"s{i}", question=q, messages=[Message(role="user", content=q)], scenario="Fraud",
+                         metadata={"group": f"q{i}"}))
+    return root
+
+
+# --------------------------------------------------------------------------- configuration (no server)
+
+
+def test_bad_local_specs_are_one_line_errors_exit_2(tmp_path):
+    bench = text_bench(tmp_path / "b", 1)
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_bytes(b"PK\x03\x04 not a model")
+    cases = [
+        (f"local/{tmp_path / 'missing.gguf'}", "model file not found"),
+        (f"local/{not_gguf}", "is not a GGUF model file"),
+        (f"local/{tmp_path}", "is not a file"),
+        (f"local/{GGUF}?n_ctx=lots", "n_ctx='lots': expected int"),
+        (f"local/{GGUF}?ctx=2048", "unknown local server option 'ctx'"),
+        (f"local/{GGUF}?slots=0", "slots='0': must be at least 1"),
+        (f"local/{GGUF}?n_ctx=16384", "over the model's training context of 8192"),
+    ]
+    for spec, msg in cases:
+        r = cli("run", bench, "--target", spec, "--out", tmp_path / "r", "--judge", "keyword")
+        assert r.exit_code == 2, (spec, r.output)
+        assert msg in r.output, (spec, r.output)
+        assert "Traceback" not in r.output
+
+
+def test_models_file_gguf_entry_sets_context_window_and_slots(tmp_path):
+    mf = tmp_path / "models.yaml"
+    mf.write_text(f"models:\n  smol:\n    gguf: {GGUF}\n    server: {{n_ctx: 1024, slots: 2}}\n"
+                  "    params: {max_tokens: 32}\n")
+    cfg = resolve_endpoint("smol", "judge", models_file=mf)
+    assert cfg.provider == "local" and cfg.server == {"n_ctx": 1024, "slots": 2}
+    p = build_provider(cfg)
+    # the window is known to mmsafe (judges budget by it); concurrency is what the slots can serve
+    assert p.cfg.context_window == 1024
+    assert p.cfg.max_connections == 2
+    assert p.capabilities.image is False and p.capabilities.multi_turn is True
+    ident = p.identity()
+    assert ident["model"] == GGUF.name and ident["n_ctx"] == 1024 and "base_url" not in ident
+    # the spec form takes the same options after '?'
+    p2 = build_provider(resolve_endpoint(f"local/{GGUF}?n_ctx=1024&slots=2", "target"))
+    assert p2.identity() == ident and p2.cfg.context_window == 1024
+    # a text-only model: a benchmark with images is refused up front, naming the reason
+    from conftest import make_benchmark
+    r = cli("run", make_benchmark(tmp_path / "img", n=1), "--target", f"local/{GGUF}", "--out", tmp_path / "r2")
+    assert r.exit_code == 2 and "takes no image input" in r.output
+
+
+# --------------------------------------------------------------------------- a real server
+
+
+def _chat(client: ModelClient, text: str, **params: object):
+    return client.chat([Message(role="user", content=text)], params=params or None)
+
+
+def test_target_and_judge_share_one_server_which_stops_when_both_close():
+    from mmsafe.models import llama_server
+
+    async def go() -> None:
+        ledger = CostLedger()
+        cfg = resolve_endpoint(f"local/{GGUF}?n_ctx=1024", "target")
+        target = ModelClient(build_provider(cfg), "target", ledger)
+        judge = ModelClient(build_provider(resolve_endpoint(f"local/{GGUF}?n_ctx=1024", "judge")), "judge", ledger)
+        await target.start()
+        await judge.start()
+        servers = llama_server.running_servers()
+        assert len(servers) == 1 and servers[0].users == 2
+        pids = list(servers[0].pids)
+        r1 = await _chat(target, "Say hello in one word.", max_tokens=8, temperature=0)
+        r2 = await _chat(judge, "Name a colour.", max_tokens=8, temperature=0)
+        assert r1.ok and r1.text and r1.output_tokens > 0 and r1.input_tokens > 0, r1
+        assert r2.ok and r2.text, r2
+        assert r1.model == f"local/{GGUF.name}"
+        assert ledger.roles["target"].calls == 1 and ledger.roles["judge"].calls == 1
+        await target.close()
+        assert all(pid_alive(p) for p in pids)  # the judge still uses it
+        await judge.close()
+        assert llama_server.running_servers() == []
+        assert wait_until(lambda: not any(pid_alive(p) for p in pids), 10)
+
+    asyncio.run(go())
+
+
+def test_context_overflow_is_a_clear_per_request_error_and_max_tokens_is_capped():
+    async def go() -> None:
+        client = ModelClient(build_provider(resolve_endpoint(f"local/{GGUF}?n_ctx=256", "target")), "target",
+                             CostLedger())
+        await client.start()
+        try:
+            long = " ".join(f"word{i}" for i in range(400))
+            r = await _chat(client, long, max_tokens=16)
+            assert not r.ok
+            assert "context window of 256 tokens" in (r.error or "") and "n_ctx" in (r.error or ""), r.error
+            # a prompt that fits, with max_tokens far past the window: the reply is capped, not an error
+            fits = " ".join(["The sea is wide and deep."] * 30) + " Now write a long essay about the sea."
+            r2 = await _chat(client, fits, max_tokens=1000, temperature=0)
+            assert r2.ok, r2.error
+            assert r2.input_tokens + r2.output_tokens <= 256
+            assert r2.finish_reason == "length"
+        finally:
+            await client.close()
+
+    asyncio.run(go())
+
+
+def test_a_server_that_cannot_load_the_file_is_a_one_line_error_and_leaves_nothing(tmp_path):
+    broken = tmp_path / "broken.gguf"
+    with GGUF.open("rb") as fh:  # a valid header, the weights cut off
+        broken.write_bytes(fh.read(2 << 20))
+    marker = uuid.uuid4().hex
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", "from mmsafe.cli import main; main()", "run", str(text_bench(tmp_path / "b", 1)),
+             "--target", f"local/{broken}", "--judge", "keyword", "--out", str(tmp_path / "r")],
+            env={**os.environ, MARKER_ENV: marker}, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "llama.cpp server" in r.stderr and "exited" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        assert marked_pids(marker) == []
+    finally:
+        kill_marked(marker)
+
+
+# --------------------------------------------------------------------------- no orphans
+
+
+def _stored_ok(run_dir: Path) -> int:
+    try:
+        db = sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True, timeout=1)
+        try:
+            return int(db.execute("SELECT count(*) FROM responses WHERE status='ok'").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT", "watchdog-SIGKILL"])
+def test_no_llama_process_survives_mmsafe(tmp_path, how):
+    """mmsafe killed mid-run (kill -9, kill, Ctrl-C) or its server's watchdog killed: within
+    seconds no llama.cpp process of that run is left."""
+    bench = text_bench(tmp_path / "b", 12)
+    out = tmp_path / "r"
+    marker = uuid.uuid4().hex
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from mmsafe.cli import main; main()", "run", str(bench), "--target",
+         f"local/{GGUF}?n_ctx=512", "--judge", "keyword", "--out", str(out), "--max-tokens", "48", "--no-cache"],
+        env={**os.environ, MARKER_ENV: marker}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: _stored_ok(out) >= 1 or proc.poll() is not None, 120), "no reply stored"
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        servers = llama_pids(marker)
+        assert len(servers) == 1, servers
+        if how == "watchdog-SIGKILL":
+            watchdogs = [p for p in marked_pids(marker) if p not in servers and p != proc.pid]
+            assert watchdogs
+            for p in watchdogs:
+                os.kill(p, signal.SIGKILL)
+            assert wait_until(lambda: not any(pid_alive(p) for p in servers), 10), "server outlived its watchdog"
+            proc.kill()
+        else:
+            proc.send_signal(getattr(signal, how))
+        rc = proc.wait(30)
+        if how == "SIGINT":
+            assert rc == 130, proc.stderr.read() if proc.stderr else ""
+        assert wait_until(lambda: marked_pids(marker) == [], 10), \
+            f"left behind after {how}: {marked_pids(marker)}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_marked(marker)
+
+
+def test_normal_end_and_run_summary(tmp_path):
+    """A completed run stops its server and records the local endpoint (no port, no secret)."""
+    marker = uuid.uuid4().hex
+    out = tmp_path / "r"
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", "from mmsafe.cli import main; main()", "run", str(text_bench(tmp_path / "b", 2)),
+             "--target", f"local/{GGUF}?n_ctx=512", "--judge", "keyword", "--out", str(out),
+             "--max-tokens", "16"],
+            env={**os.environ, MARKER_ENV: marker}, capture_output=True, text=True, timeout=180)
+        assert r.returncode in (0, 1), r.stderr
+        assert marked_pids(marker) == []
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["n_errors"] == 0
+        assert summary["target"]["provider"] == "local"
+        assert "127.0.0.1" not in json.dumps(summary["target"])
+    finally:
+        kill_marked(marker)
