@@ -255,27 +255,30 @@ class MediaGaps:
     def n_missing(self) -> int:
         return sum(self.missing.values())
 
-    def line(self) -> str | None:
-        """The one-line report of the gaps, or None when every row has its media."""
-        if not self.n_missing:
-            return None
+    def _counts(self, with_fate: bool) -> str:
         parts = []
         for kind, n in self.rows.items():
             miss = self.missing.get(kind, 0)
             if miss:
-                what = "skipped" if kind in self.dropped else "imported without it"
-                parts.append(f"{miss} of {n} rows have no {kind} file ({what})")
+                fate = (" (skipped)" if kind in self.dropped else " (imported without it)") if with_fate else ""
+                parts.append(f"{miss} of {n} rows have no {kind} file{fate}")
+        return f"{self.importer}: {', '.join(parts)}"
+
+    def line(self) -> str | None:
+        """The one-line report of the gaps, or None when every row has its media."""
+        if not self.n_missing:
+            return None
         hint = (f"; --opt {self.restrict_option}=true keeps only the complete rows"
                 if self.restrict_option and any(k not in self.dropped for k in self.missing)
                 else "")
-        return f"{self.importer}: {', '.join(parts)}{hint}; --strict-media makes this an error"
+        return f"{self._counts(True)}{hint}; --strict-media makes this an error"
 
     def finish(self, manifest: BenchmarkManifest, *, strict: bool = False) -> None:
         """Record the counts in ``manifest``; raise under ``strict`` when a row lacks media."""
-        media = {kind: {"rows": n, "with_file": n - self.missing.get(kind, 0),
-                        "missing": self.missing.get(kind, 0),
-                        **({"examples": self.examples[kind]} if self.examples.get(kind) else {})}
-                 for kind, n in self.rows.items()}
+        media: dict[str, Any] = {
+            kind: {"rows": n, "with_file": n - self.missing.get(kind, 0), "missing": self.missing.get(kind, 0),
+                   **({"examples": self.examples[kind]} if self.examples.get(kind) else {})}
+            for kind, n in self.rows.items()}
         if media:
             manifest.provenance["media"] = media
         line = self.line()
@@ -283,8 +286,8 @@ class MediaGaps:
             return
         if strict:
             first = next((ex[0] for ex in self.examples.values() if ex), "")
-            raise DatasetError(f"{first + ': ' if first else ''}{line.split('; --strict-media')[0]} "
-                               "(strict_media)")
+            raise DatasetError(f"{first + ': ' if first else ''}{self._counts(False)} "
+                               "(--strict-media: every row must have its file)")
         notes = manifest.provenance.setdefault("notes", [])
         notes.append(line)
         if self.restrict_option:
