@@ -540,3 +540,12 @@ def test_cli_run_and_report_si_grouping(safemt_repo, tmp_path, capsys):
     assert '"si":{"value":0.625,"lo":0.5,"hi":0.7}' in (tmp_path / "r2.html").read_text()
     build_report([tmp_path / "run"], tmp_path / "r3.html", si_grouping="id")
     assert '"si":{"value":0.5,"lo":0.4,"hi":0.6}' in (tmp_path / "r3.html").read_text()
+
+
+def test_figstep_without_any_image_folder_says_where_it_looked(tmp_path):
+    csv = tmp_path / "safebench.csv"
+    shutil.copy(PUBLISHED / "figstep/data/question/safebench.csv", csv)
+    m = import_benchmark("figstep", csv, tmp_path / "b")
+    assert m.counts.n_samples == 6 and n_images(tmp_path / "b") == 0
+    assert m.provenance["notes"][0].startswith("figstep: no image folder found")
+    assert m.provenance["notes"][1].startswith("figstep: 6 of 6 rows have no image file")

@@ -123,5 +123,9 @@ def import_figstep(src: Path, out: Path, *, name: str | None = None, overwrite: 
         w.manifest.provenance["image_dirs"] = [
             (d.relative_to(src).as_posix() if src.is_dir() and d.is_relative_to(src) else str(d))
             for d in img_dirs]
+        if not img_dirs and not strict_media:
+            w.manifest.provenance.setdefault("notes", []).append(
+                "figstep: no image folder found (looked for images/ beside the CSV and "
+                "../images/SafeBench*/ as the repository has them); --opt images_dir=PATH points to one")
         gaps.finish(w.manifest, strict=strict_media)
     return w.manifest
