@@ -10,10 +10,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from _attack_servers import COMPLY, REFUSAL, AttackLLM
-from conftest import make_benchmark
 from typer.testing import CliRunner
 
+from _attack_servers import COMPLY, REFUSAL, AttackLLM
+from conftest import make_benchmark
 from mmsafe.attacks.adaptive import AdaptiveAttack, TurnJudgment, parse_attacker
 from mmsafe.cli import app
 from mmsafe.models import CostLedger, ModelClient, build_provider, resolve_endpoint
@@ -100,7 +100,8 @@ def test_rejudging_a_live_run_judges_every_turn_in_its_dialogue(srv, tmp_path):
     third = [q for q in reqs if text(q).count("[ASSISTANT]: " + REFUSAL) == 2]
     assert len(third) == 3 * 2, "the judge never saw the target's earlier refusals before a later turn"
     db = sqlite3.connect(out / "run.sqlite")
-    jid = next(j for j, ident in db.execute("SELECT judge_id, identity FROM judges") if json.loads(ident)["kind"] == "rubric")
+    jid = next(j for j, ident in db.execute("SELECT judge_id, identity FROM judges")
+               if json.loads(ident)["kind"] == "rubric")
     got = {sid: (label, json.loads(extra)) for sid, label, extra in
            db.execute("SELECT sample_id, label, extra FROM verdicts WHERE judge_id = ?", (jid,))}
     assert set(got) == {"s0", "s1", "s2"}
@@ -299,6 +300,27 @@ def test_adaptive_capabilities_and_options_checked_up_front(srv, tmp_path):
     # backtracking off: a fixed-history target is fine
     r = cli(*base, "-t", "fixedhist", "--attacker", f"openai/atk-ok@{srv.url}", "--max-backtracks", "0")
     assert r.exit_code == 0, r.output
+
+
+def test_run_modes_come_from_the_executors_registry():
+    """--mode is validated through registry("executors"); each mode's descriptor says what it needs."""
+    from mmsafe import registry as reg_mod
+    from mmsafe.runner.base import MODES, ModeSpec, mode_spec
+    from mmsafe.types import InputError
+
+    reg = reg_mod.registry("executors")
+    specs = {n: mode_spec(n) for n in MODES}
+    assert {n: (s.multi_turn, s.needs_attacker) for n, s in specs.items()} == {
+        "fixed": (False, False), "live": (True, False), "adaptive": (True, True)}
+    assert all(reg.get(n) is specs[n] for n in MODES)
+    with pytest.raises(InputError, match="--mode 'nope': choose one of adaptive, fixed, live"):
+        mode_spec("nope")
+    try:
+        reg.add("turbo", ModeSpec("live", True, False, "not the runner's"), type="mode", origin="pkg 1.0")
+        with pytest.raises(InputError, match=r"--mode 'turbo' \(from pkg 1.0\): this runner drives only"):
+            mode_spec("turbo")
+    finally:
+        reg_mod.reset()
 
 
 def test_adaptive_resume_and_fixed_mode_unchanged(srv, tmp_path):

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_benchmark
 from typer.testing import CliRunner
 
+from conftest import make_benchmark
 from mmsafe.cli import app
 
 runner = CliRunner()
@@ -154,6 +154,58 @@ def test_errors_are_retried_on_rerun(llm, tmp_path):
     db = sqlite3.connect(out / "run.sqlite")
     assert db.execute("SELECT COUNT(*) FROM responses WHERE status='ok'").fetchone()[0] == 4
     assert db.execute("SELECT COUNT(*) FROM requests WHERE role='target' AND status='error'").fetchone()[0] == 4
+
+
+def test_summary_json_is_the_typed_summary_and_older_files_load(llm, tmp_path):
+    """summary.json is RunSummary.to_dict(): same keys, values and order; blocks that do not
+    apply are left out; an older or trimmed file loads (unknown blocks kept); a field of the
+    wrong type is one line naming the file and the field."""
+    from mmsafe.report.runs import load_run
+    from mmsafe.runner.summary import RunSummary
+    from mmsafe.types import InputError
+
+    bench = make_benchmark(tmp_path / "b", n=3, image=False)
+    out = tmp_path / "run"
+    assert cli("run", bench, "-t", f"openai/refuse@{llm.url}", "-o", out).exit_code == 0
+    raw = json.loads((out / "summary.json").read_text())
+    s = RunSummary.load(out / "summary.json")
+    assert s.to_dict() == raw and list(s.to_dict()) == list(raw)
+    assert (s.asr, s.n_scored, s.n_failed, s.judge.name, s.target.model, s.mode) == (0.0, 3, 0, "keyword",
+                                                                                     "refuse", "fixed")
+    assert s.by_scenario["Fraud"].n_scored == 1 and s.tokens["target"].input > 0
+    assert not {"defense", "multiturn", "judges", "agreement"} & set(raw)
+    assert load_run(out).run_summary.asr == 0.0
+
+    old = {"target": {"name": "x"}, "asr": 0.5, "by_turns": {"1": {"n_scored": 2, "n_unsafe": 1, "asr": 0.5}},
+           "moderator": {"flagged": 3}}
+    o = RunSummary.from_data(old)
+    assert o.to_dict() == old
+    assert (o.mode, o.n_samples, o.by_turns["1"].asr, o.controls) == ("fixed", 0, 0.5, None)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "summary.json").write_text(json.dumps({**raw, "asr_ci": ["low", None]}))
+    with pytest.raises(InputError, match=r"bad/summary.json: field asr_ci\.0: ") as e:
+        load_run(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_a_defense_is_checked_against_the_protocol(llm, tmp_path):
+    import asyncio
+
+    from mmsafe.defense import KeywordFilterDefense, SystemPromptDefense
+    from mmsafe.judges import make_judge
+    from mmsafe.models import resolve_endpoint
+    from mmsafe.runner import Defense, RunOptions, execute
+    from mmsafe.types import ConfigError
+
+    assert isinstance(KeywordFilterDefense(), Defense) and isinstance(SystemPromptDefense(), Defense)
+    assert not isinstance(object(), Defense)
+    bench = make_benchmark(tmp_path / "b", n=2, image=False)
+    opts = RunOptions(benchmark=bench, target=resolve_endpoint(f"openai/refuse@{llm.url}", "target"),
+                      judge=make_judge("keyword"), out=tmp_path / "run", defense=object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="is not a defense"):
+        asyncio.run(execute(opts))
+    assert llm.count() == 0 and not (tmp_path / "run").exists()
 
 
 def test_max_cost_stops_cleanly(llm, tmp_path):
