@@ -14,6 +14,7 @@ from mmsafe.types import InputError, Message
 
 from . import console
 from .app import app
+from .bench import open_bench
 from .console import fail, note, out, say
 from .options import (
     Cache,
@@ -34,11 +35,10 @@ def read_conversations(path: Path) -> Iterator[tuple[str, list[Message], Path]]:
     """Yield (id, messages, asset root) from a benchmark dir or a JSONL of OpenAI-format conversations."""
     from pydantic import ValidationError
 
-    from mmsafe.datasets import open_benchmark
     from mmsafe.datasets.importers.generic import jsonl_rows
     from mmsafe.defense.proxy import messages_from_openai
     if path.is_dir():
-        bench = open_benchmark(path)
+        bench = open_bench(path)
         for s in bench.iter_samples():
             yield s.id, s.messages, bench.root
         return
@@ -114,7 +114,6 @@ def defend_eval(
     cache: Cache = True,
 ) -> None:
     """Compare defenses: ASR by turns with and without each, ASR reduction, over-refusal, latency, cost."""
-    from mmsafe.datasets import open_benchmark
     from mmsafe.defense import make_defense
     from mmsafe.judges import make_judge
     from mmsafe.models import resolve_endpoint
@@ -125,9 +124,9 @@ def defend_eval(
     defenses: list[tuple[str | None, Defense | None]] = [(None, None)]
     defenses += [(d, make_defense(d, models_file=models, policies=policies)) for d in defense]
     first_judge = make_judge(judge, models_file=models)  # fail early on a bad spec (each run makes its own)
-    open_benchmark(harmful)
+    open_bench(harmful)
     if benign is not None:
-        open_benchmark(benign)
+        open_bench(benign)
     base = RunOptions(benchmark=harmful, target=tcfg, judge=first_judge, out=out, limit=limit,
                       max_connections=max_connections, use_cache=cache)
     res = evaluate_defenses(harmful, benign, base, defenses, out, lambda: make_judge(judge, models_file=models))

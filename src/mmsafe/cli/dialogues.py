@@ -10,6 +10,7 @@ import typer
 from mmsafe import errors
 
 from .app import app
+from .bench import open_bench
 from .console import bold, say, warn
 from .importing import refuse_existing
 from .options import (
@@ -58,6 +59,7 @@ def dialogues(
     from mmsafe.runner.modes import generate_dialogues
     from mmsafe.runtime import run_async
 
+    open_bench(benchmark)  # the source must be a benchmark (checked before any call)
     lens = parse_lengths(lengths)
     meths = parse_methods(methods)
     gcfg = resolve_endpoint(generator, "generator", models_file=models)

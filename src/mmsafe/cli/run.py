@@ -12,6 +12,7 @@ from mmsafe.errors import EXIT_USAGE
 from mmsafe.types import InputError
 
 from .app import app
+from .bench import open_bench
 from .console import bold, err, fail, say, warn
 from .options import (
     ApiKeyEnv,
@@ -126,7 +127,6 @@ def run(
     si_grouping: SiGrouping = None,
 ) -> None:
     """Run a benchmark against a target, judge the replies, write RUN_DIR/{run.sqlite,results.jsonl,summary.json}."""
-    from mmsafe.datasets import open_benchmark
     from mmsafe.judges import make_judge
     from mmsafe.models import resolve_endpoint
     from mmsafe.runner import RunOptions, execute
@@ -148,7 +148,7 @@ def run(
     if defense:
         from mmsafe.defense import make_defense
         dfn = make_defense(defense, models_file=models, policies=policies)
-    bench = open_benchmark(benchmark)
+    bench = open_bench(benchmark)
     if out is None:
         out = Path("runs") / f"{bench.manifest.name}-{tcfg.model}".replace("/", "_")
     progress, update = progress_bar(min(len(bench), limit) if limit else len(bench), tcfg.name)
