@@ -378,8 +378,9 @@ def test_mmsafetybench_missing_images_are_reported(mmsb_repo, tmp_path):
     shutil.rmtree(mmsb_repo / "data" / "imgs")
     m = import_benchmark("mmsafetybench", mmsb_repo, tmp_path / "b")
     assert m.counts.n_samples == 3
-    assert m.provenance["notes"] == ["mmsafetybench: 9 of 9 rows have no image file (skipped); "
-                                     "--strict-media makes this an error"]
+    assert m.provenance["notes"][0].startswith("mmsafetybench: no imgs/ folder found")
+    assert m.provenance["notes"][1] == ("mmsafetybench: 9 of 9 rows have no image file (skipped); "
+                                        "--strict-media makes this an error")
     with pytest.raises(DatasetError, match=r"01-Illegal_Activitiy\.json: item '0': SD/0\.jpg"):
         import_benchmark("mmsafetybench", mmsb_repo, tmp_path / "s", strict_media=True)
 

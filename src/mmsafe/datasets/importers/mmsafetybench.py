@@ -198,5 +198,9 @@ def import_mmsafetybench(src: Path, out: Path, *, name: str | None = None,
         if imgs is not None:
             w.manifest.provenance["images_dir"] = (imgs.relative_to(base).as_posix()
                                                    if imgs.is_relative_to(base) else str(imgs))
+        if imgs is None and gaps.rows and not strict_media:
+            w.manifest.provenance.setdefault("notes", []).append(
+                "mmsafetybench: no imgs/ folder found beside the questions or the root (unzip "
+                "MM-SafetyBench(imgs).zip into data/imgs/, or --opt images_dir=PATH)")
         gaps.finish(w.manifest, strict=strict_media)
     return w.manifest
