@@ -29,8 +29,7 @@ from mmsafe.attacks.adaptive import AdaptiveAttack, AttackResult, TurnJudgment
 from mmsafe.attacks.dialogues import first_image, inline_image, is_refusal
 from mmsafe.judges import Judge
 from mmsafe.models import CostLedger, ModelClient, ResponseCache, build_provider
-from mmsafe.models.engine import accumulate as _acc
-from mmsafe.models.engine import request_log
+from mmsafe.models.engine import accumulate as _acc, request_log
 from mmsafe.runner.base import ADAPTIVE_MODE, LIVE_MODE, MULTI_TURN_MODES, PreflightError
 from mmsafe.runner.options import RunOptions
 from mmsafe.types import ImagePart, InputError, Message, ParseStatus, Response, Sample, TextPart, Usage, Verdict
