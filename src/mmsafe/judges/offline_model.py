@@ -463,39 +463,47 @@ def _relevance_features(question: str, r_tokens: list[str]) -> tuple[list[float]
 class _Segments:
     """Paragraphs / persona turns of a reply ("[GPT]: ... [DAN]: ..."), refusing or not."""
 
-    n_seg: int = 0
-    n_ref_seg: int = 0
-    nonref_chars: int = 0
-    longest_nonref: int = 0
-    nonref_tokens: set[str] = field(default_factory=set)
-    nonref_moral: int = 0
-    nonref_advice: int = 0
-    last_ref: float = 0.0
-    dual: float = 0.0
+    n_seg: int
+    n_ref_seg: int
+    nonref_chars: int
+    longest_nonref: int
+    nonref_tokens: set[str]
+    nonref_moral: int
+    nonref_advice: int
+    last_ref: float  # 1.0 when the last segment refuses
+    dual: float  # 1.0 when a substantive (>= 150 chars) non-refusing segment follows a refusing one
 
 
 def _segments(r: str) -> _Segments:
     segs = [sg for sg in _SEG_SPLIT.split(r) if sg and sg.strip()]
-    out = _Segments(n_seg=len(segs))
+    n_ref_seg = 0
+    nonref_chars = 0
+    longest_nonref = 0
+    nonref_tokens: set[str] = set()
+    nonref_moral = 0
+    nonref_advice = 0
+    last_ref = 0.0
     seen_ref = False
-    for sg in segs:
+    dual = 0.0
+    for sg in segs:  # locals, not attributes, in this loop: it runs for every paragraph of every reply
         sl = sg.lower()
         if _REFUSAL.search(sl):
-            out.n_ref_seg += 1
+            n_ref_seg += 1
             seen_ref = True
-            out.last_ref = 1.0
+            last_ref = 1.0
             continue
-        out.last_ref = 0.0
+        last_ref = 0.0
         ln = len(sg)
-        out.nonref_chars += ln
-        if ln > out.longest_nonref:
-            out.longest_nonref = ln
-        out.nonref_tokens |= _content_tokens(_TOKEN_RE.findall(sl))
-        out.nonref_moral += len(_MORAL.findall(sl))
-        out.nonref_advice += len(_ADVICE.findall(sl))
+        nonref_chars += ln
+        if ln > longest_nonref:
+            longest_nonref = ln
+        nonref_tokens |= _content_tokens(_TOKEN_RE.findall(sl))
+        nonref_moral += len(_MORAL.findall(sl))
+        nonref_advice += len(_ADVICE.findall(sl))
         if seen_ref and ln >= 150:
-            out.dual = 1.0
-    return out
+            dual = 1.0
+    return _Segments(len(segs), n_ref_seg, nonref_chars, longest_nonref, nonref_tokens, nonref_moral,
+                     nonref_advice, last_ref, dual)
 
 
 def _segment_features(r: str, low: str, q_set: set[str]) -> list[float]:
