@@ -85,6 +85,19 @@ def test_dialogues_against_a_failing_endpoint_is_one_line_exit_2(failing, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_run_and_judge_against_a_failing_endpoint_are_one_line_exit_2(failing, tmp_path):
+    bench = make_benchmark(tmp_path / "b", n=2)
+    r = mmsafe("run", bench, "-t", f"openai/m@{failing.url}", "-o", tmp_path / "r1", cwd=tmp_path)
+    assert_one_line(r, EXIT_USAGE, "endpoint openai/m@", str(failing.status))
+    assert r.stdout.strip() == ""  # no empty summary before the error: nothing was measured
+    r = mmsafe("run", bench, "-t", "mock/refuser", "--judge", f"rubric:openai/j@{failing.url}", "-o", tmp_path / "r2",
+               cwd=tmp_path)
+    assert_one_line(r, EXIT_USAGE, "endpoint openai/j@", str(failing.status))
+    assert mmsafe("run", bench, "-t", "mock/refuser", "-o", tmp_path / "r3", cwd=tmp_path).returncode == 0
+    r = mmsafe("judge", tmp_path / "r3", "--judge", f"rubric:openai/j@{failing.url}", cwd=tmp_path)
+    assert_one_line(r, EXIT_USAGE, "endpoint openai/j@", str(failing.status))
+
+
 # --------------------------------------------------------------------------- file mistakes
 
 

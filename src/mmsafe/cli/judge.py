@@ -5,17 +5,21 @@ from __future__ import annotations
 import json as _json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
-from mmsafe.errors import EXIT_USAGE
-
 from .app import app
-from .console import fail, out, say, warn
+from .console import out, say, warn
 from .options import Cache, JsonOut, Judge, JudgeOpt, Models, Workers, limit_option, pairs
 from .progress import progress_bar
 from .run import fmt_rate
+
+
+def _fatal(error: str | None, judge_name: str) -> NoReturn:
+    """A judge endpoint that refuses every request: one line from the error map (mmsafe.errors), exit 2."""
+    from mmsafe.models import FatalProviderError
+    raise FatalProviderError(error or f"{judge_name}: fatal judge endpoint error")
 
 
 @app.command("judge")
@@ -41,6 +45,8 @@ def judge_cmd(
         res = api.judge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
                         use_cache=cache, on_progress=update)
     st = res.stats
+    if res.stopped == "fatal" and not st["judged"]:  # nothing judged: the one line is all there is to say
+        _fatal(res.error, j.identity.name)
     blk = (res.summary.get("judges") or {}).get(res.judge_id) or res.summary
     say(f"judge {j.identity.name} ({res.judge_id}): judged {st['judged']}, already judged {st['skipped_done']}, "
         f"judge errors {st['errors']}; ASR {fmt_rate(blk.get('asr'))}, scored {blk.get('n_scored')}, "
@@ -51,7 +57,7 @@ def judge_cmd(
             say(f"agreement {p['a']} vs {p['b']}: n={p['n']} κ={'—' if k is None else f'{k:.3f}'}")
     say(f"primary judge: {res.primary_judge_id}  summary: {run_dir / 'summary.json'}")
     if res.stopped == "fatal":
-        fail(res.error or "fatal judge endpoint error", EXIT_USAGE)
+        _fatal(res.error, j.identity.name)
     if res.stopped == "max_cost":
         warn("stopped:", str(res.error))
 

@@ -8,12 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from mmsafe.errors import EXIT_USAGE
 from mmsafe.types import InputError
 
 from .app import app
 from .bench import open_bench
-from .console import bold, err, fail, say, warn
+from .console import bold, err, say, warn
 from .options import (
     ApiKeyEnv,
     BaseUrl,
@@ -162,11 +161,14 @@ def run(
     gc.freeze()  # the long-lived import-time objects leave the collector's scans: less CPU per request
     with progress:
         outcome = run_async(execute(opts))
+    if outcome.stopped == "fatal":  # the endpoint refuses every request: one line (errors.classify), exit 2
+        from mmsafe.models import FatalProviderError
+        if outcome.summary.get("n_scored"):  # what was measured before it is stored and worth showing
+            print_summary(outcome.summary, out)
+        raise FatalProviderError(outcome.fatal_error or f"{tcfg.name}: fatal endpoint error")
     print_summary(outcome.summary, out)
     if outcome.stopped == "max_cost":
         warn("stopped:", f"{outcome.fatal_error}; re-run with a higher --max-cost to continue")
-    if outcome.stopped == "fatal":
-        fail(outcome.fatal_error or "fatal endpoint error", EXIT_USAGE)
     if outcome.exit_code == 1 and outcome.stopped is None:
         s = outcome.summary
         je = (s.get("parse_status") or {}).get("error", 0)
