@@ -150,8 +150,9 @@ def serve_guard(
                                                               "e.g. http://127.0.0.1:8000/v1")],
     moderator: Moderator = "offline",
     mode: Annotated[str, typer.Option(metavar="MODE", help="inject | block | flag")] = "inject",
-    host: Annotated[str, typer.Option(help="address to bind (anything but loopback needs a token)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="port to bind")] = 8787,
+    host: Annotated[str, typer.Option(
+        metavar="HOST", help="address to bind (anything but loopback needs a token)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, metavar="PORT", max=65535, help="port to bind")] = 8787,
     token_env: Annotated[str, typer.Option(metavar="NAME",
                                            help="env var holding the bearer token clients must send")
                          ] = "MMSAFE_GUARD_TOKEN",

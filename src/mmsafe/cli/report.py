@@ -37,8 +37,8 @@ def report(
 def view(
     run_dirs: RunDirs,
     host: Annotated[str, typer.Option(
-        help="address to bind (anything but loopback exposes harmful content)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="port to bind (0: any free port)")] = 8765,
+        metavar="HOST", help="address to bind (anything but loopback exposes harmful content)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, metavar="PORT", max=65535, help="port to bind")] = 8765,
 ) -> None:
     """Browse samples, verdicts and jurors' reasoning in a local, read-only web viewer."""
     from mmsafe.report import serve
