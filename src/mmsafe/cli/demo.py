@@ -25,7 +25,8 @@ def demo(
     from mmsafe.build.demo import run_demo
     from mmsafe.report import build_report
     run_dirs = run_demo(out, console.out, console.err, **({"real": True} if real else {}))
-    stats = build_report(list[Path | str](run_dirs), out / "report.html", title="mmsafe demo (mock models)")
+    title = "mmsafe demo (mock models + a real 135M model)" if real else "mmsafe demo (mock models)"
+    stats = build_report(list[Path | str](run_dirs), out / "report.html", title=title)
     say(f"report: {out / 'report.html'} (self-contained, {stats.bytes / 1024:.0f} KB) — "
         f"or browse: mmsafe view {' '.join(str(d) for d in run_dirs)}")
 
