@@ -24,7 +24,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +209,8 @@ class AgentContext:
         self._clients.clear()
 
     def summary(self) -> dict[str, Any]:
-        tot = {"calls": 0, "cached": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+        tot: dict[str, Any] = {"calls": 0, "cached": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0,
+                               "cost_usd": 0.0}
         for r in self.ledger.roles.values():
             d = r.as_dict()
             for k in tot:
@@ -266,7 +267,8 @@ def extract_json(text: str | None) -> Any:
     raise ValueError(f"no JSON in reply: {text[:120]!r}")
 
 
-def user(text: str, images: list[ImagePart] | None = None) -> list[Message]:
+def user(text: str, images: Sequence[ImagePart | AudioPart] | None = None) -> list[Message]:
+    """One user message: the text after the given image/audio parts (plain text when there are none)."""
     if images:
         return [Message(role="user", content=[*images, TextPart(text=text)])]
     return [Message(role="user", content=text)]

@@ -70,9 +70,12 @@ class Weights(_C):
     applicability: float = 1.0
 
 
+CrossModalMode = Literal["image_harm", "text_harm", "split", "conflict"]
+CROSS_MODAL_MODES: tuple[CrossModalMode, ...] = ("image_harm", "text_harm", "split", "conflict")
+
+
 class CrossModal(_C):
-    modes: list[Literal["image_harm", "text_harm", "split", "conflict"]] = Field(
-        default_factory=lambda: ["image_harm", "text_harm", "split", "conflict"])
+    modes: list[CrossModalMode] = Field(default_factory=lambda: list(CROSS_MODAL_MODES))
     fraction: float = Field(0.5, ge=0.0, le=1.0)  # share of kept items that get a cross-modal variant
     keep_plain: bool = True  # keep the plain (text-borne harm) item next to its variant
 

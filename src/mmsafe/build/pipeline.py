@@ -201,9 +201,12 @@ def write_benchmark(cfg: BuildConfig, wd: WorkDir, out: Path, stage_records: dic
                 if isinstance(m.content, list):
                     new = []
                     for p in m.content:
+                        # item_to_sample makes every image/audio part from a work-dir path
                         if p.type == "image":
+                            assert p.path is not None
                             p = w.add_image(wd.root / p.path, where=it["id"])
                         elif p.type == "audio":
+                            assert p.path is not None
                             p = w.add_audio(wd.root / p.path, where=it["id"])
                         new.append(p)
                     m.content = new

@@ -30,7 +30,7 @@ import numpy as np
 from mmsafe.embeddings import get_embedder, run_embedding_work
 from mmsafe.judges import make_judge
 from mmsafe.metrics import benchmark_quality, item_discrimination
-from mmsafe.types import Response
+from mmsafe.types import Response, Usage
 
 from .common import AgentContext, BuildError, item_to_sample
 
@@ -133,8 +133,8 @@ async def run_select(ctx: AgentContext, items: list[dict[str, Any]]) -> tuple[li
         if not res.ok:
             status[names[j]]["error"] += 1
             return
-        resp = Response(sample_id=s.id, text=res.text, model=res.model or c.name, usage={
-            "input_tokens": res.input_tokens, "output_tokens": res.output_tokens}, cost_usd=res.cost_usd)
+        resp = Response(sample_id=s.id, text=res.text, model=res.model or c.name, usage=Usage(
+            input_tokens=res.input_tokens, output_tokens=res.output_tokens), cost_usd=res.cost_usd)
         verdict, _rows = await judge.judge(s, resp, wd.root)
         status[names[j]][verdict.label if verdict.label in ("safe", "unsafe") else "unscored"] += 1
         outcomes[i, j] = _code(verdict.label)

@@ -42,6 +42,7 @@ def make_judge(spec: str, *, models_file: Path | None = None, context: Any = Non
         raise ConfigError(f"judge spec {spec!r}: unknown judge kind {name!r}; choose one of "
                           f"{', '.join(reg.names())} (or module.path:Name)")
     obj = reg.resolve(name)
+    opts: dict[str, Any]
     if getattr(obj, "raw_spec", False):  # e.g. a cascade: its stages carry their own ?options
         arg, opts = spec[len(name) + 1:].strip() if spec.startswith(name + ":") else "", {}
     else:

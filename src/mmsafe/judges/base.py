@@ -21,12 +21,15 @@ class Judge(ABC):
 
     @property
     def judge_id(self) -> str:
+        """The judge's id: a hash of its identity (kind, models, prompt hash, settings)."""
         return self.identity.id
 
     async def start(self) -> None:
+        """Open what the judge needs before its first call (connections, models); a no-op by default."""
         return None
 
     async def close(self) -> None:
+        """Release what ``start`` opened; a no-op by default."""
         return None
 
     @abstractmethod

@@ -46,6 +46,8 @@ class CalibrationDataError(InputError):
 
 @dataclass
 class LabelledRow:
+    """One human-labelled (question, response) pair; ``label`` 1 = unsafe, ``line`` its line in the file."""
+
     question: str
     response: str
     label: int  # 1 = unsafe
@@ -57,7 +59,7 @@ class LabelledRow:
 
 def _open_csv(path: Path) -> tuple[list[str], Any, Any]:
     try:
-        fh = open(path, newline="", encoding="utf-8-sig")
+        fh = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 (returned open: the reader closes it)
     except FileNotFoundError:
         raise CalibrationDataError(f"{path}: file not found") from None
     except (IsADirectoryError, PermissionError) as e:
@@ -117,18 +119,21 @@ def _label01(v: Any, path: Path, line: int, col: str = "label") -> int:
 
 
 def read_csv_rows(path: Path) -> list[LabelledRow]:
+    """Rows of mmsafe's own CSV format: columns ``question``, ``response``, ``label`` (0/1)."""
     header, rows = _iter_csv(path)
     _need(path, header, ("question", "response", "label"), "csv")
     return [LabelledRow(r["question"], r["response"], _label01(r["label"], path, ln), ln) for ln, r in rows]
 
 
 def read_jailjudge(path: Path) -> list[LabelledRow]:
+    """Rows of a JailJudge CSV: columns ``question``, ``answer``, ``label``."""
     header, rows = _iter_csv(path)
     _need(path, header, ("question", "answer", "label"), "jailjudge")
     return [LabelledRow(r["question"], r["answer"], _label01(r["label"], path, ln), ln) for ln, r in rows]
 
 
 def read_gptfuzz(path: Path) -> list[LabelledRow]:
+    """Rows of GPTFuzz's labelled CSV (``question`` may index ``gptfuzz_questions.csv`` beside it)."""
     header, rows = _iter_csv(path)
     _need(path, header, ("question", "Response", "label"), "gptfuzz")
     qpath = path.with_name("gptfuzz_questions.csv")
@@ -149,6 +154,7 @@ def read_gptfuzz(path: Path) -> list[LabelledRow]:
 
 
 def read_xstest(path: Path) -> list[LabelledRow]:
+    """Rows of XSTest's labelled completions (``prompt``, ``completion``, ``final_label``)."""
     header, rows = _iter_csv(path)
     _need(path, header, ("type", "prompt", "completion", "final_label"), "xstest")
     out = []
@@ -184,6 +190,7 @@ def _behaviour_lookup(path: Path) -> dict[str, str]:
 
 
 def read_harmbench(path: Path) -> list[LabelledRow]:
+    """Rows of HarmBench's classifier validation set (JSON/JSONL, or CSV with a ``generation`` column)."""
     lookup: dict[str, str] | None = None
 
     def row_of(d: dict[str, Any], line: int, bid: str | None = None) -> LabelledRow:
@@ -245,6 +252,7 @@ READERS: dict[str, Callable[[Path], list[LabelledRow]]] = {
 
 
 def detect_format(path: Path) -> str:
+    """The calibration format of a file, from its suffix or CSV header (see ``FORMATS``)."""
     if path.suffix.lower() in (".json", ".jsonl"):
         return "harmbench"
     header, _, fh = _open_csv(path)
@@ -265,6 +273,7 @@ def detect_format(path: Path) -> str:
 
 
 def read_labelled(path: Path, fmt: str | None = None) -> tuple[str, list[LabelledRow]]:
+    """``(format, rows)`` of a labelled file; ``fmt=None`` detects the format."""
     path = Path(path)
     if not path.exists():
         raise CalibrationDataError(f"{path}: file not found")
@@ -281,11 +290,13 @@ def read_labelled(path: Path, fmt: str | None = None) -> tuple[str, list[Labelle
 
 
 def calibration_dir() -> Path:
+    """Where calibration records are cached (under mmsafe's cache directory)."""
     from mmsafe.models.engine import default_cache_dir
     return default_cache_dir() / "calibration"
 
 
 def data_sha(path: Path, fmt: str) -> str:
+    """A short hash of a calibration file's content and format (its cache key)."""
     h = hashlib.sha256(fmt.encode() + b"\0")
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -296,6 +307,7 @@ def data_sha(path: Path, fmt: str) -> str:
 
 
 def calibration_path(judge_id: str, sha: str) -> Path:
+    """The cache file of a judge's calibration on one data set."""
     return calibration_dir() / f"{judge_id}-{sha}.json"
 
 
@@ -348,9 +360,9 @@ async def calibrate(judge: Judge, path: Path, fmt: str | None = None, *, concurr
     cpath = calibration_path(judge_id, sha)
     if use_cache and not force and cpath.exists():
         try:
-            rec = json.loads(cpath.read_text())
-            rec["cached"] = True
-            return rec
+            cached: dict[str, Any] = json.loads(cpath.read_text())
+            cached["cached"] = True
+            return cached
         except (OSError, ValueError):
             pass
     ledger = CostLedger()
@@ -358,7 +370,7 @@ async def calibrate(judge: Judge, path: Path, fmt: str | None = None, *, concurr
     if hasattr(judge, "bind"):
         judge.bind(ledger=ledger, cache=cache)
     items = []
-    for i, r in enumerate(rows):
+    for r in rows:
         q = r.question.strip() or "(no question given)"
         s = Sample(id=f"row{r.line}", question=q, messages=[Message(role="user", content=q)])
         items.append((s, Response(sample_id=s.id, text=r.response)))
@@ -401,6 +413,7 @@ async def calibrate(judge: Judge, path: Path, fmt: str | None = None, *, concurr
 
 
 def calibrate_sync(judge: Judge, path: Path, fmt: str | None = None, **kw: Any) -> dict[str, Any]:
+    """:func:``calibrate`` run to completion on a fresh event loop."""
     return run_async(calibrate(judge, path, fmt, **kw))
 
 

@@ -62,6 +62,8 @@ def parse_guard(text: str | None, valid: set[str] | None = None) -> tuple[Label,
 
 
 class GuardJudge(LLMJudge):
+    """A Llama Guard-style guard model as a judge: ``safe`` / ``unsafe`` + S-categories for the last reply."""
+
     def __init__(self, endpoint: EndpointConfig, *, template: str | Path | None = None, fmt: str = "prompt",
                  categories: int = 14, params: dict[str, Any] | None = None, spec: str = "guard"):
         super().__init__([endpoint], {"max_tokens": 20, **(params or {})})
@@ -86,6 +88,7 @@ class GuardJudge(LLMJudge):
 
     @classmethod
     def from_options(cls, endpoint: EndpointConfig, opts: Options) -> GuardJudge:
+        """A guard judge on ``endpoint`` from parsed spec options (``template``, ``format``, ``categories``)."""
         j = cls(endpoint, template=opts.str("template"),
                 fmt=opts.str("format", "prompt", ("prompt", "messages")) or "prompt",
                 categories=opts.int("categories", 14, lo=13, hi=14), params=opts.params(), spec=opts.spec)
@@ -93,6 +96,7 @@ class GuardJudge(LLMJudge):
         return j
 
     def conversation(self, sample: Sample, response: Response) -> str:
+        """The dialogue as ``User:`` / ``Agent:`` turns ending with the reply (assets named by hash)."""
         turns = []
         for m in sample.messages:
             if m.role == "system":
@@ -108,6 +112,7 @@ class GuardJudge(LLMJudge):
         return "\n\n".join(turns)
 
     def messages(self, sample: Sample, response: Response) -> list[Message]:
+        """What is sent: the filled guard prompt (``format=prompt``) or the turns as chat messages."""
         if self.fmt == "prompt":
             text = fill(self.template, categories=self.cat_text, conversation=self.conversation(sample, response))
             return [Message(role="user", content=text)]
@@ -121,6 +126,7 @@ class GuardJudge(LLMJudge):
 
     async def judge(self, sample: Sample, response: Response,
                     root: Path | None = None) -> tuple[Verdict, list[dict[str, Any]]]:
+        """Ask the guard about the reply; an error, refusal or unparsable output is ``unscored``."""
         res, rows = await self.call(self.endpoint, self.messages(sample, response), sample.id, None)
         cost, usage = usage_of([res])
         if not res.ok:

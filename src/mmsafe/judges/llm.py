@@ -63,6 +63,7 @@ class Options:
         return ConfigError(f"judge spec {self.spec!r}: option {key}={self.opts.get(key)!r}: {what}")
 
     def str(self, key: str, default: str | None = None, choices: tuple[str, ...] | None = None) -> str | None:
+        """Option ``key`` as text (``default`` when absent); with ``choices``, one of them or a ConfigError."""
         v = self._raw(key)
         if v is None:
             return default
@@ -74,6 +75,7 @@ class Options:
     # the methods below are named after builtins: their annotations name the builtins explicitly
     def int(self, key: builtins.str, default: builtins.int, lo: builtins.int | None = None,
             hi: builtins.int | None = None) -> builtins.int:
+        """Option ``key`` as an integer within ``lo..hi`` (``default`` when absent), else a ConfigError."""
         v = self._raw(key)
         if v is None:
             return default
@@ -87,6 +89,7 @@ class Options:
 
     def float(self, key: builtins.str, default: builtins.float | None, lo: builtins.float | None = None,
               hi: builtins.float | None = None) -> builtins.float | None:
+        """Option ``key`` as a number within ``[lo, hi]`` (``default`` when absent), else a ConfigError."""
         v = self._raw(key)
         if v is None:
             return default
@@ -99,6 +102,7 @@ class Options:
         return x
 
     def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
+        """Option ``key`` as 1/0, true/false, yes/no or on/off (``default`` when absent), else a ConfigError."""
         v = self._raw(key)
         if v is None:
             return default
@@ -123,6 +127,7 @@ class Options:
         return out
 
     def check_all_used(self) -> None:
+        """Raise a ConfigError naming every option no reader asked for (a typo must not pass silently)."""
         unknown = sorted(set(self.opts) - self.used)
         if unknown:
             raise ConfigError(f"judge spec {self.spec!r}: unknown option(s) {', '.join(unknown)}")
@@ -132,6 +137,7 @@ class Options:
 
 
 def builtin_template(name: str) -> str:
+    """The text of a packaged prompt file under ``mmsafe/data/rubrics``."""
     return resources.files("mmsafe").joinpath("data", "rubrics", name).read_text(encoding="utf-8")
 
 
@@ -190,6 +196,7 @@ def fill(template: str, **values: Any) -> str:
 
 
 def text_hash(*texts: str) -> str:
+    """A short hash of several texts (the judge identity's ``prompt_hash``)."""
     h = hashlib.sha256()
     for t in texts:
         h.update(hashlib.sha256(t.encode()).digest())
@@ -213,6 +220,7 @@ def rubric_for(sample: Sample) -> str:
 
 
 def load_rubrics(directory: str | Path | None, *, spec: str) -> dict[str, str]:
+    """The three scenario rubrics: the packaged ones, replaced by ``NAME.txt`` files in ``directory``."""
     out = {n: builtin_template(f"rubric_{n}.txt") for n in RUBRIC_NAMES}
     if directory is not None:
         d = Path(directory).expanduser()
@@ -267,6 +275,7 @@ def render_dialogue(sample: Sample, *, attach_images: bool, attach_audio: bool =
 
 
 def judge_message(prompt: str, attached: list[Any]) -> list[Message]:
+    """The judge's one user message: the prompt, followed by the attached image/audio parts."""
     if not attached:
         return [Message(role="user", content=prompt)]
     return [Message(role="user", content=[TextPart(text=prompt), *attached])]
@@ -291,6 +300,7 @@ class LLMJudge(Judge):
 
     # the runner calls bind() when it has a ledger and cache; otherwise the judge keeps its own ledger
     def bind(self, ledger: CostLedger | None = None, cache: ResponseCache | None = None) -> None:
+        """Share the runner's cost ledger and response cache (called before the first request)."""
         if self._clients is not None:
             for c in self._clients.values():
                 if ledger is not None:
@@ -301,6 +311,7 @@ class LLMJudge(Judge):
 
     @property
     def ledger(self) -> CostLedger:
+        """The cost ledger the judge's calls are booked on (its own unless ``bind`` gave one)."""
         if self._ledger is None:
             self._ledger = CostLedger()
         return self._ledger
@@ -318,13 +329,16 @@ class LLMJudge(Judge):
         return self._clients
 
     def base_settings(self) -> dict[str, Any]:
+        """The identity settings every LLM judge records: generation and per-endpoint params."""
         eps = {c.name: c.params for c in self.endpoints if c.params}
         return {"params": self.params, **({"endpoint_params": eps} if eps else {})}
 
     def client(self, cfg: EndpointConfig) -> ModelClient:
+        """The ModelClient of one judge endpoint (built on first use)."""
         return self._build_clients()[cfg.name]
 
     async def start(self) -> None:
+        """Start every endpoint's client (once, even when first calls come concurrently)."""
         if self._started:
             return
         self._started = True  # set first: concurrent first calls must not start a provider twice
@@ -332,6 +346,7 @@ class LLMJudge(Judge):
             await c.start()
 
     async def close(self) -> None:
+        """Close every endpoint's client."""
         if self._clients is not None:
             for c in self._clients.values():
                 await c.close()
@@ -364,6 +379,7 @@ async def gather_all(coros: list[Any]) -> list[Any]:
 
 
 def strip_assets(messages: list[Message]) -> list[Message]:
+    """The messages with image/audio parts replaced by ``[type: sha256 …]`` placeholders."""
     out = []
     for m in messages:
         if isinstance(m.content, str):
@@ -376,12 +392,14 @@ def strip_assets(messages: list[Message]) -> list[Message]:
 
 
 def usage_of(results: list[ChatResult]) -> tuple[float, Usage]:
+    """``(USD, token usage)`` of judge calls; cached replies cost nothing."""
     cost = sum(r.cost_usd for r in results if not r.cached)
     u = Usage(input_tokens=sum(r.input_tokens for r in results), output_tokens=sum(r.output_tokens for r in results))
     return cost, u
 
 
 def resolve_judge_endpoint(model: str, spec: str, models_file: Path | None) -> EndpointConfig:
+    """The judge endpoint a spec names; a missing or unknown model is a ConfigError naming the spec."""
     if not model:
         raise ConfigError(f"judge spec {spec!r}: needs a model, e.g. {spec.split(':')[0]}:openai/gpt-4o")
     try:
@@ -391,4 +409,5 @@ def resolve_judge_endpoint(model: str, spec: str, models_file: Path | None) -> E
 
 
 def response_text(response: Response) -> str:
+    """The reply's text, empty when there is none."""
     return response.text or ""

@@ -19,7 +19,7 @@ from typing import Any
 
 from mmsafe.judges.base import Judge
 from mmsafe.models.base import ConfigError
-from mmsafe.types import JudgeIdentity, Response, Sample, Verdict
+from mmsafe.types import JudgeIdentity, Label, Response, Sample, Verdict
 
 WEIGHT_FILES = ("model.npz", "model.json")
 
@@ -88,6 +88,7 @@ class OfflineJudge(Judge):
                                       settings=settings, label="offline CPU classifier (no API calls)")
 
     def predict(self, questions: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """P(unsafe) for each (question, response) pair."""
         return [float(x) for x in self.model.predict_proba(list(questions), list(responses))]
 
     def _verdict(self, sample_id: str, p: float) -> Verdict:
@@ -95,12 +96,13 @@ class OfflineJudge(Judge):
             return Verdict(sample_id=sample_id, judge_id=self.judge_id, label="unscored", score=round(p, 6),
                            parse_status="abstained",
                            rationale=f"abstained: P(unsafe)={p:.3f} inside {self.abstain[0]:g}..{self.abstain[1]:g}")
-        label = "unsafe" if p >= self.threshold else "safe"
+        label: Label = "unsafe" if p >= self.threshold else "safe"
         return Verdict(sample_id=sample_id, judge_id=self.judge_id, label=label, score=round(p, 6),
                        rationale=f"P(unsafe)={p:.3f} (threshold {self.threshold:g})")
 
     async def judge(self, sample: Sample, response: Response,
                     root: Path | None = None) -> tuple[Verdict, list[dict[str, Any]]]:
+        """Judge one reply: unsafe at or above the threshold, unscored inside the abstain band."""
         (p,) = self.predict([sample.question], [response.text or ""])
         return self._verdict(sample.id, p), []
 

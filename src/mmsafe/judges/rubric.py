@@ -38,6 +38,8 @@ PROMPT_TEMPLATE = "judge_prompt.txt"
 
 
 class RubricJudge(LLMJudge):
+    """One LLM judge call per reply that sees the dialogue, the question and a scenario rubric."""
+
     def __init__(self, endpoint: EndpointConfig, *, template: str | Path | None = None,
                  rubrics: str | Path | None = None, rubric: str | None = None,
                  params: dict[str, Any] | None = None, images: bool | None = None, spec: str = "rubric"):
@@ -67,6 +69,7 @@ class RubricJudge(LLMJudge):
 
     @classmethod
     def from_options(cls, endpoint: EndpointConfig, opts: Options) -> RubricJudge:
+        """A rubric judge on ``endpoint`` from parsed spec options (template, rubrics, rubric, images)."""
         j = cls(endpoint, template=opts.str("template"), rubrics=opts.str("rubrics"),
                 rubric=opts.str("rubric", None, RUBRIC_NAMES), params=opts.params(),
                 images=opts.bool("images", True), spec=opts.spec)
@@ -75,6 +78,7 @@ class RubricJudge(LLMJudge):
 
     def prompt(self, sample: Sample, response: Response,
                root: Path | None = None) -> tuple[str, list[Any], str]:
+        """``(prompt text, attached asset parts, rubric name)`` for one reply."""
         rub = self.fixed_rubric or rubric_for(sample)
         dialogue, attached = render_dialogue(sample, attach_images=self.attach_images,
                                              attach_audio=self.attach_audio, root=root)
@@ -84,6 +88,7 @@ class RubricJudge(LLMJudge):
 
     async def judge(self, sample: Sample, response: Response,
                     root: Path | None = None) -> tuple[Verdict, list[dict[str, Any]]]:
+        """Judge one reply; an endpoint error, refusal or unparsable output is ``unscored``, never safe."""
         text, attached, rub = self.prompt(sample, response, root)
         res, rows = await self.call(self.endpoint, judge_message(text, attached), sample.id, root)
         cost, usage = usage_of([res])

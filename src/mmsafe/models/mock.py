@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
@@ -122,7 +122,7 @@ class LoopbackServer:
 class MockProvider(OpenAIProvider):
     """``mock/<behaviour>``: starts its own loopback server and talks OpenAI to it."""
 
-    _servers: dict[int, tuple[LoopbackServer, str, int]] = {}  # per event loop: server, url, users
+    _servers: ClassVar[dict[int, tuple[LoopbackServer, str, int]]] = {}  # per event loop: server, url, users
 
     def __init__(self, cfg: EndpointConfig):
         if cfg.model not in BEHAVIOURS:

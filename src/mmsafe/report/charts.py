@@ -292,7 +292,7 @@ def scatter(points: Sequence[dict[str, Any]], *, x_label: str = "over-refusal on
     def Y(v: float) -> float:
         return top + ph - (v - ylo) / (yhi - ylo) * ph
 
-    ticks = [ylo + k * .25 for k in range(int(round((yhi - ylo) / .25)) + 1)]
+    ticks = [ylo + k * .25 for k in range(round((yhi - ylo) / .25) + 1)]
     body = _y_axis(left, top, ph, left + pw, ticks, ylo, yhi, fmt=lambda v: f"{100 * v:+.0f} pp" if v else "0")
     for t in (0, .25, .5, .75, 1):
         body.append(_text(X(t), top + ph + 16, f"{100 * t:.0f}%", anchor="middle", size=10))

@@ -203,7 +203,7 @@ class RunView:
 
     def verdicts(self, sample_id: str) -> list[dict[str, Any]]:
         out = []
-        for (jid, label, score, rating, ps, rationale, raw, cats, cost, ti, to, created, extra) in self.db.execute(
+        for (jid, label, score, rating, ps, rationale, raw, cats, cost, ti, to, _created, extra) in self.db.execute(
                 "SELECT judge_id, label, score, rating, parse_status, rationale, raw, categories, cost_usd,"
                 " input_tokens, output_tokens, created, extra FROM verdicts WHERE sample_id = ?", (sample_id,)):
             raw_v = _loads(raw)
@@ -389,8 +389,8 @@ def make_app(run_dirs: list[Path | str], *, allowed_hosts: set[str] | None = Non
     for name in TEMPLATES:  # compile now rather than on the first request
         env().get_template(name)
     # index the benchmarks' samples.jsonl (id -> offset) in the background
-    for index in {id(rv.index): rv.index for rv in v.runs.values() if rv.index is not None}.values():
-        threading.Thread(target=lambda i=index: i.offsets, daemon=True, name="mmsafe-sample-index").start()
+    for sample_index in {id(rv.index): rv.index for rv in v.runs.values() if rv.index is not None}.values():
+        threading.Thread(target=lambda i=sample_index: i.offsets, daemon=True, name="mmsafe-sample-index").start()
     app = web.Application(middlewares=[_guard])
     app[VIEWER] = v
     app[ALLOWED_HOSTS] = None if any_host else set(LOOPBACK) | set(allowed_hosts or ())

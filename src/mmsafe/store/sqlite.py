@@ -59,6 +59,11 @@ def is_control(metadata: dict[str, Any]) -> bool:
 
 
 class SQLiteRunStore(RunStore):
+    """The run store as one SQLite file (WAL mode): responses, verdicts, judges, request log, meta.
+
+    ``readonly=True`` opens an existing store without writing to it (reports, the viewer).
+    """
+
     def __init__(self, path: Path, *, readonly: bool = False):
         self.path = path
         if readonly:
@@ -94,21 +99,26 @@ class SQLiteRunStore(RunStore):
 
     # -- meta
     def get_meta(self, key: str) -> Any | None:
+        """The stored value for ``key`` (JSON-decoded), or None when unset."""
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return orjson.loads(row[0]) if row else None
 
     def set_meta(self, key: str, value: Any) -> None:
+        """Store ``value`` (JSON-encodable) under ``key``, replacing any earlier value."""
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, _dumps(value)))
 
     # -- queries
     def ok_sample_ids(self) -> set[str]:
+        """Samples whose target response is stored and successful."""
         return {r[0] for r in self.db.execute("SELECT sample_id FROM responses WHERE status='ok'")}
 
     def judged_sample_ids(self, judge_id: str) -> set[str]:
+        """Samples with a (non-error) verdict from this judge."""
         return {r[0] for r in self.db.execute(
             "SELECT sample_id FROM verdicts WHERE judge_id=? AND parse_status != 'error'", (judge_id,))}
 
     def get_response(self, sample_id: str) -> Response | None:
+        """The stored target response for a sample, or None."""
         row = self.db.execute(
             "SELECT text, error, model, finish_reason, input_tokens, output_tokens, cost_usd, latency_ms,"
             " attempts, cached, created, extra FROM responses WHERE sample_id=?", (sample_id,)).fetchone()
@@ -130,6 +140,7 @@ class SQLiteRunStore(RunStore):
                   r.get("latency_ms"), r.get("created", time.time())) for r in requests])
 
     def log_requests(self, requests: list[dict[str, Any]]) -> None:
+        """Append entries to the request log in one transaction."""
         with self.db:
             self.db.execute("BEGIN")
             self._insert_requests(requests)
@@ -171,12 +182,14 @@ class SQLiteRunStore(RunStore):
             raise
 
     def register_judge(self, identity: JudgeIdentity) -> str:
+        """Record a judge's identity (idempotent) and return its judge id."""
         jid = identity.id
         self.db.execute("INSERT OR IGNORE INTO judges VALUES (?,?,?)",
                         (jid, identity.model_dump_json(), time.time()))
         return jid
 
     def save_verdict(self, verdict: Verdict, requests: list[dict[str, Any]]) -> None:
+        """Store a verdict (replacing this judge's earlier one on the sample) and its requests, atomically."""
         self.db.execute("BEGIN")
         try:
             self._insert_requests(requests)
@@ -194,10 +207,11 @@ class SQLiteRunStore(RunStore):
 
     # -- reads for results and summaries (streamed)
     def iter_rows(self, judge_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Stream one row per stored sample (response fields + ``judge_id``'s verdict), in order."""
         cur = self.db.execute(
             "SELECT r.sample_id, r.grp, r.scenario, r.category, r.method, r.turns, r.question, r.status, r.text,"
-            " r.error, r.model, r.input_tokens, r.output_tokens, r.cost_usd, r.latency_ms, r.cached, r.extra, r.control,"
-            " r.finish_reason,"
+            " r.error, r.model, r.input_tokens, r.output_tokens, r.cost_usd, r.latency_ms, r.cached, r.extra,"
+            " r.control, r.finish_reason,"
             " v.label, v.score, v.rating, v.parse_status, v.rationale, v.categories, v.raw, v.extra"
             " FROM responses r LEFT JOIN verdicts v ON v.sample_id = r.sample_id AND v.judge_id = ?"
             " ORDER BY r.seq", (judge_id,))
@@ -222,12 +236,14 @@ class SQLiteRunStore(RunStore):
             " WHERE r.control IS NULL ORDER BY v.sample_id")  # benign controls are outside the ASR, here too
 
     def judges(self) -> list[dict[str, Any]]:
+        """Every registered judge: ``judge_id``, ``identity`` and ``created``, oldest first."""
         out = []
         for jid, ident, created in self.db.execute("SELECT judge_id, identity, created FROM judges ORDER BY created"):
             out.append({"judge_id": jid, "identity": orjson.loads(ident), "created": created})
         return out
 
     def ledger(self) -> dict[str, dict[str, Any]]:
+        """Calls, cached calls, errors, tokens and USD per role, from the request log."""
         out: dict[str, dict[str, Any]] = {}
         for role, status, n, ti, to, c in self.db.execute(
                 "SELECT role, status, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd)"
@@ -246,12 +262,15 @@ class SQLiteRunStore(RunStore):
         return out
 
     def counts(self) -> dict[str, int]:
+        """Stored responses: ``responses``, ``ok`` and ``errors``."""
         n, ok = self.db.execute("SELECT COUNT(*), SUM(status='ok') FROM responses").fetchone()
         return {"responses": n or 0, "ok": ok or 0, "errors": (n or 0) - (ok or 0)}
 
     def close(self) -> None:
+        """Close the database connection."""
         self.db.close()
 
 
 def open_store(run_dir: Path, *, readonly: bool = False) -> SQLiteRunStore:
+    """The run store of ``run_dir`` (created there unless ``readonly``)."""
     return SQLiteRunStore(run_dir / STORE_FILE, readonly=readonly)
