@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mmsafe.types import ConfigError, InputError, Message
+# ConfigError lives in mmsafe.types (a PluginError is one); providers and judges import it from here
+from mmsafe.types import ConfigError as ConfigError, Message
 
 ROLES = ("target", "judge", "attacker", "generator", "moderator")
 Role = Literal["target", "judge", "attacker", "generator", "moderator"]
@@ -34,11 +35,14 @@ class Capabilities(BaseModel):
 
 
 class Price(BaseModel):
+    """An endpoint's price in USD per million input and output tokens."""
+
     model_config = ConfigDict(extra="forbid")
     input: float = 0.0  # USD per 1M input tokens
     output: float = 0.0  # USD per 1M output tokens
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
+        """USD for one call with these token counts."""
         return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
 
 
@@ -74,7 +78,7 @@ class EndpointConfig(BaseModel):
     dead_after: int = Field(default=8, ge=1)
 
     @model_validator(mode="after")
-    def _replicas(self) -> "EndpointConfig":
+    def _replicas(self) -> EndpointConfig:
         urls = [u.strip() for u in self.base_urls if u and u.strip()]
         if self.base_url and "," in self.base_url:
             urls = [u.strip() for u in self.base_url.split(",") if u.strip()] + urls
@@ -104,10 +108,12 @@ class EndpointConfig(BaseModel):
 
     @property
     def is_mock(self) -> bool:
+        """True for the built-in mock reference models (not real LLMs)."""
         return self.provider == "mock"
 
     @property
     def display(self) -> str:
+        """``provider/model``, marked when it is a mock reference model."""
         tag = " (MOCK reference model, not a real LLM)" if self.is_mock else ""
         return f"{self.provider}/{self.model}{tag}"
 
@@ -120,6 +126,8 @@ class EndpointConfig(BaseModel):
 
 @dataclass
 class ChatResult:
+    """One request's outcome: the reply text (None on failure) or the error, tokens, USD, latency and attempts."""
+
     text: str | None
     finish_reason: str | None = None
     input_tokens: int = 0
@@ -134,6 +142,7 @@ class ChatResult:
 
     @property
     def ok(self) -> bool:
+        """True when the request gave a reply (no error, text present)."""
         return self.error is None and self.text is not None
 
 
@@ -162,12 +171,15 @@ class Provider(ABC):
 
     @property
     def capabilities(self) -> Capabilities:
+        """What the endpoint takes (images, audio, multi-turn, system prompt), from its config."""
         return self.cfg.capabilities
 
     async def start(self) -> None:  # open sessions, start local servers
+        """Open sessions or start local servers before the first request; a no-op by default."""
         return None
 
     async def close(self) -> None:
+        """Release what ``start`` opened; a no-op by default."""
         return None
 
     @abstractmethod
@@ -180,7 +192,7 @@ class Provider(ABC):
 
     def identity(self) -> dict[str, Any]:
         """Part of the cache key: what makes two endpoints give different answers."""
-        d = {"provider": self.cfg.provider, "base_url": self.cfg.base_url, "model": self.cfg.model}
+        d: dict[str, Any] = {"provider": self.cfg.provider, "base_url": self.cfg.base_url, "model": self.cfg.model}
         if self.cfg.headers:
             d["headers"] = sorted(self.cfg.headers.items())
         return d

@@ -53,6 +53,7 @@ class AdaptiveLimiter:
         self.overloads = 0
 
     async def acquire(self) -> None:
+        """Wait for a free slot (first come, first served); a cancelled wait gives back a slot it was granted."""
         if self.in_flight < int(self.limit) and not self._waiters:
             self.in_flight += 1
             return
@@ -72,6 +73,7 @@ class AdaptiveLimiter:
             raise
 
     def release(self, *, ok: bool = True, overload: bool = False) -> None:
+        """Free a slot and adapt the limit: grow when it was saturated, halve on an overload (429/503)."""
         saturated = self.in_flight >= int(self.limit)
         self.in_flight -= 1
         now = time.monotonic()
@@ -97,12 +99,12 @@ class AdaptiveLimiter:
 
 
 def _canonical_messages(messages: list[Message], root: Path | None) -> list[Any]:
-    out = []
+    out: list[tuple[str, str | list[tuple[str, str | None]]]] = []
     for m in messages:
         if isinstance(m.content, str):
             out.append((m.role, m.content))
             continue
-        parts = []
+        parts: list[tuple[str, str | None]] = []
         for p in m.content:
             if isinstance(p, TextPart):
                 parts.append(("t", p.text))
@@ -117,12 +119,17 @@ def _canonical_messages(messages: list[Message], root: Path | None) -> list[Any]
 
 def cache_key(identity: dict[str, Any], params: dict[str, Any], messages: list[Message],
               root: Path | None, system: str | None, epoch: int) -> str:
+    """The response-cache key: a hash of the endpoint identity, params, system prompt, messages and epoch.
+
+    Assets count by their sha256 (read from ``root`` when not recorded), so an edited image is a new key.
+    """
     blob = orjson.dumps([identity, params, system, _canonical_messages(messages, root), epoch],
                         option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(blob).hexdigest()
 
 
 def default_cache_dir() -> Path:
+    """``$MMSAFE_CACHE_DIR``, else ``$XDG_CACHE_HOME/mmsafe`` (default ``~/.cache/mmsafe``)."""
     env = os.environ.get("MMSAFE_CACHE_DIR")
     if env:
         return Path(env)
@@ -148,6 +155,7 @@ class ResponseCache:
         self.misses = 0
 
     def get(self, key: str) -> ChatResult | None:
+        """The cached reply for ``key`` (marked ``cached``, no cost), or None when absent or expired."""
         row = self.db.execute("SELECT expires, value FROM cache WHERE key=?", (key,)).fetchone()
         if row is None or row[0] < time.time():
             self.misses += 1
@@ -159,6 +167,7 @@ class ResponseCache:
                           model=d.get("model", ""), latency_ms=0.0, attempts=0, cached=True)
 
     def put(self, key: str, r: ChatResult) -> None:
+        """Cache a successful, non-empty reply under ``key`` for ``ttl_s`` seconds."""
         if not r.ok or not r.text:  # errors and empty replies (truncated, filtered) are never cached
             return
         v = orjson.dumps({"text": r.text, "finish_reason": r.finish_reason, "input_tokens": r.input_tokens,
@@ -166,9 +175,11 @@ class ResponseCache:
         self.db.execute("INSERT OR REPLACE INTO cache VALUES (?,?,?)", (key, time.time() + self.ttl_s, v))
 
     def prune(self) -> int:
+        """Delete expired entries; returns how many went."""
         return self.db.execute("DELETE FROM cache WHERE expires < ?", (time.time(),)).rowcount
 
     def close(self) -> None:
+        """Close the cache database."""
         self.db.close()
 
 
@@ -177,6 +188,8 @@ class ResponseCache:
 
 @dataclass
 class RoleLedger:
+    """Calls, cached calls, errors, tokens and USD of one role (target, judge, attacker, ...)."""
+
     calls: int = 0  # requests that reached the network (attempts, including retries)
     cached: int = 0
     errors: int = 0
@@ -185,25 +198,31 @@ class RoleLedger:
     cost_usd: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """The counters as a JSON-ready dict (USD rounded to 6 places)."""
         return {"calls": self.calls, "cached": self.cached, "errors": self.errors,
                 "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                 "cost_usd": round(self.cost_usd, 6)}
 
 
 class CostLedger:
+    """Token and USD totals per role, and the ``--max-cost`` budget they are checked against."""
+
     def __init__(self, max_cost_usd: float | None = None):
         self.roles: dict[str, RoleLedger] = collections.defaultdict(RoleLedger)
         self.max_cost_usd = max_cost_usd
 
     @property
     def total_cost(self) -> float:
+        """USD spent so far, all roles together."""
         return sum(r.cost_usd for r in self.roles.values())
 
     def check_budget(self) -> None:
+        """Raise BudgetExceeded once the budget is spent (no-op without a budget)."""
         if self.max_cost_usd is not None and self.total_cost >= self.max_cost_usd:
             raise BudgetExceeded(f"budget of ${self.max_cost_usd:g} spent (${self.total_cost:.4f})")
 
     def as_dict(self) -> dict[str, Any]:
+        """Every role's counters, by role name."""
         return {k: v.as_dict() for k, v in sorted(self.roles.items())}
 
 
@@ -239,6 +258,7 @@ class Replica:
         return now >= self.open_until and not self.probing
 
     def on_success(self) -> None:
+        """Count a reply: closes the breaker and resets its cool-down."""
         self.ok += 1
         self.consecutive = 0
         self.probing = False
@@ -247,6 +267,7 @@ class Replica:
             self.cooldown_s = self.base_cooldown_s
 
     def on_unreachable(self, now: float) -> None:
+        """Count a failure without an HTTP answer; opens the breaker after enough in a row or a failed probe."""
         self.failed += 1
         self.consecutive += 1
         was_probe = self.probing
@@ -258,6 +279,7 @@ class Replica:
             self.opened += 1
 
     def stats(self) -> dict[str, Any]:
+        """This replica's counts, breaker state and current concurrency limit."""
         return {"url": self.url, "ok": self.ok, "failed": self.failed, "opened": self.opened,
                 "open": self.open_until > time.monotonic(), "limit": int(self.limiter.limit)}
 
@@ -292,13 +314,16 @@ class ModelClient:
 
     @property
     def name(self) -> str:
+        """The endpoint's name as the user gave it."""
         return self.cfg.name
 
     async def start(self) -> None:
+        """Start every replica's provider."""
         for r in self.replicas:
             await r.provider.start()
 
     async def close(self) -> None:
+        """Close every replica's provider."""
         for r in self.replicas:
             await r.provider.close()
 
@@ -314,7 +339,8 @@ class ModelClient:
             now = time.monotonic()
             avail = [r for r in self.replicas if r.available(now)]
             if avail:
-                r = min(avail, key=lambda x: (x.limiter.in_flight + len(x.limiter._waiters)) / max(1.0, x.limiter.limit))
+                r = min(avail, key=lambda x: ((x.limiter.in_flight + len(x.limiter._waiters))
+                                              / max(1.0, x.limiter.limit)))
                 if r.open_until:
                     r.probing = True  # half-open: this request is the probe
                 return r

@@ -129,6 +129,7 @@ class GoogleProvider(Provider):
                           f"{KEY_ENVS[0]} (or {KEY_ENVS[1]})")
 
     async def start(self) -> None:
+        """Check the key and create the Gemini client (the SDK's own retries off: the engine retries)."""
         key = self._key()
         if self._client is None:
             extra: dict[str, Any] = {}
@@ -140,6 +141,7 @@ class GoogleProvider(Provider):
             self._client = genai.Client(api_key=key, vertexai=False, http_options=opts)
 
     async def close(self) -> None:
+        """Close the Gemini client."""
         if self._client is not None:
             client, self._client = self._client, None
             try:
@@ -150,10 +152,12 @@ class GoogleProvider(Provider):
                     client.close()
 
     def identity(self) -> dict[str, Any]:
+        """Cache identity: provider, base URL, API version and model."""
         return {"provider": "google", "base_url": self.base_url or DEFAULT_BASE_URL,
                 "api_version": self.api_version, "model": self.cfg.model}
 
     def encode(self, messages: list[Message], root: Path | None, system: str | None = None) -> Any:
+        """The request's Gemini contents and system instruction (asset bytes are read now)."""
         return encode_gemini_contents(messages, root, system)
 
     def _config(self, payload: dict[str, Any], params: dict[str, Any]) -> tuple[gt.GenerateContentConfig, list[str]]:
@@ -176,6 +180,7 @@ class GoogleProvider(Provider):
             raise ProviderError(f"invalid generation settings for google: {e}") from None
 
     async def complete(self, payload: Any, params: dict[str, Any], timeout_s: float) -> ChatResult:
+        """One generate_content call; SDK errors raise ProviderError."""
         if self._client is None:
             await self.start()
         assert self._client is not None

@@ -45,6 +45,7 @@ def _text(content: Any) -> str:
 
 
 def mock_reply(behaviour: str, messages: list[dict[str, Any]]) -> str:
+    """The scripted reply of a mock behaviour (refuser, complier, echo, mixed) to OpenAI-style messages."""
     last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     if behaviour == "refuser":
         return REFUSAL
@@ -68,6 +69,7 @@ def mock_reply(behaviour: str, messages: list[dict[str, Any]]) -> str:
 
 
 def make_mock_app(latency_ms: float = 0.0) -> web.Application:
+    """The mock OpenAI-compatible chat server as an aiohttp app (``model`` names the behaviour)."""
     async def chat(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         model = str(body.get("model", ""))
@@ -105,6 +107,7 @@ class LoopbackServer:
         self.port: int | None = None
 
     async def start(self) -> str:
+        """Serve the app on an ephemeral loopback port; returns its OpenAI base URL."""
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -114,6 +117,7 @@ class LoopbackServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def stop(self) -> None:
+        """Stop serving (idempotent)."""
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
@@ -134,12 +138,15 @@ class MockProvider(OpenAIProvider):
         self._own_loop: int | None = None
 
     def check_credentials(self) -> None:
+        """Mock models need no key."""
         return None
 
     def identity(self) -> dict[str, Any]:
+        """Cache identity: the behaviour only (the loopback URL changes every run)."""
         return {"provider": "mock", "model": self.cfg.model}
 
     async def start(self) -> None:
+        """Start (or share) this event loop's loopback mock server, then the OpenAI client."""
         loop_id = id(asyncio.get_running_loop())
         entry = self._servers.get(loop_id)
         if entry is None:
@@ -153,6 +160,7 @@ class MockProvider(OpenAIProvider):
         await super().start()
 
     async def close(self) -> None:
+        """Close the client; the last user on this event loop stops the server."""
         await super().close()
         if self._own_loop is None:
             return

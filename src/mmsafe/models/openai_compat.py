@@ -113,6 +113,7 @@ def remember_asset_b64(root: Path, rel: str, sha256: str, data: bytes) -> None:
 
 def encode_openai_messages(messages: list[Message], root: Path | None,
                            system: str | None = None) -> list[dict[str, Any]]:
+    """Messages as an OpenAI chat ``messages`` list (images as base64 data URLs, audio as ``input_audio``)."""
     out: list[dict[str, Any]] = []
     if system:
         out.append({"role": "system", "content": system})
@@ -172,6 +173,7 @@ class OpenAIProvider(Provider):
             self._headers["Authorization"] = f"Bearer {key}"
 
     async def start(self) -> None:
+        """Check the key and open the HTTP session (one connection pool per endpoint)."""
         self.check_credentials()
         if self._session is None:
             conn = aiohttp.TCPConnector(limit=max(1, self.cfg.max_connections), limit_per_host=0,
@@ -180,17 +182,21 @@ class OpenAIProvider(Provider):
                                                   skip_auto_headers=("User-Agent",))
 
     async def close(self) -> None:
+        """Close the HTTP session."""
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def identity(self) -> dict[str, Any]:
+        """Cache identity: provider, base URL, model and the configured extra headers (the key is not one)."""
         return {**super().identity(), "provider": "openai", "base_url": self.base_url}
 
     def encode(self, messages: list[Message], root: Path | None, system: str | None = None) -> Any:
+        """The request's ``messages`` list (asset bytes are read now)."""
         return encode_openai_messages(messages, root, system)
 
     async def complete(self, payload: Any, params: dict[str, Any], timeout_s: float) -> ChatResult:
+        """One POST to ``/chat/completions``; HTTP and transport failures raise ProviderError."""
         if self._session is None:
             await self.start()
         assert self._session is not None
@@ -235,10 +241,15 @@ class OpenAIProvider(Provider):
             raise ProviderError(f"malformed response body: {raw[:200]!r}", status=status, retryable=True) from None
         if text is None:
             text = ""
+        extra: dict[str, Any] = {}
+        lp = choice.get("logprobs") if isinstance(choice, dict) else None
+        if isinstance(lp, dict) and isinstance(lp.get("content"), list):
+            # the first tokens' log-probabilities, when asked for (a guard's P(Yes) is read from the first)
+            extra["logprobs"] = lp["content"][:8]
         return ChatResult(text=text, finish_reason=choice.get("finish_reason"),
                           input_tokens=int(usage.get("prompt_tokens") or 0),
                           output_tokens=int(usage.get("completion_tokens") or 0),
-                          model=str(data.get("model") or self.cfg.model), latency_ms=latency)
+                          model=str(data.get("model") or self.cfg.model), latency_ms=latency, extra=extra)
 
 
 def _error_message(raw: bytes) -> str:

@@ -19,7 +19,6 @@ models.yaml::
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import yaml
 from pydantic import ValidationError
 
 from mmsafe.models.base import ROLES, Capabilities, ConfigError, EndpointConfig, Provider
+
 
 def _providers() -> Any:
     from mmsafe.registry import registry
@@ -74,7 +74,8 @@ def parse_spec(spec: str) -> dict[str, Any]:
     return {"provider": provider, "model": model, "base_url": base_url}
 
 
-def load_models_file(path: Path) -> dict[str, dict[str, Any]]:
+def load_models_file(path: Path) -> dict[str, Any]:
+    """The ``models:`` mapping of a models file (name -> endpoint entry, each checked when used)."""
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -85,7 +86,8 @@ def load_models_file(path: Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise ConfigError(f"{path}: expected a top-level 'models:' mapping of name -> endpoint")
-    return data["models"]
+    models: dict[str, Any] = data["models"]
+    return models
 
 
 def _endpoint_from_entry(name: str, entry: dict[str, Any], source: str) -> EndpointConfig:
