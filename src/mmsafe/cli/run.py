@@ -83,6 +83,21 @@ def print_summary(s: dict[str, Any], run_dir: Path) -> None:
     say(f"results: {run_dir / 'results.jsonl'}  summary: {run_dir / 'summary.json'}")
 
 
+def _attack_options(items: list[str]) -> dict[str, Any]:
+    """``--attack-opt K=V`` items as a dict (V as JSON when it parses, else the text)."""
+    import orjson
+    out: dict[str, Any] = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep or not k.strip():
+            raise InputError(f"--attack-opt {it!r}: expected KEY=VALUE")
+        try:
+            out[k.strip()] = orjson.loads(v)
+        except orjson.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
 @app.command()
 def run(
     benchmark: Annotated[Path, typer.Argument(help="benchmark directory (see mmsafe import)")],
@@ -106,6 +121,12 @@ def run(
     max_turns: Annotated[int, typer.Option(min=1, metavar="N", help="--mode adaptive: kept turns at most")] = 5,
     max_backtracks: Annotated[int, typer.Option(
         min=0, metavar="N", help="--mode adaptive: refused exchanges removed and retried at most")] = 3,
+    attack: Annotated[str | None, typer.Option(
+        metavar="NAME", help="--mode adaptive: the attack (crescendo, pair, tap, goat; `mmsafe plugins` lists "
+        "them; or module.path:Name)", show_default="crescendo")] = None,
+    attack_opt: Annotated[list[str] | None, typer.Option(
+        "--attack-opt", metavar="K=V", help="--mode adaptive: an option of the attack (repeatable; V read as "
+        "JSON when it parses, else text), e.g. n_streams=3")] = None,
     models: Models = None,
     base_url: BaseUrl = None,
     api_key_env: ApiKeyEnv = None,
@@ -143,6 +164,9 @@ def run(
     acfg = resolve_endpoint(attacker, "attacker", models_file=models) if attacker else None
     if acfg is not None and mode != "adaptive":
         raise InputError(f"--attacker is used with --mode adaptive only (got --mode {mode})")
+    if (attack or attack_opt) and mode != "adaptive":
+        raise InputError(f"--attack/--attack-opt are used with --mode adaptive only (got --mode {mode})")
+    attack_options = _attack_options(attack_opt or [])
     dfn = None
     if defense:
         from mmsafe.defense import make_defense
@@ -157,6 +181,7 @@ def run(
                       seed=seed, epoch=epoch, use_cache=cache, system_prompt=system_prompt,
                       on_progress=update if err.is_terminal else None,
                       defense=dfn, attacker=acfg, max_turns=max_turns, max_backtracks=max_backtracks,
+                      attack=attack or "crescendo", attack_options=attack_options,
                       si_grouping=si_grouping_value(si_grouping) or "aligned")
     gc.freeze()  # the long-lived import-time objects leave the collector's scans: less CPU per request
     with progress:

@@ -5,16 +5,23 @@
 - ``live``: the target answers every user turn of the sample itself (pre-written
   assistant turns are dropped) and its own answers form the history; every reply is
   judged; the first unsafe turn is recorded.
-- ``adaptive``: an attacker LLM drives the conversation from the sample's question and
-  image (:class:`mmsafe.attacks.adaptive.AdaptiveAttack`), backtracking on refusals.
+- ``adaptive``: an attack (``--attack NAME``, registered in ``attacks`` with type
+  ``adaptive``: ``crescendo`` by default, ``pair``, ``tap``, ``goat``) drives the
+  conversation from the sample's question and image with an attacker LLM. Attacks are
+  state machines (:mod:`mmsafe.attacks.base`); this runner makes their calls and, after
+  every step, stores the attack's state in the run store (meta ``attack_state:<sample>``)
+  and logs the step's requests, so a killed run resumes each conversation at its last
+  completed step.
 
-One sample = one stored record, written when the conversation is over: the response row
+One sample = one stored record, written when the conversation is over (adaptive: the attack state
+stored along the way is cleared then): the response row
 holds the final reply (the first unsafe one, else the last) with the transcript in
 ``extra`` (``transcript``, ``backtracked``, ``attacker_log``, ``outcome``), and the
 primary judge's verdict row holds the sample label: ``unsafe`` if any turn was judged
 unsafe, else ``unscored`` if a turn was unscored or the attacker refused / broke
 down (never counted as target safety), else ``safe``. A sample is done when that record
-is stored; a re-run skips it (an interrupted conversation is started again), and a
+is stored; a re-run skips it (an interrupted live conversation is started again, an
+adaptive one resumes from its stored state), and a
 response stored without its verdict gets the verdict rebuilt from the transcript, with
 unscored turns judged again. Endpoint failures are stored as errors and retried on
 re-run. Every request (target, attacker, judge) is logged with the sample.
@@ -25,7 +32,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mmsafe.attacks.adaptive import AdaptiveAttack, AttackResult, TurnJudgment
+from mmsafe.attacks.base import Attack, AttackConfig, AttackState, TurnJudgment
 from mmsafe.attacks.dialogues import first_image, inline_image, is_refusal
 from mmsafe.judges import Judge
 from mmsafe.models import CostLedger, ModelClient, ResponseCache, build_provider
@@ -33,6 +40,8 @@ from mmsafe.models.engine import accumulate as _acc, request_log
 from mmsafe.runner.base import ADAPTIVE_MODE, LIVE_MODE, MULTI_TURN_MODES, PreflightError
 from mmsafe.runner.options import RunOptions
 from mmsafe.types import ImagePart, InputError, Message, ParseStatus, Response, Sample, TextPart, Usage, Verdict
+
+STATE_KEY = "attack_state:"  # + sample id: the run store's meta key of an adaptive attack's state in flight
 
 # --------------------------------------------------------------------------- up-front checks
 
@@ -43,10 +52,43 @@ def mode_fingerprint(opts: RunOptions) -> dict[str, Any]:
         return {"multiturn": {"mode": "live"}}
     if opts.mode == "adaptive":
         a = opts.attacker
-        return {"multiturn": {"mode": "adaptive", "max_turns": opts.max_turns, "max_backtracks": opts.max_backtracks,
+        mt: dict[str, Any] = {"mode": "adaptive", "max_turns": opts.max_turns, "max_backtracks": opts.max_backtracks,
                               "attacker": None if a is None else {"provider": a.provider, "model": a.model,
-                                                                  "base_url": a.base_url, "params": a.params}}}
+                                                                  "base_url": a.base_url, "params": a.params}}
+        if opts.attack != "crescendo" or opts.attack_options:  # crescendo's runs keep the fingerprint they had
+            mt["attack"] = opts.attack
+            mt["attack_options"] = dict(sorted(opts.attack_options.items()))
+        return {"multiturn": mt}
     return {}
+
+
+def attack_class(name: str) -> type[Attack[Any, Any]]:
+    """The attack class registered as ``name`` (type ``adaptive``) or named ``module.path:Name``;
+    a PreflightError naming ``--attack`` and the choices otherwise."""
+    from mmsafe.attacks.registry_entries import attack_names, find_attack
+    found = find_attack(name, ("adaptive",))
+    if found is None:
+        raise PreflightError(f"--attack {name!r}: choose one of {', '.join(attack_names(('adaptive',)))} "
+                             "(or module.path:Name)")
+    cls = found[0]
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise PreflightError(f"--attack {name!r}: {cls!r} is not an attack class (a subclass of "
+                             "mmsafe.attacks.base.Attack)")
+    return cls
+
+
+def resolve_attack(opts: RunOptions) -> tuple[type[Attack[Any, Any]], AttackConfig]:
+    """The attack class and its validated config: ``--max-turns`` / ``--max-backtracks`` go to
+    the attacks that have those options, ``--attack-opt`` overrides (a bad one: ConfigError, exit 2)."""
+    cls = attack_class(opts.attack)
+    fields = cls.config_model.model_fields
+    given: dict[str, Any] = {}
+    if "max_turns" in fields:
+        given["max_turns"] = opts.max_turns
+    if "max_backtracks" in fields:
+        given["max_backtracks"] = opts.max_backtracks
+    given.update(opts.attack_options)
+    return cls, cls.validate_options(given, where="--attack-opt")
 
 
 def check_mode(opts: RunOptions, pre: dict[str, Any]) -> None:
@@ -61,9 +103,11 @@ def check_mode(opts: RunOptions, pre: dict[str, Any]) -> None:
                                  "name an LLM endpoint")
         if opts.max_turns < 1:
             raise PreflightError("--max-turns must be at least 1")
-        if opts.max_turns > 1 and not caps.multi_turn:
-            problems.append(f"--max-turns {opts.max_turns} but the target is single-turn")
-        if opts.max_backtracks > 0 and not caps.editable_history:
+        cls, cfg = resolve_attack(opts)
+        turns = int(getattr(cfg, "max_turns", 1))
+        if cls.multi_turn and turns > 1 and not caps.multi_turn:
+            problems.append(f"--max-turns {turns} but the target is single-turn")
+        if int(getattr(cfg, "max_backtracks", 0)) > 0 and not caps.editable_history:
             problems.append("backtracking needs a target whose history the caller may edit "
                             "(editable_history: false; use --max-backtracks 0)")
         if pre.get("images") and not caps.image:
@@ -94,7 +138,10 @@ class ModeRunner:
         self.root = root
         self.stats = stats
         self.attacker: ModelClient | None = None
+        self.attack: tuple[type[Attack[Any, Any]], AttackConfig] | None = None
+        self.resumed = 0  # adaptive samples resumed from a stored state
         if self.mode == "adaptive":
+            self.attack = resolve_attack(opts)
             acfg = opts.attacker
             if acfg is None:
                 raise PreflightError("--mode adaptive needs --attacker SPEC (the attacker LLM)")
@@ -126,9 +173,11 @@ class ModeRunner:
             resp, rows = await self._adaptive(sample)
         self.stats["sent"] += 1
         self.store.save_response(sample, resp, rows, order=order)
-        if not resp.ok:
+        if not resp.ok:  # an adaptive attack's last good state stays: a re-run resumes there
             self.stats["errors"] += 1
             return
+        if self.mode == "adaptive":
+            self.store.set_meta(STATE_KEY + sample.id, None)
         self.store.save_verdict(final_verdict(sample.id, self.judge_id, resp.extra), [])
         self.stats["judged"] += 1
 
@@ -170,24 +219,43 @@ class ModeRunner:
 
     # -- adaptive
     async def _adaptive(self, sample: Sample) -> tuple[Response, list[dict[str, Any]]]:
-        assert self.attacker is not None
-        atk = AdaptiveAttack(self.attacker, self.target, self._judge_fn(sample), max_turns=self.opts.max_turns,
-                             max_backtracks=self.opts.max_backtracks, root=self.root,
-                             target_system=self.opts.system_prompt)
+        """Drive the attack on one sample, storing its state and requests after every step
+        (so the returned request rows are empty: they are logged already)."""
+        assert self.attacker is not None and self.attack is not None
+        cls, cfg = self.attack
+        atk = cls(self.attacker, self.target, self._judge_fn(sample), root=self.root,
+                  target_system=self.opts.system_prompt, config=cfg)
         image = inline_image(first_image(sample), self.root)  # encoded once, not at every request
-        r: AttackResult = await atk.run(sample.question, image=image, scenario=sample.scenario,
-                                        sample_id=sample.id)
+        ctx = atk.context(sample.question, image=image, scenario=sample.scenario, sample_id=sample.id,
+                          asset_root=self.opts.out, seed=self.opts.seed or 0)
+        key = STATE_KEY + sample.id
+        saved = self.store.get_meta(key)
+        state = atk.load_state(saved["state"], ctx) if isinstance(saved, dict) and saved.get("attack") == atk.name \
+            and isinstance(saved.get("state"), dict) else None
+        if state is not None:
+            self.resumed += 1
+
+        def on_step(st: AttackState, rows: list[dict[str, Any]], final: bool) -> None:
+            if rows:
+                self.store.log_requests(rows)
+            if not final:
+                self.store.set_meta(key, {"attack": atk.name, "state": st.model_dump(mode="json")})
+
+        st = await atk.drive(ctx, state, on_step)
+        r = atk.result(st, ctx, [])
         error = r.error if r.status in ("attacker_error", "target_error") else None
         extra = _extra("adaptive", r.status, r.transcript, r.backtracked, r.attacker_log, r.target, r.attacker,
-                       sample, error=r.error, attack=atk.identity())
-        return _response(sample, r.transcript, extra, r.target, self.target.cfg.model, None, error), r.requests
+                       sample, error=r.error, attack={**atk.identity(), "attack": atk.name}, images=r.images,
+                       rounds=r.rounds)
+        return _response(sample, r.transcript, extra, r.target, self.target.cfg.model, None, error), []
 
     # -- resume: response stored, verdict missing (crash between the two writes, or judge errors)
     async def _rebuild_verdict(self, sample: Sample) -> None:
         resp = self.store.get_response(sample.id)
         if resp is None or "outcome" not in resp.extra:
             return
-        extra, rows = await judge_transcript(self.judge, sample, resp.extra, self.root, only_unscored=True)
+        extra, rows = await judge_transcript(self.judge, sample, resp.extra, self.root, only_unscored=True,
+                                             run_dir=self.opts.out)
         self.store.save_verdict(final_verdict(sample.id, self.judge_id, extra, rejudged=True), rows)
         self.stats["judged"] += 1
 
@@ -213,24 +281,31 @@ def is_multiturn_record(extra: dict[str, Any] | None) -> bool:
 
 
 async def judge_transcript(judge, sample: Sample, extra: dict[str, Any], root: Path, *,
-                           only_unscored: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                           only_unscored: bool = False,
+                           run_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Judge every turn of a stored live/adaptive conversation (or, with ``only_unscored``, the
     turns without a safe/unsafe label), each with the dialogue that led to it: the sample's
     system messages (live mode), the image on the first user turn, the target's own earlier
-    replies. Returns (a copy of ``extra`` with the new per-turn labels and outcome, request rows);
-    :func:`final_verdict` turns it into the sample's verdict."""
+    replies. A turn that names its ``images`` gets those (the sample's, or ones an attack made,
+    read from ``run_dir``); a turn with ``context: single`` (PAIR/TAP attempts) is judged on
+    its own. Returns (a copy of ``extra`` with the new per-turn labels and outcome, request
+    rows); :func:`final_verdict` turns it into the sample's verdict."""
     extra = dict(extra)
     transcript = [dict(t) for t in extra.get("transcript", [])]
     judge_turn = turn_judge(judge, sample, root)
     rows: list[dict[str, Any]] = []
     mode = (extra.get("outcome") or {}).get("mode") or extra.get("mode")
-    hist: list[Message] = [m for m in sample.messages if m.role == "system"] if mode == "live" else []
+    system: list[Message] = [m for m in sample.messages if m.role == "system"] if mode == "live" else []
+    hist: list[Message] = list(system)
     image = first_image(sample)
     for i, t in enumerate(transcript):
-        if i == 0 and image is not None:
-            hist.append(Message(role="user", content=[image, TextPart(text=t["user"])]))
+        if t.get("context") == "single":
+            hist = list(system)
+        if "images" in t:
+            parts = [p for p in (_stored_image(ref, image, run_dir) for ref in t["images"]) if p is not None]
         else:
-            hist.append(Message(role="user", content=t["user"]))
+            parts = [image] if i == 0 and image is not None else []
+        hist.append(Message(role="user", content=[*parts, TextPart(text=t["user"])] if parts else t["user"]))
         if not only_unscored or t.get("label") not in ("safe", "unsafe"):
             j = await judge_turn(hist, t["reply"], t["turn"])
             rows.extend(j.requests)
@@ -239,6 +314,22 @@ async def judge_transcript(judge, sample: Sample, extra: dict[str, Any], root: P
     extra["transcript"] = transcript
     extra["outcome"] = {**extra["outcome"], **_outcome_labels(transcript)}
     return extra, rows
+
+
+def _stored_image(ref: dict[str, Any], sample_image: ImagePart | None, run_dir: Path | None) -> ImagePart | None:
+    """An image a stored turn names: the sample's, or one an attack made (``run_dir/assets``)."""
+    if ref.get("source") == "sample" or ref.get("key") == "sample":
+        return sample_image
+    path = ref.get("path")
+    if run_dir is None or not isinstance(path, str):
+        return None
+    import base64
+    try:
+        data = (run_dir / path).read_bytes()
+    except OSError:
+        return None
+    return ImagePart(uri=f"data:image/png;base64,{base64.b64encode(data).decode()}", sha256=ref.get("sha256"),
+                     mime="image/png")
 
 
 def _inline_images(messages: list[Message], root: Path) -> list[Message]:
@@ -270,7 +361,8 @@ def _outcome_labels(transcript: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _extra(mode: str, status: str, transcript, backtracked, attacker_log, tgt, atk, sample: Sample, *,
-           error: str | None = None, attack: dict[str, Any] | None = None) -> dict[str, Any]:
+           error: str | None = None, attack: dict[str, Any] | None = None, images: list[dict[str, Any]] | None = None,
+           rounds: int | None = None) -> dict[str, Any]:
     img = first_image(sample)
     outcome = {"mode": mode, "status": status, **_outcome_labels(transcript), "backtracks": len(backtracked),
                "sample_turns": sample.turns, "image": img.sha256 if isinstance(img, ImagePart) else None,
@@ -279,12 +371,16 @@ def _extra(mode: str, status: str, transcript, backtracked, attacker_log, tgt, a
                "attacker_tokens": atk.get("input_tokens", 0) + atk.get("output_tokens", 0)}
     if error:
         outcome["error"] = error
+    if rounds is not None:
+        outcome["rounds"] = rounds
     extra: dict[str, Any] = {"mode": mode, "outcome": outcome, "transcript": transcript}
     if mode == "adaptive":
         extra["backtracked"] = backtracked
         extra["attacker_log"] = attacker_log
         if attack:
             extra["attack"] = attack
+        if images:
+            extra["images"] = images  # every image the attack made (assets/<sha256>.png in the run directory)
     return extra
 
 

@@ -39,7 +39,10 @@ class RunOptions:
     attacker: EndpointConfig | None = None  # --mode adaptive: the attacker LLM
     max_turns: int = 5  # --mode adaptive: kept turns at most
     max_backtracks: int = 3  # --mode adaptive: refused exchanges removed and retried at most
+    attack: str = "crescendo"  # --mode adaptive: the registered attack (or module.path:Name)
+    attack_options: dict[str, Any] = field(default_factory=dict)  # --attack-opt K=V (the attack's config)
     si_grouping: str = "aligned"  # Safety Index across lengths: "aligned" (importer's alignment) | "id"
+    store_url: str | None = None  # --store postgresql://…: a shared PostgreSQL run store (default: RUN_DIR/run.sqlite)
 
 
 @dataclass
