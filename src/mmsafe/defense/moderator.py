@@ -293,9 +293,9 @@ class _ClientModerator(Moderator):
         if self.client is not None:
             await self.client.close()
 
-    async def _ask(self, msgs: list[Message], root: Path | None):
+    async def _ask(self, msgs: list[Message], root: Path | None, params: dict[str, Any] | None = None):
         assert self.client is not None, "moderator not started"
-        return await self.client.chat(msgs, root=root)
+        return await self.client.chat(msgs, root=root, params=params)
 
 
 class LLMModerator(_ClientModerator):
@@ -360,24 +360,56 @@ _S_TO_SCENARIO = {"S1": "physical_violence", "S2": "illegal_activities", "S3": "
 
 
 class GuardModerator(_ClientModerator):
-    """Llama Guard–style: classify the user side of the conversation."""
+    """Llama Guard–style: classify the user side of the conversation. ``guard:MODEL?format=F``
+    uses another guard model's template and output (see :mod:`mmsafe.judges.guard`: llama-guard-3,
+    llama-guard-4, shieldgemma, wildguard, qwen3guard, gpt-oss-safeguard) in its prompt-classification
+    form; without ``format`` the conversation-wide Llama Guard prompt below is used."""
 
     kind = "guard"
 
     def __init__(self, model_spec: str, models_file: Path | None = None):
-        super().__init__(model_spec, models_file)
         from mmsafe.judges import guard as g
+        model_spec, fmt = g.split_guard_options(model_spec, "moderator spec")
+        super().__init__(model_spec, models_file)
         self._g = g
+        self.guard = fmt
         self.identity = {"kind": "guard", "model": self.cfg.name,
                          "prompt_hash": hashlib.sha256(GUARD_USER_PROMPT.encode()).hexdigest()[:16]}
+        if fmt is not None:
+            fmt.images = fmt.images and self.cfg.capabilities.image
+            self.identity.update(format=fmt.name, send=fmt.send, prompt_hash=fmt.prompt_hash())
 
     def prompt(self, messages: list[Message]) -> str:
         cats = "\n".join(f"{k}: {v}." for k, v in self._g.LLAMA_GUARD3_CATEGORIES.items())
         conv = "\n\n".join(f"{'User' if r == 'user' else 'Agent'}: {t}" for r, t in _turns(messages))
         return GUARD_USER_PROMPT.format(categories=cats, conversation=conv)
 
+    async def _assess_format(self, messages: list[Message], root: Path | None, t0: float) -> Moderation:
+        """One moderation in a ``format=`` guard's own template and output."""
+        assert self.guard is not None
+        from mmsafe.judges.budget import Budget
+        reqs, _ = self.guard.requests(self._g.message_turns(messages),
+                                      Budget(self.cfg.context_window, self.guard.max_tokens))
+        results = [await self._ask(r.messages, root, {"max_tokens": self.guard.max_tokens, **r.params}) for r in reqs]
+        reqs_log = [row for res in results for row in request_log(res, "moderator", None, self.cfg.name)]
+        cost = sum(r.cost_usd for r in results)
+        lat = (time.perf_counter() - t0) * 1000
+        failed = next((r for r in results if not r.ok), None)
+        if failed is not None:
+            return Moderation(None, None, None, error=failed.error, latency_ms=lat, requests=reqs_log, cost_usd=cost)
+        g = self.guard.parse(list(zip(reqs, results)))
+        raw = [r.text for r in results]
+        if g.label == "unscored":
+            return Moderation(None, None, None, error=f"guard output {g.status}: {g.problem}", raw=raw,
+                              latency_ms=lat, requests=reqs_log, cost_usd=cost)
+        scen = _S_TO_SCENARIO.get(g.categories[0]) if g.categories else None
+        return Moderation(flagged=g.label == "unsafe", score=g.score, scenario=scen, categories=g.categories,
+                          raw=raw, latency_ms=lat, requests=reqs_log, cost_usd=cost)
+
     async def assess(self, messages: list[Message], root: Path | None = None) -> Moderation:
         t0 = time.perf_counter()
+        if self.guard is not None:
+            return await self._assess_format(messages, root, t0)
         res = await self._ask([Message(role="user", content=self.prompt(messages))], root)
         reqs = request_log(res, "moderator", None, self.cfg.name)
         lat = (time.perf_counter() - t0) * 1000

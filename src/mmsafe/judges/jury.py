@@ -24,8 +24,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mmsafe.judges.llm import (LLMJudge, Options, RUBRIC_NAMES, fill, gather_all, judge_message, load_rubrics,
-                               load_template, render_dialogue, rubric_for, text_hash, usage_of)
+from mmsafe.judges.budget import MESSAGE_OVERHEAD, OUTPUT_TOKENS, estimate_tokens
+from mmsafe.judges.llm import (
+    RUBRIC_NAMES,
+    LLMJudge,
+    Options,
+    fill,
+    gather_all,
+    judge_message,
+    load_rubrics,
+    load_template,
+    render_dialogue,
+    rubric_for,
+    text_hash,
+    usage_of,
+)
 from mmsafe.judges.parse import ParsedJudgment, parse_judgment
 from mmsafe.models.base import ChatResult, ConfigError, EndpointConfig
 from mmsafe.types import JudgeIdentity, Response, Sample, Verdict
@@ -52,8 +65,8 @@ class JuryJudge(LLMJudge):
                  assess_template: str | Path | None = None, deliberate_template: str | Path | None = None,
                  foreperson_template: str | Path | None = None, rubrics: str | Path | None = None,
                  rubric: str | None = None, params: dict[str, Any] | None = None, images: bool = True,
-                 spec: str = "jury"):
-        super().__init__(endpoints, params)
+                 spec: str = "jury", budget: dict[str, int] | None = None):
+        super().__init__(endpoints, params, max_tokens=OUTPUT_TOKENS["jury"], budget=budget)
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}")
         self.n, self.rounds, self.rule, self.threshold = n, rounds, rule, threshold
@@ -78,10 +91,14 @@ class JuryJudge(LLMJudge):
         self.identity = JudgeIdentity(kind="jury", models=[e.name for e in endpoints], prompt_hash=prompt_hash,
                                       settings=settings,
                                       label=f"jury deliberation: {n} jurors, {rounds} round(s), {rule}")
+        longest = max(self.rubrics.values(), key=len)
+        for cfg in {e.name: e for e in endpoints}.values():
+            self.check_budget(cfg, estimate_tokens(fill(self.t_assess, rubric=longest, persona=PERSONAS[0][1]))
+                              + MESSAGE_OVERHEAD, spec)
 
     @classmethod
     def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str,
-                  models_file: Path | None = None) -> "JuryJudge":
+                  models_file: Path | None = None) -> JuryJudge:
         """``jury:MODEL[,MODEL…][?n=5&rounds=1&rule=…]``."""
         from mmsafe.judges.llm import resolve_judge_endpoint
         models = [m.strip() for m in arg.split(",")] if arg else []
@@ -90,7 +107,7 @@ class JuryJudge(LLMJudge):
         return cls.from_options([resolve_judge_endpoint(m, spec, models_file) for m in models], Options(spec, options))
 
     @classmethod
-    def from_options(cls, endpoints: list[EndpointConfig], opts: Options) -> "JuryJudge":
+    def from_options(cls, endpoints: list[EndpointConfig], opts: Options) -> JuryJudge:
         j = cls(endpoints, n=opts.int("n", 5, lo=1, hi=25), rounds=opts.int("rounds", 1, lo=0, hi=5),
                 rule=opts.str("rule", "majority", RULES) or "majority",
                 threshold=opts.float("threshold", 3.0, lo=1.0, hi=5.0) or 3.0,
@@ -98,7 +115,7 @@ class JuryJudge(LLMJudge):
                 assess_template=opts.str("assess_template"), deliberate_template=opts.str("deliberate_template"),
                 foreperson_template=opts.str("foreperson_template"), rubrics=opts.str("rubrics"),
                 rubric=opts.str("rubric", None, RUBRIC_NAMES), params=opts.params(),
-                images=opts.bool("images", True), spec=opts.spec)
+                images=opts.bool("images", True), spec=opts.spec, budget=opts.budget())
         opts.check_all_used()
         return j
 
@@ -128,14 +145,15 @@ class JuryJudge(LLMJudge):
         extra = {"rubric": rub, "rule": self.rule, "n_jurors": self.n, "quorum": self.quorum,
                  "calls": len(case.results), "calls_saved": saved, "early_exit": early, "rounds_run": rounds_run,
                  **votes, "consensus": verdict_kw.pop("consensus"), "jurors": jurors}
+        if case.truncated:
+            extra["truncated"] = case.truncated
         return Verdict(sample_id=sample.id, judge_id=self.judge_id, raw=case.raw, rationale=rationale, cost_usd=cost,
                        usage=usage, extra=extra, **verdict_kw), case.rows
 
     async def _assess(self, case: _Case) -> tuple[list[ParsedJudgment | None], list[bool]]:
         """Stage 1: every juror assesses alone, all in parallel -> (parsed review or None, call failed) per juror."""
         s1 = await gather_all([
-            case.ask(cfg, fill(self.t_assess, **case.common, dialogue=case.rendered[cfg.name][0], juror_number=k,
-                               persona=persona[1]))
+            case.ask(cfg, case.prompt(cfg, self.t_assess, juror_number=k, persona=persona[1]))
             for k, persona, cfg in self.jurors])
         latest: list[ParsedJudgment | None] = []
         errors: list[bool] = []
@@ -151,9 +169,9 @@ class JuryJudge(LLMJudge):
         for rnd in range(1, self.rounds + 1):
             reviews = [self._review_text(k, persona[0], p) for (k, persona, _), p in zip(self.jurors, latest)]
             sr = await gather_all([
-                case.ask(cfg, fill(self.t_deliberate, **case.common, dialogue=case.rendered[cfg.name][0],
-                                   juror_number=k, persona=persona[1], round=rnd, own_review=reviews[i],
-                                   other_reviews="\n\n".join(r for j, r in enumerate(reviews) if j != i)))
+                case.ask(cfg, case.prompt(cfg, self.t_deliberate, juror_number=k, persona=persona[1], round=rnd,
+                                          own_review=reviews[i],
+                                          other_reviews="\n\n".join(r for j, r in enumerate(reviews) if j != i)))
                 for i, (k, persona, cfg) in enumerate(self.jurors)])
             rounds_run += 1
             for i, ((k, persona, cfg), (res, p)) in enumerate(zip(self.jurors, sr)):
@@ -170,9 +188,8 @@ class JuryJudge(LLMJudge):
         """Stage 3's optional summary: the foreperson's text, or ``rationale`` when it gives none."""
         cfg = self.jurors[0][2]
         reviews = "\n\n".join(self._review_text(k, persona[0], p) for (k, persona, _), p in zip(self.jurors, latest))
-        res, _ = await case.ask(cfg, fill(self.t_foreperson, question=case.sample.question,
-                                          response=case.response.text or "", reviews=reviews, rule=self.rule,
-                                          consensus=f"{label} ({rationale})"), attach=False)
+        res, _ = await case.ask(cfg, case.prompt(cfg, self.t_foreperson, attach=False, reviews=reviews,
+                                                 rule=self.rule, consensus=f"{label} ({rationale})"), attach=False)
         case.raw.append({"stage": 3, "round": 0, "juror": 0, "persona": "foreperson", "model": cfg.name,
                          "output": res.text, "error": res.error})
         if res.ok and res.text and res.text.strip():
@@ -267,6 +284,17 @@ class _Case:
         self.rows: list[dict[str, Any]] = []
         self.results: list[ChatResult] = []
         self.raw: list[dict[str, Any]] = []
+        self.truncated: dict[str, int] = {}  # the most cut from the reply / dialogue in any of this case's prompts
+
+    def prompt(self, cfg: EndpointConfig, template: str, attach: bool = True, **values: Any) -> str:
+        """One juror prompt with the reply and dialogue cut to ``cfg``'s token budget (start and end kept)."""
+        common = {k: v for k, v in self.common.items() if k != "response"}
+        dialogue, assets = self.rendered[cfg.name]
+        text, fit = self.jury.fill_fitted(cfg, template, response=self.response.text or "", dialogue=dialogue,
+                                          images=len(assets) if attach else 0, **{**common, **values})
+        for k, v in fit.note().items():
+            self.truncated[k] = max(v, self.truncated.get(k, 0))
+        return text
 
     async def ask(self, cfg: EndpointConfig, prompt: str, attach: bool = True) -> tuple[ChatResult, ParsedJudgment]:
         """One juror call -> (result, parsed review; status ``error`` when the call failed)."""

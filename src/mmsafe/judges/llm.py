@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from mmsafe.judges.base import Judge
+from mmsafe.judges.budget import MESSAGE_OVERHEAD, Budget, Fit, estimate_tokens
 from mmsafe.models.base import ChatResult, ConfigError, EndpointConfig
 from mmsafe.models.engine import CostLedger, ModelClient, ResponseCache, request_log
 from mmsafe.models.registry import build_provider, resolve_endpoint
 from mmsafe.types import AssetError, ImagePart, Message, Response, Sample, TextPart, Usage
 
+# each judge kind passes its own max_tokens (mmsafe.judges.budget.OUTPUT_TOKENS); 1,024 is for plugin judges
 DEFAULT_JUDGE_PARAMS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 1024}
 _RESERVED_PARAMS = ("temperature", "max_tokens", "top_p", "seed")
 
@@ -124,6 +126,15 @@ class Options:
                     out[k] = self.int(k, 0, lo=0 if k == "seed" else 1)
                 else:
                     out[k] = self.float(k, None, lo=0.0)
+        return out
+
+    def budget(self) -> dict[builtins.str, builtins.int]:
+        """Token-budget options: ``context_window`` (overrides the endpoint's), ``reply_tokens`` and
+        ``dialogue_tokens`` (caps before the reply / dialogue is cut in the middle)."""
+        out: dict[builtins.str, builtins.int] = {}
+        for k in ("context_window", "reply_tokens", "dialogue_tokens"):
+            if k in self.opts:
+                out[k] = self.int(k, 0, lo=64)
         return out
 
     def check_all_used(self) -> None:
@@ -289,10 +300,14 @@ class LLMJudge(Judge):
 
     role = "judge"
 
-    def __init__(self, endpoints: list[EndpointConfig], params: dict[str, Any] | None = None):
+    def __init__(self, endpoints: list[EndpointConfig], params: dict[str, Any] | None = None, *,
+                 max_tokens: int | None = None, budget: dict[str, int] | None = None):
         self.endpoints = endpoints
         self.spec_params = dict(params or {})
-        self.params = {**DEFAULT_JUDGE_PARAMS, **self.spec_params}  # what goes into the identity
+        # this judge kind's output budget (what its answer format needs), unless the spec or models file says
+        self.defaults = {**DEFAULT_JUDGE_PARAMS, **({"max_tokens": max_tokens} if max_tokens else {})}
+        self.params = {**self.defaults, **self.spec_params}  # what goes into the identity
+        self.budget_opts = dict(budget or {})
         self._ledger: CostLedger | None = None
         self._cache: ResponseCache | None = None
         self._clients: dict[str, ModelClient] | None = None
@@ -322,7 +337,7 @@ class LLMJudge(Judge):
             for cfg in self.endpoints:
                 if cfg.name not in clients:
                     # judge defaults < the models file's params < options on the spec
-                    params = {**DEFAULT_JUDGE_PARAMS, **cfg.params, **self.spec_params}
+                    params = {**self.defaults, **cfg.params, **self.spec_params}
                     clients[cfg.name] = ModelClient(build_provider(cfg), self.role, self.ledger, cache=self._cache,
                                                     params=params)
             self._clients = clients
@@ -331,7 +346,52 @@ class LLMJudge(Judge):
     def base_settings(self) -> dict[str, Any]:
         """The identity settings every LLM judge records: generation and per-endpoint params."""
         eps = {c.name: c.params for c in self.endpoints if c.params}
-        return {"params": self.params, **({"endpoint_params": eps} if eps else {})}
+        out: dict[str, Any] = {"params": self.params, **({"endpoint_params": eps} if eps else {})}
+        if self.budget_opts:  # a different cut makes different prompts; the defaults stay out of old identities
+            out["budget"] = dict(sorted(self.budget_opts.items()))
+        windows = {c.name: c.context_window for c in self.endpoints if c.context_window}
+        if windows and "context_window" not in self.budget_opts:
+            out["context_windows"] = windows
+        return out
+
+    # ------------------------------------------------------------------ token budget
+    def context_window(self, cfg: EndpointConfig) -> int | None:
+        """The judge model's window: the spec's ``context_window``, the endpoint's (models file), or what
+        its provider reports once built (a local llama.cpp model's ``n_ctx``); None when unknown."""
+        if "context_window" in self.budget_opts:
+            return self.budget_opts["context_window"]
+        if cfg.context_window:
+            return cfg.context_window
+        client = self._build_clients().get(cfg.name)
+        prov_cfg = getattr(getattr(client, "provider", None), "cfg", None)
+        win = getattr(prov_cfg, "context_window", None)
+        return win if isinstance(win, int) and win > 0 else None
+
+    def max_tokens(self, cfg: EndpointConfig) -> int:
+        """The output tokens asked of ``cfg``: spec option > models-file params > this kind's default."""
+        return int({**self.defaults, **cfg.params, **self.spec_params}["max_tokens"])
+
+    def budget(self, cfg: EndpointConfig, max_tokens: int | None = None) -> Budget:
+        """The token budget of prompts sent to ``cfg``."""
+        b = Budget(self.context_window(cfg), max_tokens or self.max_tokens(cfg))
+        for k in ("reply_tokens", "dialogue_tokens"):
+            if k in self.budget_opts:
+                setattr(b, k, self.budget_opts[k])
+        return b
+
+    def check_budget(self, cfg: EndpointConfig, fixed_tokens: int, spec: str) -> None:
+        """At construction: a ConfigError when a window known from the spec or models file cannot hold the
+        instructions + max_tokens (a provider-reported window is checked per call, by cutting)."""
+        win = self.budget_opts.get("context_window") or cfg.context_window
+        if win:
+            Budget(win, self.max_tokens(cfg)).check_fits(fixed_tokens, spec)
+
+    def fill_fitted(self, cfg: EndpointConfig, template: str, *, response: str, dialogue: str = "",
+                    images: int = 0, max_tokens: int | None = None, **values: Any) -> tuple[str, Fit]:
+        """Fill ``template`` with the reply and dialogue cut (middle out, with a marker) to fit the budget."""
+        fixed = estimate_tokens(fill(template, response="", dialogue="", **values)) + MESSAGE_OVERHEAD
+        f = self.budget(cfg, max_tokens).fit(fixed, response, dialogue, images)
+        return fill(template, response=f.reply, dialogue=f.dialogue, **values), f
 
     def client(self, cfg: EndpointConfig) -> ModelClient:
         """The ModelClient of one judge endpoint (built on first use)."""
@@ -353,16 +413,16 @@ class LLMJudge(Judge):
         self._started = False
 
     async def call(self, cfg: EndpointConfig, messages: list[Message], sample_id: str,
-                   root: Path | None) -> tuple[ChatResult, list[dict[str, Any]]]:
+                   root: Path | None, params: dict[str, Any] | None = None) -> tuple[ChatResult, list[dict[str, Any]]]:
         """One judge request through the engine -> (result, request-log rows with role judge)."""
         if not self._started:
             await self.start()
         client = self.client(cfg)
         try:
-            res = await client.chat(messages, root=root)
+            res = await client.chat(messages, root=root, params=params)
         except AssetError:
             # the image cannot be read now (moved benchmark): judge with placeholders rather than fail
-            res = await client.chat(strip_assets(messages), root=root)
+            res = await client.chat(strip_assets(messages), root=root, params=params)
         return res, request_log(res, self.role, sample_id, cfg.name)
 
 
