@@ -35,6 +35,7 @@ from mmsafe.runner.modes import check_mode, make_mode_runner, mode_fingerprint
 from mmsafe.runner.options import RunOptions, RunOutcome
 from mmsafe.runner.summary import RunSummary, compute_summary, write_results, write_summary
 from mmsafe.store import StoreError, open_store
+from mmsafe.store.base import lease_seconds
 from mmsafe.types import (
     MAX_ASSET_BYTES,
     AssetError,
@@ -257,7 +258,7 @@ async def execute(opts: RunOptions) -> RunOutcome:
     if opts.out.exists() and not opts.out.is_dir():
         raise InputError(f"--out {opts.out}: exists and is not a directory")
     opts.out.mkdir(parents=True, exist_ok=True)
-    store = open_store(opts.out)
+    store = open_store(opts.out, url=opts.store_url)
     try:
         cfg = _config_record(opts, bench, pre)
         prev = store.get_meta("config")
@@ -304,10 +305,13 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
     if hasattr(judge, "bind"):
         judge.bind(ledger=ledger, cache=cache)
 
+    lease = lease_seconds()
+    store.begin_claims(lease)  # before reading what is done: a sample finished after it is claimable
     done_ok = store.ok_sample_ids()
     judged = store.judged_sample_ids(judge_id)
+    pending: set[str] = set()  # held by another process working on this run
     total = pre["n"]
-    stats = {"total": total, "done": 0, "errors": 0, "skipped_done": 0, "sent": 0, "judged": 0,
+    stats = {"total": total, "done": 0, "errors": 0, "skipped_done": 0, "sent": 0, "judged": 0, "by_others": 0,
              "cost_usd": ledger.total_cost, "started": time.time()}
     stop: dict[str, Any] = {"reason": None, "error": None}
     root = bench.root
@@ -320,10 +324,30 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
 
     mode_runner = make_mode_runner(opts, client, judge, judge_id, store, root, stats, ledger, cache)
 
-    async def handle(sample: Sample, order: int) -> None:
-        if mode_runner is not None:  # live / adaptive: one record per sample, written at its end
+    async def handle(sample: Sample, order: int) -> bool:
+        """One sample, claimed first; False when another live process holds it (retried later)."""
+        c = store.claim(sample.id, judge_id)
+        if c.outcome == "held":
+            pending.add(sample.id)
+            return False
+        pending.discard(sample.id)
+        if c.outcome == "finished":  # another process on this run did it since this one started
+            stats["by_others"] += 1
+            return True
+        if c.response_ok:  # a holder that died may have stored the reply but not the verdict
+            done_ok.add(sample.id)
+        if c.judged:
+            judged.add(sample.id)
+        if sample.id in done_ok and sample.id in judged:
+            stats["skipped_done"] += 1
+        elif mode_runner is not None:  # live / adaptive: one record per sample, written at its end
             await mode_runner.handle(sample, done_ok, judged, order=order)
-            return
+        else:
+            await send_and_judge(sample, order)
+        store.finish_claim(sample.id)
+        return True
+
+    async def send_and_judge(sample: Sample, order: int) -> None:
         resp: Response | None = None
         if sample.id not in done_ok:
             res = await client.chat(sample.messages, root=root, system=opts.system_prompt)
@@ -353,7 +377,8 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
         if stop["reason"]:
             return
         try:
-            await handle(sample, order)
+            if not await handle(sample, order):
+                return  # held by another process: tried again once this pass is over
         except BudgetExceeded as e:
             stop["reason"], stop["error"] = "max_cost", str(e)
         except FatalProviderError as e:
@@ -362,6 +387,7 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
             msg = (f"{type(e).__name__}: {e}".splitlines() or ["error"])[0][:500]
             try:
                 store.save_response(sample, Response(sample_id=sample.id, error=f"internal: {msg}"), [], order=order)
+                store.finish_claim(sample.id)
                 stats["errors"] += 1
             except Exception:
                 stop["reason"], stop["error"] = "crash", f"sample {sample.id}: {msg}"
@@ -378,14 +404,36 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
                 continue
             yield i, s
 
+    def held_by_others() -> Iterator[tuple[int, Sample]]:
+        ids = set(pending)
+        for i, s in enumerate(iter_selected(bench, opts.limit)):
+            if stop["reason"]:
+                return
+            if s.id in ids:
+                yield i, s
+
+    async def heartbeat() -> None:
+        while True:
+            await asyncio.sleep(lease / 3)
+            store.renew_claims()
+
     await client.start()
     await judge.start()
     if mode_runner is not None:
         await mode_runner.start()
+    beat = asyncio.create_task(heartbeat())
     try:
         await run_pool(todo(), process, n_workers)
+        # samples another process held: wait for it to finish them, or take them over once
+        # its lease expires (or, on this host, once its process is gone)
+        while pending and not stop["reason"]:
+            await asyncio.sleep(min(1.0, lease / 4))
+            await run_pool(held_by_others(), process, n_workers)
         progress()
     finally:
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
+        store.release_claims()  # unfinished ones (stopped early): another process may take them now
         await client.close()
         await judge.close()
         if mode_runner is not None:

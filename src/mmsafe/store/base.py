@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from mmsafe.types import InputError, JudgeIdentity, Response, Sample, Verdict
 
@@ -13,10 +17,106 @@ class StoreError(InputError):
     """The run directory holds something incompatible (another run, a newer schema)."""
 
 
+DEFAULT_LEASE_S = 60.0
+"""How long a claim lasts without renewal (``MMSAFE_CLAIM_LEASE_S`` overrides): a holder
+renews its claims every third of it, so only a dead (or frozen) holder's claims expire."""
+
+
+def lease_seconds() -> float:
+    """The claim lease: ``MMSAFE_CLAIM_LEASE_S`` when set to a positive number, else 60 s."""
+    raw = os.environ.get("MMSAFE_CLAIM_LEASE_S")
+    if raw:
+        try:
+            v = float(raw)
+        except ValueError:
+            raise StoreError(f"MMSAFE_CLAIM_LEASE_S={raw!r}: expected a number of seconds") from None
+        if v > 0:
+            return v
+        raise StoreError(f"MMSAFE_CLAIM_LEASE_S={raw!r}: must be positive")
+    return DEFAULT_LEASE_S
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to :meth:`RunStore.claim`.
+
+    - ``claimed``: this process now holds the sample; ``response_ok`` / ``judged`` say what
+      is already stored for it (a holder that died may have saved the reply, not the verdict).
+    - ``held``: another live process holds it (``holder`` names it: ``host:pid:token``).
+    - ``finished``: another process worked on it after this one started: it is not sent
+      again by this process (a failure is retried by the next run, as in one process).
+    """
+
+    outcome: Literal["claimed", "held", "finished"]
+    response_ok: bool = False
+    judged: bool = False
+    holder: str | None = None
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who claims: this host and process, plus a token (a pid can be reused)."""
+
+    host: str
+    pid: int
+    token: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.host}:{self.pid}:{self.token}"
+
+    @staticmethod
+    def here() -> Holder:
+        """The current process."""
+        return Holder(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:12])
+
+
+def holder_dead(host: str | None, pid: int | None) -> bool:
+    """A holder on this host whose process is gone (its claims need not wait for the lease)."""
+    if host != socket.gethostname() or not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+ClaimRow = tuple[str, str | None, int | None, float, float | None]
+"""A stored claim: (holder, host, pid, expires, done_at)."""
+
+
+def decide_claim(row: ClaimRow | None, me: str, now: float, started: float) -> Literal["claimed", "held", "finished"]:
+    """The claim rule both stores apply (inside one transaction, the row locked):
+    a free sample, one finished before this process started (a re-run retries a failure),
+    one of ours, one whose lease expired or whose holder is gone -> claimed; one finished
+    by another process since this one started -> finished; else held."""
+    if row is None:
+        return "claimed"
+    holder, host, pid, expires, done_at = row
+    if done_at is not None:
+        return "finished" if done_at >= started else "claimed"
+    if holder == me or expires < now or holder_dead(host, pid):
+        return "claimed"
+    return "held"
+
+
 class RunStore(ABC):
     """Where a run keeps its responses, verdicts, judges and request log (one run directory).
 
     A rerun reads it to skip finished work; summaries, reports and exports read it back.
+    Several processes may work on one run at once: each claims a sample (:meth:`claim`)
+    before sending it, so it is sent by one of them only.
     """
 
     @abstractmethod
@@ -67,6 +167,46 @@ class RunStore(ABC):
     @abstractmethod
     def ledger(self) -> dict[str, dict[str, Any]]:
         """Calls, tokens and USD per role, from the request log."""
+
+    @abstractmethod
+    def iter_verdict_labels(self) -> Iterator[tuple[str, str, str]]:
+        """(sample_id, judge_id, label) for every stored verdict of a non-control sample."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Stored responses: ``responses``, ``ok`` and ``errors``."""
+
+    # -- claims: several processes on one run
+    @abstractmethod
+    def begin_claims(self, lease_s: float | None = None) -> Holder:
+        """Start claiming as this process (the lease defaults to :func:`lease_seconds`)."""
+
+    @abstractmethod
+    def claim(self, sample_id: str, judge_id: str) -> Claim:
+        """Claim one sample, atomically (see :func:`decide_claim`); a ``claimed`` answer says
+        what is already stored for it."""
+
+    @abstractmethod
+    def finish_claim(self, sample_id: str) -> None:
+        """This process is done with the sample (its reply and verdict, or its failure, are stored)."""
+
+    @abstractmethod
+    def renew_claims(self) -> int:
+        """Extend the lease of every unfinished claim this process holds; returns how many."""
+
+    @abstractmethod
+    def release_claims(self) -> None:
+        """Give up the unfinished claims of this process (stopped early): others may take them at once."""
+
+    # -- copying between stores (mmsafe store copy)
+    @abstractmethod
+    def dump_tables(self) -> Iterator[tuple[str, list[str], Iterator[tuple[Any, ...]]]]:
+        """(table, columns, rows) of every table, from one consistent snapshot; each table's
+        rows must be consumed before the next table is asked for."""
+
+    @abstractmethod
+    def load_table(self, table: str, cols: list[str], rows: Iterable[tuple[Any, ...]]) -> int:
+        """Append ``rows`` (as :meth:`dump_tables` gives them) to ``table``; returns how many."""
 
     @abstractmethod
     def close(self) -> None:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import orjson
 
-from mmsafe.store.base import RunStore, StoreError
+from mmsafe.store.base import Claim, ClaimRow, Holder, RunStore, StoreError, decide_claim, lease_seconds
 from mmsafe.types import JudgeIdentity, Response, Sample, Usage, Verdict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: meta, responses, requests, judges, verdicts. 2: + claims (several processes on one run)."""
 STORE_FILE = "run.sqlite"
+POINTER_FILE = "store.json"  # a run directory whose store lives elsewhere (PostgreSQL) names it here
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,6 +36,13 @@ CREATE TABLE IF NOT EXISTS verdicts (
   parse_status TEXT, rationale TEXT, raw TEXT, categories TEXT, cost_usd REAL, input_tokens INTEGER,
   output_tokens INTEGER, created REAL, extra TEXT, PRIMARY KEY (sample_id, judge_id));
 """
+
+# schema_version -> what brings a store of the version before it up to it (stores written by
+# older mmsafe versions are migrated when opened for writing; readers need none of it)
+MIGRATIONS: dict[int, str] = {
+    2: "CREATE TABLE IF NOT EXISTS claims (sample_id TEXT PRIMARY KEY, holder TEXT NOT NULL, host TEXT,"
+       " pid INTEGER, expires REAL NOT NULL, done_at REAL);",
+}
 
 
 def _dumps(v: Any) -> str:
@@ -66,6 +75,9 @@ class SQLiteRunStore(RunStore):
 
     def __init__(self, path: Path, *, readonly: bool = False):
         self.path = path
+        self._holder: Holder | None = None
+        self._lease = 0.0
+        self._started = 0.0
         if readonly:
             if not path.exists():
                 raise StoreError(f"{path}: no run store here")
@@ -73,7 +85,8 @@ class SQLiteRunStore(RunStore):
         else:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self.db = sqlite3.connect(str(path), isolation_level=None)
+                # another process on the same run holds the write lock for a few ms at a time
+                self.db = sqlite3.connect(str(path), isolation_level=None, timeout=60.0)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.executescript(_SCHEMA)
@@ -83,10 +96,14 @@ class SQLiteRunStore(RunStore):
             v = self.get_meta("schema_version")
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{path}: not a readable mmsafe run store ({e})") from None
-        if v is None and not readonly:
-            self.set_meta("schema_version", SCHEMA_VERSION)
-        elif v is not None and v > SCHEMA_VERSION:
+        if v is not None and v > SCHEMA_VERSION:
             raise StoreError(f"{path}: store schema {v} is newer than this mmsafe ({SCHEMA_VERSION})")
+        if not readonly:
+            snap = self.get_meta("snapshot_of")
+            if snap:
+                raise StoreError(f"{path}: a read-only copy of PostgreSQL run {snap.get('run')!r} "
+                                 f"({snap.get('url')}); write to that store (--store URL) instead")
+            self._migrate()
         self._seq = (self.db.execute("SELECT COALESCE(MAX(seq), -1) FROM responses").fetchone()[0]
                      if not readonly else 0)
         # seq: the sample's position in the benchmark (stores made since results follow the
@@ -96,6 +113,23 @@ class SQLiteRunStore(RunStore):
         if not readonly and not self._bench_order and self._seq == -1:
             self.set_meta("seq_order", "benchmark")
             self._bench_order = True
+
+    def _migrate(self) -> None:
+        """Bring the schema to :data:`SCHEMA_VERSION` (a new store: straight there)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            v = self.get_meta("schema_version")  # again, under the write lock: another process may have done it
+            for target in sorted(MIGRATIONS):
+                if v is None or target > v:
+                    for stmt in MIGRATIONS[target].split(";"):
+                        if stmt.strip():
+                            self.db.execute(stmt)
+            if v != SCHEMA_VERSION:
+                self.set_meta("schema_version", SCHEMA_VERSION)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     # -- meta
     def get_meta(self, key: str) -> Any | None:
@@ -266,11 +300,109 @@ class SQLiteRunStore(RunStore):
         n, ok = self.db.execute("SELECT COUNT(*), SUM(status='ok') FROM responses").fetchone()
         return {"responses": n or 0, "ok": ok or 0, "errors": (n or 0) - (ok or 0)}
 
+    # -- claims (BEGIN IMMEDIATE: the claim is decided and written under the file's write lock)
+    def begin_claims(self, lease_s: float | None = None) -> Holder:
+        self._holder = Holder.here()
+        self._lease = lease_s if lease_s is not None else lease_seconds()
+        self._started = time.time()
+        return self._holder
+
+    def _me(self) -> Holder:
+        if self._holder is None:
+            raise RuntimeError("begin_claims() first")
+        return self._holder
+
+    def claim(self, sample_id: str, judge_id: str) -> Claim:
+        me = self._me()
+        now = time.time()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row: ClaimRow | None = self.db.execute(
+                "SELECT holder, host, pid, expires, done_at FROM claims WHERE sample_id=?", (sample_id,)).fetchone()
+            outcome = decide_claim(row, me.id, now, self._started)
+            if outcome != "claimed":
+                self.db.execute("COMMIT")
+                return Claim(outcome, holder=row[0] if row else None)
+            self.db.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?,NULL)",
+                            (sample_id, me.id, me.host, me.pid, now + self._lease))
+            st = self.db.execute("SELECT status FROM responses WHERE sample_id=?", (sample_id,)).fetchone()
+            judged = self.db.execute("SELECT 1 FROM verdicts WHERE sample_id=? AND judge_id=? AND"
+                                     " parse_status != 'error'", (sample_id, judge_id)).fetchone()
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return Claim("claimed", response_ok=st is not None and st[0] == "ok", judged=judged is not None)
+
+    def finish_claim(self, sample_id: str) -> None:
+        self.db.execute("UPDATE claims SET done_at=? WHERE sample_id=? AND holder=?",
+                        (time.time(), sample_id, self._me().id))
+
+    def renew_claims(self) -> int:
+        return self.db.execute("UPDATE claims SET expires=? WHERE holder=? AND done_at IS NULL",
+                               (time.time() + self._lease, self._me().id)).rowcount
+
+    def release_claims(self) -> None:
+        if self._holder is not None:
+            self.db.execute("DELETE FROM claims WHERE holder=? AND done_at IS NULL", (self._holder.id,))
+
+    # -- copying (mmsafe store copy)
+    def dump_tables(self) -> Iterator[tuple[str, list[str], Iterator[tuple[Any, ...]]]]:
+        """(table, columns, rows) of every table a run holds, for :func:`mmsafe.store.copy.copy_run`."""
+        self.db.execute("BEGIN")  # one read transaction: a consistent copy of a run still being written
+        try:
+            for table in TABLES:
+                cols = [r[1] for r in self.db.execute(f"PRAGMA table_info({table})")]
+                if cols:
+                    yield table, cols, iter(self.db.execute(f"SELECT {', '.join(cols)} FROM {table}"))
+        finally:
+            self.db.execute("COMMIT")
+
+    def load_table(self, table: str, cols: list[str], rows: Iterable[tuple[Any, ...]]) -> int:
+        """Append ``rows`` to ``table`` (one transaction); returns how many."""
+        n = 0
+        marks = ",".join("?" * len(cols))
+
+        def counted() -> Iterator[tuple[Any, ...]]:
+            nonlocal n
+            for r in rows:
+                n += 1
+                yield r
+
+        self.db.execute("BEGIN")
+        try:
+            self.db.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", counted())
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        if table == "responses":
+            self._seq = self.db.execute("SELECT COALESCE(MAX(seq), -1) FROM responses").fetchone()[0]
+        return n
+
     def close(self) -> None:
         """Close the database connection."""
         self.db.close()
 
 
-def open_store(run_dir: Path, *, readonly: bool = False) -> SQLiteRunStore:
-    """The run store of ``run_dir`` (created there unless ``readonly``)."""
-    return SQLiteRunStore(run_dir / STORE_FILE, readonly=readonly)
+TABLES = ("meta", "judges", "responses", "verdicts", "requests", "claims")
+
+
+@overload
+def open_store(run_dir: Path, *, readonly: Literal[True], url: None = None) -> SQLiteRunStore: ...
+
+
+@overload
+def open_store(run_dir: Path, *, readonly: bool = False, url: str | None = None) -> RunStore: ...
+
+
+def open_store(run_dir: Path, *, readonly: bool = False, url: str | None = None) -> RunStore:
+    """The store of ``run_dir``: ``run.sqlite`` in it, or the PostgreSQL run its ``store.json``
+    names, or (``url``: ``postgresql://…``) a PostgreSQL run, recorded in ``store.json``.
+
+    A reader (``readonly``) of a PostgreSQL run gets a fresh local SQLite copy of it
+    (``run.sqlite``, marked read-only), so the report, viewer and exports read it as they
+    read any run."""
+    from mmsafe.store.locate import open_run_store
+
+    return open_run_store(run_dir, readonly=readonly, url=url)
