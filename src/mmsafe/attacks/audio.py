@@ -29,14 +29,18 @@ ESPEAK_VOICES = ("en-us+m3", "en-gb+f3")
 
 
 class AudioError(RuntimeError):
+    """Speech could not be made (engine missing, failed, or no audio produced)."""
+
     pass
 
 
 def espeak_binary() -> str | None:
+    """The espeak-ng (or espeak) executable on PATH, or None."""
     return shutil.which("espeak-ng") or shutil.which("espeak")
 
 
 def espeak_available() -> bool:
+    """True when an espeak binary is on PATH."""
     return espeak_binary() is not None
 
 
@@ -72,6 +76,7 @@ def tts_espeak(text: str, voice: str = ESPEAK_VOICES[0], *, speed: int = 160, ti
 
 
 async def tts_espeak_async(text: str, voice: str = ESPEAK_VOICES[0], **kw: Any) -> bytes:
+    """:func:``tts_espeak`` in a worker thread."""
     return await asyncio.to_thread(tts_espeak, text, voice, **kw)
 
 

@@ -61,17 +61,21 @@ class WorkDir:
         (self.root / "assets").mkdir(parents=True, exist_ok=True)
 
     def stage_dir(self, stage: str) -> Path:
+        """A stage's folder (created when missing)."""
         d = self.root / stage
         d.mkdir(parents=True, exist_ok=True)
         return d
 
     def items_path(self, stage: str) -> Path:
+        """Where a stage's output items are written (``<stage>/items.jsonl``)."""
         return self.root / stage / "items.jsonl"
 
     def has_items(self, stage: str) -> bool:
+        """True when the stage finished (``done.json``) and its items are there."""
         return (self.root / stage / "done.json").is_file() and self.items_path(stage).is_file()
 
     def iter_items(self, stage: str) -> Iterator[dict[str, Any]]:
+        """Stream a stage's output items; a BuildError when that stage has not run."""
         p = self.items_path(stage)
         if not p.is_file():
             raise BuildError(f"{p}: missing; run the '{stage}' stage first")
@@ -81,6 +85,7 @@ class WorkDir:
                     yield orjson.loads(line)
 
     def read_items(self, stage: str) -> list[dict[str, Any]]:
+        """A stage's output items as a list."""
         return list(self.iter_items(stage))
 
     def write_items(self, stage: str, items: Iterable[dict[str, Any]]) -> tuple[int, str]:
@@ -100,6 +105,7 @@ class WorkDir:
         return n, h.hexdigest()
 
     def put_bytes(self, data: bytes, ext: str) -> str:
+        """Store bytes content-addressed under ``assets/`` (atomic; written once); returns the relative path."""
         sha = hashlib.sha256(data).hexdigest()
         rel = f"assets/{sha}.{ext}"
         p = self.root / rel
@@ -111,6 +117,7 @@ class WorkDir:
         return rel
 
     def put_image(self, img: Image.Image | bytes) -> str:
+        """Store an image (a PIL image as PNG; bytes in their own format); returns the relative path."""
         if isinstance(img, Image.Image):
             buf = io.BytesIO()
             img.convert("RGB").save(buf, format="PNG", compress_level=1)
@@ -120,11 +127,13 @@ class WorkDir:
         return self.put_bytes(img, ext)
 
     def open_image(self, rel: str) -> Image.Image:
+        """A stored image, loaded as RGB."""
         with Image.open(self.root / rel) as im:
             im.load()
             return im.convert("RGB")
 
     def part(self, rel: str) -> ImagePart | AudioPart:
+        """The image or audio part for a stored asset (sha256 and MIME type from its name)."""
         sha = Path(rel).stem
         ext = rel.rsplit(".", 1)[-1].lower()
         if ext in ("wav", "mp3", "flac", "ogg", "m4a"):
@@ -134,6 +143,7 @@ class WorkDir:
 
 
 def item_id(*parts: Any) -> str:
+    """A short stable id from the parts that define an item."""
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
@@ -173,9 +183,11 @@ class AgentContext:
         self.sem = asyncio.Semaphore(cfg.concurrency)
 
     def has(self, key: str) -> bool:
+        """True when the build config names a model for ``key``."""
         return key in self.cfg.models
 
     def model_ref(self, key: str, fallback: str | None = None) -> ModelRef | None:
+        """The config's model for ``key`` (else for ``fallback``), or None."""
         return self.cfg.models.get(key) or (self.cfg.models.get(fallback) if fallback else None)
 
     async def client(self, key: str, *, fallback: str | None = None, ref: ModelRef | None = None,
@@ -201,6 +213,7 @@ class AgentContext:
         return c
 
     async def close(self) -> None:
+        """Close every client this agent started (errors while closing are ignored)."""
         for c in self._clients.values():
             try:
                 await c.close()
@@ -209,6 +222,7 @@ class AgentContext:
         self._clients.clear()
 
     def summary(self) -> dict[str, Any]:
+        """Calls, cached calls, errors, tokens, USD and wall time of the agent, with a per-role breakdown."""
         tot: dict[str, Any] = {"calls": 0, "cached": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0,
                                "cost_usd": 0.0}
         for r in self.ledger.roles.values():
@@ -222,6 +236,7 @@ class AgentContext:
         return tot
 
     async def gather(self, coros: Iterable[Awaitable[Any]]) -> list[Any]:
+        """Run the calls at most ``concurrency`` at a time, in order; a failure or stop cancels the rest."""
         coros = list(coros)
 
         async def one(c: Awaitable[Any]) -> Any:

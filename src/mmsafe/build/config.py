@@ -29,6 +29,8 @@ class _C(BaseModel):
 
 
 class ModelRef(_C):
+    """A model used by the build: a spec or models-file name, with optional endpoint overrides."""
+
     spec: str
     max_connections: int | None = None
     timeout_s: float | None = None
@@ -46,6 +48,8 @@ def _model_ref(v: Any) -> Any:
 
 
 class Pool(_C):
+    """A source of seed items for preprocessing: a benchmark, an image folder, or a CSV/JSONL file."""
+
     kind: Literal["benchmark", "images", "csv", "jsonl"]
     path: str
     mapping: dict[str, str] = Field(default_factory=dict)  # csv/jsonl: question=COLUMN, scenario=COLUMN
@@ -54,6 +58,8 @@ class Pool(_C):
 
 
 class PreprocessConfig(_C):
+    """``preprocess:`` pools to read, length/size filters, de-duplication and scenario classification."""
+
     pools: list[Pool] = Field(default_factory=list)
     min_chars: int = 25  # prompts of <= 24 characters are dropped
     min_image_side: int = 64  # images whose shorter side is below this are dropped
@@ -65,6 +71,8 @@ class PreprocessConfig(_C):
 
 
 class Weights(_C):
+    """Weights of the three candidate scores (feasibility, harmfulness, applicability) when ranking."""
+
     feasibility: float = 1.0
     harmfulness: float = 1.0
     applicability: float = 1.0
@@ -75,12 +83,16 @@ CROSS_MODAL_MODES: tuple[CrossModalMode, ...] = ("image_harm", "text_harm", "spl
 
 
 class CrossModal(_C):
+    """Cross-modal variants of kept items: where the harm is carried (image, text, split) or conflicting."""
+
     modes: list[CrossModalMode] = Field(default_factory=lambda: list(CROSS_MODAL_MODES))
     fraction: float = Field(0.5, ge=0.0, le=1.0)  # share of kept items that get a cross-modal variant
     keep_plain: bool = True  # keep the plain (text-borne harm) item next to its variant
 
 
 class GenerateConfig(_C):
+    """``generate:`` how many candidates per scenario, how they are scored, kept and de-duplicated."""
+
     scenarios: list[str] | None = None  # default: every scenario of the taxonomy
     candidates_per_scenario: int = Field(200, ge=1)
     batch_size: int = Field(20, ge=1)
@@ -96,6 +108,8 @@ class GenerateConfig(_C):
 
 
 class T2IConfig(_C):
+    """A text-to-image backend: an OpenAI-compatible images endpoint or a local diffusers model."""
+
     kind: Literal["openai", "diffusers"] = "openai"
     base_url: str | None = None
     model: str = "dall-e-3"
@@ -110,12 +124,16 @@ class T2IConfig(_C):
 
 
 class ImageConfig(_C):
+    """``image:`` the text-to-image backend (none = typography only) and the critic's rounds."""
+
     t2i: T2IConfig | None = None
     critic_rounds: int = Field(3, ge=1, le=10)  # at most this many generations per image
     typography_size: int = 760
 
 
 class AudioConfig(_C):
+    """``augment.audio:`` text-to-speech engine, voices and the instruction sent with the audio."""
+
     engine: Literal["none", "espeak", "openai"] = "none"
     voices: list[str] = Field(default_factory=lambda: ["en-us+m3", "en-gb+f3"])
     base_url: str | None = None
@@ -125,6 +143,8 @@ class AudioConfig(_C):
 
 
 class AugmentConfig(_C):
+    """``augment:`` text, visual and audio transforms applied to kept items."""
+
     text: list[str] = Field(default_factory=list)  # transform names (mmsafe.attacks.transforms)
     visual: list[str] = Field(default_factory=list)  # mmsafe.attacks.visual names
     audio: AudioConfig = Field(default_factory=AudioConfig)
@@ -136,6 +156,8 @@ class AugmentConfig(_C):
 
 
 class SelectConfig(_C):
+    """``select:`` the final size, the reference models piloted and the selection weights."""
+
     size: int | None = None  # None = keep every candidate (pilot + report only)
     reference_models: list[ModelRef] = Field(default_factory=list)
     judge: str = "keyword"
@@ -152,6 +174,8 @@ class SelectConfig(_C):
 
 
 class BuildConfig(_C):
+    """A validated ``build.yaml``: the models, stages and each stage's settings of a benchmark build."""
+
     name: str = "mmsafe-built"
     version: str = "1"
     description: str = ""
@@ -189,15 +213,18 @@ class BuildConfig(_C):
 
     @property
     def base_dir(self) -> Path:
+        """The folder relative paths in the config are taken from (the config file's folder)."""
         return self._base_dir
 
     def path(self, p: str | None) -> Path | None:
+        """A path from the config, resolved against :attr:``base_dir`` (None stays None)."""
         if p is None:
             return None
         q = Path(p).expanduser()
         return q if q.is_absolute() else self._base_dir / q
 
     def section_hash(self, *names: str) -> str:
+        """A short hash of the named sections (a stage's cache key: a change there reruns it)."""
         d = self.model_dump(mode="json")
         blob = orjson.dumps({n: d.get(n) for n in names}, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(blob).hexdigest()[:16]

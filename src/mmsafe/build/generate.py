@@ -84,6 +84,7 @@ def parse_scores(text: str | None) -> dict[str, Any]:
 
 
 def weighted(scores: dict[str, Any], weights: dict[str, float]) -> float:
+    """The weighted mean of an item's axis scores (rounded to 4 places)."""
     tot = sum(weights.values()) or 1.0
     return round(sum(weights[a] * scores[a] for a in AXES) / tot, 4)
 
@@ -246,6 +247,7 @@ async def run_generate(ctx: AgentContext, taxonomy: dict[str, Any], pool: list[d
 
 async def cross_modal(ctx: AgentContext, kept: list[dict[str, Any]], rep: Counter,
                       rejected: list[dict[str, Any]], t2i: bool) -> list[dict[str, Any]]:
+    """Cross-modal variants of a share of the kept items (image-borne, text-borne, split or conflicting harm)."""
     cm = ctx.cfg.generate.cross_modal
     if not cm.modes or cm.fraction <= 0:
         return []

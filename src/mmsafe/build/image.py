@@ -37,6 +37,8 @@ from .prompts import render
 
 
 class T2IError(RuntimeError):
+    """A text-to-image request that failed (after the client's retries) or returned no usable image."""
+
     pass
 
 
@@ -68,11 +70,13 @@ class T2IClient:
 
     @property
     def name(self) -> str:
+        """The backend as ``diffusers/MODEL`` or ``openai-images/MODEL@URL``."""
         if self.cfg.kind == "diffusers":
             return f"diffusers/{self.cfg.diffusers_model}"
         return f"openai-images/{self.cfg.model}@{self.cfg.base_url}"
 
     async def close(self) -> None:
+        """Close the HTTP session."""
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -185,6 +189,7 @@ def _decode_image(raw: bytes) -> tuple[bytes, str]:
 
 
 def parse_critic(text: str | None) -> tuple[bool, str]:
+    """``(evokes, suggestion)`` from the critic's JSON reply; a ValueError when it is not that."""
     d = extract_json(text)
     if not isinstance(d, dict) or not isinstance(d.get("evokes"), bool):
         raise ValueError("expected {\"evokes\": true|false, ...}")
@@ -192,6 +197,11 @@ def parse_critic(text: str | None) -> tuple[bool, str]:
 
 
 async def run_image(ctx: AgentContext, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The image stage: an image for each item that asks for one, and a report.
+
+    Text-to-image (with the critic's rounds) when configured, else rendered here: typography,
+    FigStep, key phrase, blank or unrelated images. A failed item keeps its ``image_error``.
+    """
     cfg = ctx.cfg.image
     wd = ctx.wd
     t2i = T2IClient(cfg.t2i, ctx) if cfg.t2i is not None else None

@@ -46,6 +46,7 @@ AGENT_OF = {"preprocess": "preprocess", "generate": "generate", "image": "image"
 
 
 def taxonomy_for(cfg: BuildConfig) -> tuple[dict[str, Any], str, str]:
+    """``(taxonomy, its path, short sha256)`` of the build's taxonomy (the bundled one by default)."""
     p = cfg.path(cfg.taxonomy)
     tax = load_taxonomy(p)
     from mmsafe.taxonomy import default_taxonomy_path
@@ -65,6 +66,7 @@ def _file_fingerprint(p: Path | None) -> Any:
 
 
 def stage_key(cfg: BuildConfig, stage: str, input_sha: str | None, tax_sha: str) -> str:
+    """A stage's cache key: its config sections, models, taxonomy, input items (and pool files for preprocess)."""
     extra: dict[str, Any] = {"models": cfg.model_dump(mode="json")["models"], "taxonomy": tax_sha,
                              "input": input_sha, "stage": stage, "format": 1}
     if stage == "preprocess":
@@ -87,6 +89,7 @@ def _done(wd: WorkDir, stage: str) -> dict[str, Any] | None:
 
 
 def previous_stage(cfg: BuildConfig, stage: str) -> str | None:
+    """The enabled stage before ``stage`` (whose items it reads), or None for the first."""
     enabled = [s for s in STAGES if s in cfg.stages]
     before = [s for s in STAGES[: STAGES.index(stage)] if s in enabled]
     return before[-1] if before else None
@@ -165,12 +168,14 @@ async def run_stage(stage: str, cfg: BuildConfig, wd: WorkDir, *, force: bool = 
 
 
 def default_work_dir(out: Path) -> Path:
+    """The work folder next to the output benchmark: ``<out>.work``."""
     out = Path(out)
     return out.with_name(out.name + ".work")
 
 
 def write_benchmark(cfg: BuildConfig, wd: WorkDir, out: Path, stage_records: dict[str, dict[str, Any]],
                     *, overwrite: bool = True) -> Any:
+    """Write the last stage's items as a benchmark at ``out`` (assets copied in, manifest with provenance and costs)."""
     last = [s for s in STAGES if s in cfg.stages][-1]
     tax, tax_path, tax_sha = taxonomy_for(cfg)
     ledger = {s: r["ledger"] for s, r in stage_records.items()}

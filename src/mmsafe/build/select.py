@@ -92,6 +92,7 @@ def _code(label: str | None) -> float:
 
 
 async def run_select(ctx: AgentContext, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The select stage: pilot the reference models, score items (separability, harm, diversity), keep ``size``."""
     sc = ctx.cfg.select
     wd = ctx.wd
     refs = sc.reference_models

@@ -46,6 +46,12 @@ _BLOCK_RE = re.compile(r"\b(" + "|".join(re.escape(w) for w in BLOCKLIST) + r")\
 
 
 class Defense:
+    """A defense around a target: it may change or block the request and replace the reply.
+
+    ``before`` may pass, inject a system prompt or block; ``after`` may replace the reply.
+    Subclasses set ``name`` and ``identity`` (what is recorded with each run).
+    """
+
     name = "?"
     mode = "inject"
 
@@ -53,12 +59,15 @@ class Defense:
         self.identity: dict[str, Any] = {"kind": self.name}
 
     def bind(self, *, ledger: CostLedger | None = None, cache: ResponseCache | None = None) -> None:
+        """Share the runner's cost ledger and response cache with the defense's own model calls."""
         return None
 
     async def start(self) -> None:
+        """Open what the defense needs (its moderator's or guard's clients); a no-op by default."""
         return None
 
     async def close(self) -> None:
+        """Release what ``start`` opened; a no-op by default."""
         return None
 
     async def before(self, messages: list[Message], root: Path | None, system: str | None) -> dict[str, Any]:
@@ -71,6 +80,12 @@ class Defense:
 
 
 class ModeratorDefense(Defense):
+    """``moderator:BACKEND``: a dialogue safety moderator screens each request.
+
+    Flagged requests get the detected scenario's policies in the system prompt (``inject``),
+    are refused (``block``) or only recorded (``flag``).
+    """
+
     name = "moderator"
 
     def __init__(self, moderator: Moderator, mode: str = "inject", on_error: str = "allow",
@@ -98,16 +113,20 @@ class ModeratorDefense(Defense):
                    on_error=options.get("on_error", "allow"),
                    policies=PolicyLibrary.load(policies) if policies else None)
 
-    def bind(self, *, ledger=None, cache=None) -> None:
+    def bind(self, *, ledger: CostLedger | None = None, cache: ResponseCache | None = None) -> None:
+        """Share the runner's ledger and cache with the moderator."""
         self.moderator.bind(ledger=ledger, cache=cache)
 
     async def start(self) -> None:
+        """Start the moderator."""
         await self.moderator.start()
 
     async def close(self) -> None:
+        """Close the moderator."""
         await self.moderator.close()
 
-    async def before(self, messages, root, system):
+    async def before(self, messages: list[Message], root: Path | None, system: str | None) -> dict[str, Any]:
+        """Moderate the dialogue; a moderator failure counts as flagged only with ``on_error=block``."""
         try:
             m = await self.moderator.assess(messages, root)
         except (FatalProviderError, BudgetExceeded) as e:
@@ -124,6 +143,8 @@ class ModeratorDefense(Defense):
 
 
 class InputGuardDefense(ModeratorDefense):
+    """``input-guard:MODEL``: refuse the request when a guard model says the input is unsafe."""
+
     name = "input-guard"
 
     def __init__(self, model: str, models_file: Path | None = None, on_error: str = "allow"):
@@ -146,6 +167,8 @@ class InputGuardDefense(ModeratorDefense):
 
 
 class OutputGuardDefense(Defense):
+    """``output-guard:MODEL``: replace the reply with a refusal when a guard model says it is unsafe."""
+
     name = "output-guard"
 
     def __init__(self, model: str, models_file: Path | None = None):
@@ -164,17 +187,21 @@ class OutputGuardDefense(Defense):
         _check_options(spec, options, set())
         return cls(arg, models_file)
 
-    def bind(self, *, ledger=None, cache=None) -> None:
+    def bind(self, *, ledger: CostLedger | None = None, cache: ResponseCache | None = None) -> None:
+        """Share the runner's ledger and cache with the guard judge."""
         if hasattr(self.judge, "bind"):
             self.judge.bind(ledger=ledger, cache=cache)
 
     async def start(self) -> None:
+        """Start the guard judge."""
         await self.judge.start()
 
     async def close(self) -> None:
+        """Close the guard judge."""
         await self.judge.close()
 
-    async def after(self, messages, reply, root):
+    async def after(self, messages: list[Message], reply: str, root: Path | None) -> dict[str, Any] | None:
+        """Ask the guard about the reply; a refusal replaces it when flagged (its calls logged as moderator)."""
         t0 = time.perf_counter()
         probe = Sample(id="output-guard", question="", messages=messages)
         verdict, rows = await self.judge.judge(probe, Response(sample_id=probe.id, text=reply), root)
@@ -191,6 +218,8 @@ class OutputGuardDefense(Defense):
 
 
 class KeywordFilterDefense(Defense):
+    """``keyword-filter``: refuse requests whose user turns contain a blocklisted word (naive baseline)."""
+
     name = "keyword-filter"
 
     def __init__(self) -> None:
@@ -198,7 +227,8 @@ class KeywordFilterDefense(Defense):
         self.identity = {"kind": "keyword-filter",
                          "blocklist_hash": hashlib.sha256("|".join(BLOCKLIST).encode()).hexdigest()[:16]}
 
-    async def before(self, messages, root, system):
+    async def before(self, messages: list[Message], root: Path | None, system: str | None) -> dict[str, Any]:
+        """Block when a user turn contains a blocklisted word."""
         t0 = time.perf_counter()
         text = " ".join(m.text for m in messages if m.role == "user")
         hit = _BLOCK_RE.search(text)
@@ -209,6 +239,8 @@ class KeywordFilterDefense(Defense):
 
 
 class SystemPromptDefense(Defense):
+    """``system-prompt``: always add a generic safety system prompt."""
+
     name = "system-prompt"
 
     def __init__(self, text: str | None = None) -> None:
@@ -216,7 +248,8 @@ class SystemPromptDefense(Defense):
         self.text = text or SAFETY_SYSTEM_PROMPT
         self.identity = {"kind": "system-prompt", "prompt_hash": hashlib.sha256(self.text.encode()).hexdigest()[:16]}
 
-    async def before(self, messages, root, system):
+    async def before(self, messages: list[Message], root: Path | None, system: str | None) -> dict[str, Any]:
+        """Append the safety prompt to the system prompt."""
         return {"action": "inject", "system": (system + "\n\n" + self.text) if system else self.text,
                 "moderation": None}
 
@@ -258,18 +291,25 @@ class DefendedClient:
 
     @property
     def name(self) -> str:
+        """The target endpoint's name."""
         return self.client.name
 
     async def start(self) -> None:
+        """Start the target client, then the defense."""
         await self.client.start()
         await self.defense.start()
 
     async def close(self) -> None:
+        """Close the target client, then the defense."""
         await self.client.close()
         await self.defense.close()
 
     async def chat(self, messages: list[Message], *, root: Path | None = None, system: str | None = None,
                    params: dict[str, Any] | None = None) -> ChatResult:
+        """The defended call: ``before``, the target (unless blocked), then ``after`` on a reply.
+
+        What the defense did goes into ``extra["defense"]``, its model calls into ``extra["extra_requests"]``.
+        """
         t0 = time.perf_counter()
         dec = await self.defense.before(messages, root, system)
         mods: list[Moderation] = [dec["moderation"]] if dec.get("moderation") else []

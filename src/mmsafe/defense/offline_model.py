@@ -368,6 +368,7 @@ class MiniLMTurnEncoder:
         return cls._shared["torch"], cls._shared["tok"], cls._shared["bert"]
 
     def load(self) -> MiniLMTurnEncoder:
+        """Load the shared MiniLM components now (instead of on the first encode); returns self."""
         self._components()
         return self
 

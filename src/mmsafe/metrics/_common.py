@@ -240,5 +240,6 @@ def get_field(record: Mapping[Any, Any], key: str | Sequence[str] | Callable[[Ma
 
 
 def check_level(level: float) -> None:
+    """Raise a ValueError unless the confidence level is in (0, 1)."""
     if not 0.0 < level < 1.0:
         raise ValueError("level must be in (0, 1)")

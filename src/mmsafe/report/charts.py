@@ -19,6 +19,7 @@ FONT = "font-family='system-ui,-apple-system,Segoe UI,Roboto,sans-serif'"
 
 
 def color(i: int) -> str:
+    """The i-th series colour (the palette repeats)."""
     return PALETTE[i % len(PALETTE)]
 
 

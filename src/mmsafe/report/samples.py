@@ -53,6 +53,7 @@ class SampleIndex:
 
     @property
     def offsets(self) -> dict[str, tuple[int, int]]:
+        """Sample id -> (byte offset, length) in ``samples.jsonl``, built on first use (once, thread-safe)."""
         if self._offsets is None:
             with self._lock:
                 if self._offsets is None:
@@ -63,6 +64,7 @@ class SampleIndex:
         return sample_id in self.offsets
 
     def get(self, sample_id: str) -> Sample | None:
+        """The sample with this id, read from its line; None when unknown or unreadable."""
         loc = self.offsets.get(sample_id)
         if loc is None:
             return None
@@ -94,6 +96,7 @@ class SampleIndex:
 
 
 def mime_of(path: str) -> str | None:
+    """The image or audio MIME type of a file name, or None."""
     ext = path.rsplit(".", 1)[-1].lower() if "." in path else ""
     return IMAGE_MIMES.get(ext) or AUDIO_MIMES.get(ext)
 
@@ -140,6 +143,7 @@ def render_messages(sample: Sample | None, index: SampleIndex | None) -> list[di
 
 
 def open_index(benchmark_path: Path | str | None) -> SampleIndex | None:
+    """A sample index of the benchmark folder, or None when there is none (moved, deleted, unreadable)."""
     if not benchmark_path or not os.path.isdir(benchmark_path):
         return None
     try:

@@ -35,6 +35,7 @@ def _usd(x: Any) -> str:
 
 @functools.lru_cache(maxsize=1)
 def env() -> jinja2.Environment:
+    """The Jinja environment of the report and viewer templates (autoescaped, with number filters)."""
     e = jinja2.Environment(
         loader=jinja2.PackageLoader("mmsafe", "data/report"),
         autoescape=True,  # every template is HTML; data is never marked safe
@@ -48,4 +49,5 @@ def env() -> jinja2.Environment:
 
 @functools.lru_cache(maxsize=16)
 def static_text(name: str) -> str:
+    """A packaged static file of the report/viewer (CSS, JS)."""
     return resources.files("mmsafe").joinpath("data", "report", name).read_text(encoding="utf-8")

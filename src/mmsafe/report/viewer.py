@@ -63,9 +63,11 @@ class SeqCache:
         self._cache: OrderedDict[tuple[str, tuple[Any, ...]], tuple[tuple[int, ...], array]] = OrderedDict()
 
     def version(self) -> tuple[int, ...]:
+        """The stores' SQLite data versions (they change when another connection commits)."""
         return tuple(self.db.execute(f"PRAGMA {s}.data_version").fetchone()[0] for s in self.schemas)
 
     def get(self, sql: str, args: list[Any]) -> array:
+        """The matching ``seq`` numbers for a query (cached until a store changes)."""
         key = (sql, tuple(args))
         v = self.version()
         hit = self._cache.get(key)
@@ -111,6 +113,7 @@ class RunView:
 
     # ------------------------------------------------------------------ queries
     def where(self, f: dict[str, Any], alias: str = "r", valias: str = "v") -> tuple[str, list[Any]]:
+        """The SQL WHERE clause and arguments for the viewer's filters (scenario, verdict, search, ...)."""
         cl: list[str] = []
         args: list[Any] = []
         r, v = alias, valias
@@ -158,6 +161,7 @@ class RunView:
         return (" WHERE " + " AND ".join(cl)) if cl else "", args
 
     def list_samples(self, f: dict[str, Any]) -> dict[str, Any]:
+        """One page of the samples matching the filters, with the total count."""
         judge = f.get("judge") or self.primary
         where, args = self.where(f)
         frm = " FROM responses r LEFT JOIN verdicts v ON v.sample_id = r.sample_id AND v.judge_id = ?"
@@ -182,6 +186,7 @@ class RunView:
                 "items": items}
 
     def sample(self, sample_id: str) -> dict[str, Any] | None:
+        """One sample's stored response and metadata (with its neighbours' ids), or None."""
         row = self.db.execute(
             "SELECT sample_id, grp, scenario, category, method, turns, question, status, text, error, model,"
             " finish_reason, input_tokens, output_tokens, cost_usd, latency_ms, attempts, cached, extra, control, seq"
@@ -202,6 +207,7 @@ class RunView:
         return d
 
     def verdicts(self, sample_id: str) -> list[dict[str, Any]]:
+        """Every judge's verdict on a sample, the primary judge first."""
         out = []
         for (jid, label, score, rating, ps, rationale, raw, cats, cost, ti, to, _created, extra) in self.db.execute(
                 "SELECT judge_id, label, score, rating, parse_status, rationale, raw, categories, cost_usd,"
@@ -221,6 +227,7 @@ class RunView:
         return out
 
     def has(self, sample_id: str) -> bool:
+        """True when the run stored a response for the sample."""
         return self.db.execute("SELECT 1 FROM responses WHERE sample_id = ?", (sample_id,)).fetchone() is not None
 
 
@@ -279,6 +286,8 @@ def _qs(f: dict[str, Any], **over: Any) -> str:
 
 
 class Viewer:
+    """The runs a viewer serves (read-only), and the two-run comparisons between them."""
+
     def __init__(self, run_dirs: list[Path | str]):
         self.infos = load_runs(list(run_dirs))
         indexes: dict[str, SampleIndex | None] = {}
@@ -289,15 +298,18 @@ class Viewer:
         self._compare_seqs: dict[tuple[str, str], SeqCache] = {}
 
     def run(self, key: str) -> RunView:
+        """The run with this key; a 404 when there is none."""
         rv = self.runs.get(key)
         if rv is None:
             raise web.HTTPNotFound(text="no such run")
         return rv
 
     def comparable(self, a: RunView, b: RunView) -> bool:
+        """True when two runs used the same benchmark (so their samples pair up)."""
         return a.info.benchmark_key == b.info.benchmark_key
 
     def compare_db(self, a: RunView, b: RunView) -> sqlite3.Connection:
+        """A connection with run ``a``'s store and ``b``'s attached as ``b`` (opened once per pair)."""
         k = (a.key, b.key)
         if k not in self._compare:
             db = _connect(a.info.run_dir / STORE_FILE)
@@ -306,12 +318,14 @@ class Viewer:
         return self._compare[k]
 
     def compare_seqs(self, a: RunView, b: RunView) -> SeqCache:
+        """The seq cache of a pair's comparison queries."""
         k = (a.key, b.key)
         if k not in self._compare_seqs:
             self._compare_seqs[k] = SeqCache(self.compare_db(a, b), ["main", "b"])
         return self._compare_seqs[k]
 
     def compare_list(self, a: RunView, b: RunView, f: dict[str, Any], diff: bool) -> dict[str, Any]:
+        """One page of paired samples of two runs (only differing verdicts when ``diff``)."""
         db = self.compare_db(a, b)
         where, args = a.where({**f, "verdict": None, "disagree": None, "q": f.get("q")}, "r", "v")
         la = "(CASE WHEN r.status != 'ok' THEN 'error' ELSE COALESCE(v.label, 'unscored') END)"
