@@ -103,6 +103,14 @@ def _importers(r: Registry) -> None:
         ("jbb", "harmbench:import_jbb", "JailbreakBench harmful/benign behaviours CSV"),
         ("csv", "generic:import_csv", "any CSV with a column mapping"),
         ("jsonl", "generic:import_jsonl", "any JSONL with a field mapping"),
+        ("jailbreakv", "jailbreakv:import_jailbreakv", "JailBreakV-28K CSVs + image folders (or RedTeam-2K)"),
+        ("siuo", "siuo:import_siuo", "SIUO siuo_gen.json + images (safe inputs, unsafe output)"),
+        ("mossbench", "mossbench:import_mossbench", "MOSSBench over-sensitivity: benign controls + contrast set"),
+        ("vlsbench", "vlsbench:import_vlsbench", "VLSBench data.json + imgs/"),
+        ("mssbench", "mssbench:import_mssbench", "MSSBench chat/embodied: safe-image controls, unsafe-image items"),
+        ("vlguard", "vlguard:import_vlguard", "VLGuard test.json: safe_safes controls, safe_unsafes, unsafes"),
+        ("mlvlsu", "mlvlsu:import_mlvlsu", "ML-VLSU VLSU.csv with locally downloaded images (never fetched)"),
+        ("audio-folder", "audio_folder:import_audio_folder", "audio files named <Category>_<n> (garak audio_achilles)"),
     ):
         r.add(name, f"{base}.{fn}", description=desc)
 
