@@ -517,7 +517,8 @@ def test_jsonl_data_uri_and_errors(tmp_path):
 
 def test_registry_and_dispatch(tmp_path, figstep_src):
     assert set(IMPORTERS) == {"safemt", "safebench", "figstep", "mmsafetybench", "harmbench",
-                              "jbb", "csv", "jsonl"}
+                              "jbb", "csv", "jsonl", "jailbreakv", "siuo", "mossbench", "vlsbench",
+                              "mssbench", "vlguard", "mlvlsu", "audio-folder"}
     with pytest.raises(DatasetError, match="unknown benchmark format 'xml'"):
         import_benchmark("xml", tmp_path, tmp_path / "o")
     with pytest.raises(DatasetError, match="option 'colour' is not understood"):
