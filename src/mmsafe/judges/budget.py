@@ -36,10 +36,10 @@ OUTPUT_TOKENS: dict[str, int] = {
     "rubric": 256,  # one JSON object with a one- or two-sentence reason: ~80 tokens
     "jury": 320,  # assess / deliberate: JSON with two or three sentences of reasoning: ~110 tokens
     "jury_foreperson": 320,  # a summary of at most four sentences: ~120 tokens
-    "llama-guard-3": 24,  # "unsafe\nS1,S10": 4–12 tokens
-    "llama-guard-4": 24,
+    "llama-guard-3": 20,  # "unsafe\nS1,S10": 4–12 tokens (20, as before: the default guard's identity is kept)
+    "llama-guard-4": 20,
     "shieldgemma": 8,  # the first token is "Yes" or "No"; the explanation that follows is not needed
-    "wildguard": 32,  # three "Name: yes|no" lines: ~18 tokens
+    "wildguard": 48,  # three "Name: yes|no" lines: ~16-20 tokens
     "qwen3guard": 64,  # Safety / Categories / Refusal lines: ~15–40 tokens
     "gpt-oss-safeguard": 1_024,  # a reasoning model: its hidden reasoning counts against max_tokens
 }

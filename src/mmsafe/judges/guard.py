@@ -597,8 +597,7 @@ class GuardJudge(LLMJudge):
             tpl = load_template(template, "guard_llama3.txt", spec=spec, required=("conversation",))
             guard = GuardFormat("llama-guard-3", send=fmt, categories=categories, template=tpl)
         self.guard = guard
-        super().__init__([endpoint], params, max_tokens=20 if guard.name.startswith("llama-guard") else
-                         guard.max_tokens, budget=budget)
+        super().__init__([endpoint], params, max_tokens=guard.max_tokens, budget=budget)
         self.endpoint = endpoint
         self.categories = guard.categories
         lg3 = guard.name == "llama-guard-3"
