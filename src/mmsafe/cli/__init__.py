@@ -8,7 +8,7 @@ errors come from :mod:`mmsafe.errors`.
 from __future__ import annotations
 
 # each module registers its verbs on `app` when imported (listed in app.VERB_ORDER)
-from . import build, defend, demo, dialogues, export, importing, judge, plugins, report, run  # noqa: F401
+from . import build, defend, demo, dialogues, export, importing, judge, plugins, report, run, store  # noqa: F401
 from .app import app, main, version_cmd
 
 app.command("version")(version_cmd)

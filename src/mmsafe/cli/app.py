@@ -27,7 +27,7 @@ _NO_ENV = frozenset({"help", "version", "install_completion", "show_completion"}
 
 # the order `mmsafe --help` lists the verbs in (a verb missing here is listed after these)
 VERB_ORDER = ("import", "run", "judge", "calibrate", "dialogues", "moderate", "defend-eval", "serve-guard", "report",
-              "view", "export", "plugins", "demo", "version", "build")
+              "view", "export", "store", "plugins", "demo", "version", "build")
 
 CONTEXT_SETTINGS: dict[str, Any] = {
     "auto_envvar_prefix": ENV_PREFIX,

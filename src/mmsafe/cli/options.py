@@ -79,6 +79,14 @@ ApiKeyEnv = Annotated[str | None, typer.Option(
 MaxCost = Annotated[float | None, typer.Option(
     "--max-cost", min=0.0, metavar="USD", show_default="no limit", help="stop cleanly once this many USD are spent")]
 
+# --------------------------------------------------------------------------- the run store
+
+Store = Annotated[str | None, typer.Option(
+    "--store", envvar="MMSAFE_STORE_URL", metavar="URL", show_default="RUN_DIR/run.sqlite",
+    help="a shared PostgreSQL run store, postgresql://USER@HOST[:PORT]/DB[#RUN] (RUN: the --out folder's "
+         "name); several processes on one run send each sample once. The password comes from PGPASSWORD, "
+         "~/.pgpass or MMSAFE_STORE_URL and is never written")]
+
 # --------------------------------------------------------------------------- cache
 
 Cache = Annotated[bool, typer.Option("--cache/--no-cache", help="reuse cached replies for identical requests")]
@@ -120,5 +128,5 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "JUDGE_SPEC", "MODEL_SPEC",
            "MODERATOR_SPEC", "ApiKeyEnv", "BaseUrl", "Cache", "Epoch", "Force", "Judge", "JudgeOpt", "JsonOut",
-           "MaxConnections", "MaxCost", "Models", "Moderator", "Overwrite", "Policies", "Retries", "Target",
+           "MaxConnections", "MaxCost", "Models", "Moderator", "Overwrite", "Policies", "Retries", "Store", "Target",
            "Timeout", "Workers", "limit_option", "name_option", "out_option", "pairs"]

@@ -25,6 +25,7 @@ from .options import (
     Policies,
     Retries,
     SiGrouping,
+    Store,
     Target,
     Timeout,
     limit_option,
@@ -145,6 +146,7 @@ def run(
     defense: Annotated[str | None, typer.Option(metavar="SPEC", help=DEFENSE_SPEC, show_default="none")] = None,
     policies: Policies = None,
     si_grouping: SiGrouping = None,
+    store: Store = None,
 ) -> None:
     """Run a benchmark against a target, judge the replies, write RUN_DIR/{run.sqlite,results.jsonl,summary.json}."""
     from mmsafe.judges import make_judge
@@ -182,7 +184,7 @@ def run(
                       on_progress=update if err.is_terminal else None,
                       defense=dfn, attacker=acfg, max_turns=max_turns, max_backtracks=max_backtracks,
                       attack=attack or "crescendo", attack_options=attack_options,
-                      si_grouping=si_grouping_value(si_grouping) or "aligned")
+                      si_grouping=si_grouping_value(si_grouping) or "aligned", store_url=store or None)
     gc.freeze()  # the long-lived import-time objects leave the collector's scans: less CPU per request
     with progress:
         outcome = run_async(execute(opts))

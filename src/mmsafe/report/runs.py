@@ -21,6 +21,7 @@ import orjson
 
 from mmsafe.runner.summary import SUMMARY_FILE, RunSummary, SummaryStore, compute_summary, judge_name
 from mmsafe.store.base import StoreError
+from mmsafe.store.locate import has_store
 from mmsafe.store.sqlite import STORE_FILE, open_store
 from mmsafe.types import InputError
 
@@ -106,11 +107,11 @@ def load_run(run_dir: Path | str, *, with_store: bool = True) -> RunInfo:
         raise InputError(f"{run_dir}: no such run directory")
     path = run_dir / SUMMARY_FILE
     summary = RunSummary.load(path) if path.is_file() else None
-    has_store = (run_dir / STORE_FILE).is_file()
-    if summary is None and not has_store:
+    store_here = has_store(run_dir)  # run.sqlite, or store.json naming a PostgreSQL run
+    if summary is None and not store_here:
         raise InputError(f"{run_dir}: neither {SUMMARY_FILE} nor {STORE_FILE} here (not a run directory)")
     info = RunInfo(run_dir=run_dir, run_summary=summary or RunSummary())
-    if has_store and with_store:
+    if store_here and with_store:
         store = open_store(run_dir, readonly=True)
         try:
             info.config = store.get_meta("config") or {}
@@ -331,5 +332,5 @@ def expand_run_dirs(run_dirs: list[Path | str]) -> list[tuple[Path, dict[str, An
 
 
 def require_store(run_dir: Path) -> None:
-    if not (run_dir / STORE_FILE).is_file():
+    if not has_store(run_dir):
         raise StoreError(f"{run_dir}: no run store ({STORE_FILE}) here")

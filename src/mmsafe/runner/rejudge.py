@@ -24,7 +24,7 @@ from mmsafe.models import BudgetExceeded, CostLedger, FatalProviderError, Respon
 from mmsafe.runner.modes import final_verdict, is_multiturn_record, judge_transcript
 from mmsafe.runner.run import _file_sha256, run_pool
 from mmsafe.runner.summary import RunSummary, compute_summary, write_results, write_summary
-from mmsafe.store import StoreError, open_store
+from mmsafe.store import StoreError, has_store, open_store
 from mmsafe.store.sqlite import STORE_FILE
 from mmsafe.types import InputError, Sample
 
@@ -63,7 +63,7 @@ def _benchmark_path(run_dir: Path, cfg: dict[str, Any], override: Path | None) -
 async def rejudge(run_dir: Path, judge: Judge, *, primary: bool = False, benchmark: Path | None = None,
                   max_connections: int = 16, use_cache: bool = True, cache_dir: Path | None = None,
                   on_progress: Callable[[dict[str, Any]], None] | None = None) -> RejudgeOutcome:
-    if not (run_dir / STORE_FILE).exists():
+    if not has_store(run_dir):  # run.sqlite, or store.json naming a PostgreSQL run
         raise StoreError(f"{run_dir}: no run store here ({STORE_FILE} missing)")
     store = open_store(run_dir)
     try:

@@ -754,7 +754,7 @@ def write_results(store: SummaryStore, judge_id: str, run_dir: Path) -> Path:
     judges = {j["judge_id"]: j["identity"] for j in store.judges()}
     jname = judge_name(judges.get(judge_id))
     path = run_dir / "results.jsonl"
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two processes on one run
     with open(tmp, "wb") as f:
         for row in store.iter_rows(judge_id):
             f.write(orjson.dumps(_result_line(row, judge_id, jname, target_name)) + b"\n")
@@ -766,7 +766,7 @@ def write_summary(summary: RunSummary | dict[str, Any], run_dir: Path) -> Path:
     """Write ``run_dir/summary.json`` atomically."""
     data = summary.to_dict() if isinstance(summary, RunSummary) else summary
     path = run_dir / SUMMARY_FILE
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two processes on one run
     tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     os.replace(tmp, path)
     return path
