@@ -25,7 +25,7 @@ from mmsafe.judges.guard import (
     split_guard_options,
     yes_probability,
 )
-from mmsafe.models import ConfigError
+from mmsafe.models import ConfigError, ResponseCache
 from mmsafe.types import Message, Response, Sample
 
 
@@ -156,7 +156,7 @@ class LogprobServer(ThreadedApp):
         return [web.post("/v1/chat/completions", self._chat)]
 
 
-def test_shieldgemma_probability_from_logprobs():
+def test_shieldgemma_probability_from_logprobs(tmp_path):
     srv = LogprobServer("No", [("No", math.log(0.7)), ("Yes", math.log(0.3))]).start()
     try:
         j = make_judge(f"guard:openai/sg@http://127.0.0.1:{srv.port}/v1?format=shieldgemma&policies=dangerous")
@@ -167,6 +167,14 @@ def test_shieldgemma_probability_from_logprobs():
                        "&threshold=0.25")
         v, _ = judge_all(j, [(sample(), reply())])[0]
         assert v.label == "unsafe" and v.score == pytest.approx(0.3)
+        # a cached reply keeps its logprobs: the same probability, not a bare Yes/No
+        cache = ResponseCache(tmp_path / "cache.sqlite")
+        for _ in range(2):
+            j = make_judge(f"guard:openai/sg@http://127.0.0.1:{srv.port}/v1?format=shieldgemma&policies=dangerous")
+            j.bind(cache=cache)
+            v, rows = judge_all(j, [(sample(), reply())])[0]
+            assert v.score == pytest.approx(0.3)
+        assert rows[0]["status"] == "cached" and len(srv.bodies) == 3
     finally:
         srv.stop()
     assert yes_probability([{"token": "\n", "logprob": 0.0}, {"token": "\u2581Yes", "logprob": math.log(0.9),

@@ -388,8 +388,8 @@ class GuardModerator(_ClientModerator):
         """One moderation in a ``format=`` guard's own template and output."""
         assert self.guard is not None
         from mmsafe.judges.budget import Budget
-        reqs, _ = self.guard.requests(self._g.message_turns(messages),
-                                      Budget(self.cfg.context_window, self.guard.max_tokens))
+        window = self.cfg.context_window or (self.client.cfg.context_window if self.client is not None else None)
+        reqs, _ = self.guard.requests(self._g.message_turns(messages), Budget(window, self.guard.max_tokens))
         results = [await self._ask(r.messages, root, {"max_tokens": self.guard.max_tokens, **r.params}) for r in reqs]
         reqs_log = [row for res in results for row in request_log(res, "moderator", None, self.cfg.name)]
         cost = sum(r.cost_usd for r in results)

@@ -164,14 +164,16 @@ class ResponseCache:
         d = orjson.loads(row[1])
         return ChatResult(text=d["text"], finish_reason=d.get("finish_reason"),
                           input_tokens=d.get("input_tokens", 0), output_tokens=d.get("output_tokens", 0),
-                          model=d.get("model", ""), latency_ms=0.0, attempts=0, cached=True)
+                          model=d.get("model", ""), latency_ms=0.0, attempts=0, cached=True,
+                          extra={"logprobs": d["logprobs"]} if d.get("logprobs") else {})
 
     def put(self, key: str, r: ChatResult) -> None:
         """Cache a successful, non-empty reply under ``key`` for ``ttl_s`` seconds."""
         if not r.ok or not r.text:  # errors and empty replies (truncated, filtered) are never cached
             return
         v = orjson.dumps({"text": r.text, "finish_reason": r.finish_reason, "input_tokens": r.input_tokens,
-                          "output_tokens": r.output_tokens, "model": r.model})
+                          "output_tokens": r.output_tokens, "model": r.model,
+                          **({"logprobs": r.extra["logprobs"]} if r.extra.get("logprobs") else {})})
         self.db.execute("INSERT OR REPLACE INTO cache VALUES (?,?,?)", (key, time.time() + self.ttl_s, v))
 
     def prune(self) -> int:
