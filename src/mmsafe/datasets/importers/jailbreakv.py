@@ -81,21 +81,7 @@ def import_jailbreakv(src: Path, out: Path, *, name: str | None = None, overwrit
     gaps = MediaGaps("jailbreakv", "only_with_images", dropped=only_with_images)
     with BenchmarkWriter(out, manifest, overwrite=overwrite) as w:
         if sp == "redteam":
-            for line, row in csv_rows(csv_path, required=("question", "policy")):
-                where = f"{csv_path}:{line}"
-                q = row["question"].strip()
-                if not q:
-                    raise DatasetError(f"{where}: question: empty")
-                policy = row["policy"].strip()
-                if keep_policies and policy not in keep_policies:
-                    continue
-                rid = (row.get("id") or "").strip() or str(line - 1)
-                sid = f"jailbreakv/redteam/{rid}"
-                w.add(make_sample(where, id=sid, question=q, messages=[Message(role="user", content=q)],
-                                  scenario=policy or "unspecified", source="jailbreakv-28k",
-                                  metadata={"group": f"jailbreakv/{short_hash(q)}", "split": sp,
-                                            "origin": (row.get("from") or "").strip() or None},
-                                  provenance={"file": csv_path.name, "line": line}), where=where)
+            _redteam(w, csv_path, keep_policies)
         else:
             cache: dict[str, ImagePart] = {}
             for line, row in csv_rows(csv_path, required=_PAIR_COLUMNS):
@@ -107,6 +93,25 @@ def import_jailbreakv(src: Path, out: Path, *, name: str | None = None, overwrit
                     w.add(sample, where=f"{csv_path}:{line}")
         gaps.finish(w.manifest, strict=strict_media)
     return w.manifest
+
+
+def _redteam(w: BenchmarkWriter, csv_path: Path, keep_policies: set[str] | None) -> None:
+    """RedTeam-2K: ``id, question, policy, from``, text only."""
+    for line, row in csv_rows(csv_path, required=("question", "policy")):
+        where = f"{csv_path}:{line}"
+        q = row["question"].strip()
+        if not q:
+            raise DatasetError(f"{where}: question: empty")
+        policy = row["policy"].strip()
+        if keep_policies and policy not in keep_policies:
+            continue
+        rid = (row.get("id") or "").strip() or str(line - 1)
+        sid = f"jailbreakv/redteam/{rid}"
+        w.add(make_sample(where, id=sid, question=q, messages=[Message(role="user", content=q)],
+                          scenario=policy or "unspecified", source="jailbreakv-28k",
+                          metadata={"group": f"jailbreakv/{short_hash(q)}", "split": "redteam",
+                                    "origin": (row.get("from") or "").strip() or None},
+                          provenance={"file": csv_path.name, "line": line}), where=where)
 
 
 def _pair(w: BenchmarkWriter, csv_path: Path, line: int, row: dict[str, str], sp: str, img_dirs: list[Path],

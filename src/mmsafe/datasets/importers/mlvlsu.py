@@ -54,6 +54,41 @@ def _local_image(dirs: list[Path], uid: str, web_path: str) -> Path | None:
     return None
 
 
+def _row(w: BenchmarkWriter, path: Path, line: int, row: dict[str, str], harmful: set[str],
+         img_dirs: list[Path], gaps: MediaGaps) -> str | None:
+    """Add one VLSU.csv row; return its role (``harmful``/``control``), the grade it was
+    left out for, or None when its image is missing."""
+    where = f"{path}:{line}"
+    g = {k: row[k].strip().lower() for k in ("image_grade", "consensus_text_grade", "consensus_combined_grade")}
+    for k, v in g.items():
+        if v not in VLSU_GRADES:
+            raise DatasetError(f"{where}: {k}: {row[k]!r} is not a grade ({', '.join(VLSU_GRADES)})")
+    prompt, uid, web = row["prompt"], row["uuid"].strip(), row["web_path"].strip()
+    if not prompt.strip():
+        raise DatasetError(f"{where}: prompt: empty")
+    if not uid:
+        raise DatasetError(f"{where}: uuid: empty")
+    cg = g["consensus_combined_grade"]
+    control = cg == "safe"
+    if not control and cg not in harmful:
+        return cg
+    found = _local_image(img_dirs, uid, web)
+    gaps.row("image", found is not None, where)
+    if found is None:
+        return None
+    part = w.add_image(found, where=where, name=found.name)
+    meta: dict[str, Any] = {
+        "group": f"mlvlsu/{uid}", "image_grade": g["image_grade"], "text_grade": g["consensus_text_grade"],
+        "combined_grade": cg, "pattern": "_".join(g.values()), "web_path": web or None,
+        **{k: row[k].strip() for k in ("image_category", "text_category") if (row.get(k) or "").strip()},
+        **({"control": True, "benign": True} if control else {})}
+    w.add(make_sample(where, id=f"mlvlsu/{uid}", question=prompt.strip(),
+                      messages=[Message(role="user", content=[part, TextPart(text=prompt)])],
+                      scenario=(row.get("combined_category") or "").strip() or "unspecified",
+                      source="ml-vlsu", metadata=meta, provenance={"file": path.name, "line": line}), where=where)
+    return "control" if control else "harmful"
+
+
 def import_mlvlsu(src: Path, out: Path, *, name: str | None = None, overwrite: bool = False,
                   images_dir: Path | None = None, grades: list[str] | str | None = None,
                   strict_media: bool = False) -> BenchmarkManifest:
@@ -81,37 +116,11 @@ def import_mlvlsu(src: Path, out: Path, *, name: str | None = None, overwrite: b
     roles = {"harmful": 0, "control": 0}
     with BenchmarkWriter(out, manifest, overwrite=overwrite) as w:
         for line, row in csv_rows(path, required=_REQUIRED):
-            where = f"{path}:{line}"
-            g = {k: row[k].strip().lower() for k in ("image_grade", "consensus_text_grade", "consensus_combined_grade")}
-            for k, v in g.items():
-                if v not in VLSU_GRADES:
-                    raise DatasetError(f"{where}: {k}: {row[k]!r} is not a grade ({', '.join(VLSU_GRADES)})")
-            prompt, uid, web = row["prompt"], row["uuid"].strip(), row["web_path"].strip()
-            if not prompt.strip():
-                raise DatasetError(f"{where}: prompt: empty")
-            if not uid:
-                raise DatasetError(f"{where}: uuid: empty")
-            cg = g["consensus_combined_grade"]
-            control = cg == "safe"
-            if not control and cg not in harmful:
-                left_out[cg] = left_out.get(cg, 0) + 1
-                continue
-            found = _local_image(img_dirs, uid, web)
-            gaps.row("image", found is not None, where)
-            if found is None:
-                continue
-            part = w.add_image(found, where=where, name=found.name)
-            meta: dict[str, Any] = {
-                "group": f"mlvlsu/{uid}", "image_grade": g["image_grade"], "text_grade": g["consensus_text_grade"],
-                "combined_grade": cg, "pattern": "_".join(g.values()), "web_path": web or None,
-                **{k: row[k].strip() for k in ("image_category", "text_category") if (row.get(k) or "").strip()},
-                **({"control": True, "benign": True} if control else {})}
-            w.add(make_sample(where, id=f"mlvlsu/{uid}", question=prompt.strip(),
-                              messages=[Message(role="user", content=[part, TextPart(text=prompt)])],
-                              scenario=(row.get("combined_category") or "").strip() or "unspecified",
-                              source="ml-vlsu", metadata=meta, provenance={"file": path.name, "line": line}),
-                  where=where)
-            roles["control" if control else "harmful"] += 1
+            role = _row(w, path, line, row, harmful, img_dirs, gaps)
+            if role in roles:
+                roles[role] += 1
+            elif role is not None:
+                left_out[role] = left_out.get(role, 0) + 1
         w.manifest.provenance["roles"] = roles
         if left_out:
             w.manifest.provenance["left_out_grades"] = left_out

@@ -66,6 +66,37 @@ def _items(rec: dict[str, Any], where: str) -> list[tuple[str, str]]:
     return out
 
 
+def _record(w: BenchmarkWriter, path: Path, line: int, value: Any, keep: list[str], img_dirs: list[Path],
+            cache: dict[str, ImagePart | None], gaps: MediaGaps, counts: dict[str, int]) -> None:
+    """The samples of one test.json record (one per kept instruction)."""
+    where = f"{path}:{line}"
+    rec = record_dict(value, where)
+    rid = text_field(rec, "id", where)
+    image = text_field(rec, "image", where)
+    items = [(s, t) for s, t in _items(rec, where) if s in keep]
+    if not items:
+        return
+    if image not in cache:
+        found = find_media(img_dirs, image, f"{where}: image")
+        cache[image] = w.add_image(found, where=where, name=image) if found is not None else None
+    part = cache[image]
+    cat = text_field(rec, "harmful_category", where, required=False)
+    sub = text_field(rec, "harmful_subcategory", where, required=False)
+    for k, (subset, text) in enumerate(items, 1):
+        gaps.row("image", part is not None, where)
+        if part is None:
+            continue
+        control = subset == "safe_safes"
+        w.add(make_sample(
+            where, id=f"vlguard/{rid}/{subset}/{k}",
+            question=text.strip(), messages=[Message(role="user", content=[part, TextPart(text=text)])],
+            scenario=cat or ("safe image" if rec["safe"] else "unspecified"), category=sub or None,
+            source="vlguard", metadata={"group": f"vlguard/{rid}", "subset": subset, "safe_image": rec["safe"],
+                                        "image_file": image, **({"control": True, "benign": True} if control else {})},
+            provenance={"file": path.name, "line": line}), where=where)
+        counts[subset] += 1
+
+
 def import_vlguard(src: Path, out: Path, *, name: str | None = None, overwrite: bool = False,
                    images_dir: Path | None = None, subsets: list[str] | str | None = None,
                    strict_media: bool = False) -> BenchmarkManifest:
@@ -90,33 +121,7 @@ def import_vlguard(src: Path, out: Path, *, name: str | None = None, overwrite: 
     cache: dict[str, ImagePart | None] = {}
     with BenchmarkWriter(out, manifest, overwrite=overwrite) as w:
         for line, _, value in json_records(path):
-            where = f"{path}:{line}"
-            rec = record_dict(value, where)
-            rid = text_field(rec, "id", where)
-            image = text_field(rec, "image", where)
-            items = [(s, t) for s, t in _items(rec, where) if s in keep]
-            if not items:
-                continue
-            if image not in cache:
-                found = find_media(img_dirs, image, f"{where}: image")
-                cache[image] = w.add_image(found, where=where, name=image) if found is not None else None
-            part = cache[image]
-            cat = text_field(rec, "harmful_category", where, required=False)
-            sub = text_field(rec, "harmful_subcategory", where, required=False)
-            for k, (subset, text) in enumerate(items, 1):
-                gaps.row("image", part is not None, where)
-                if part is None:
-                    continue
-                control = subset == "safe_safes"
-                w.add(make_sample(
-                    where, id=f"vlguard/{rid}/{subset}/{k}", question=text.strip(),
-                    messages=[Message(role="user", content=[part, TextPart(text=text)])],
-                    scenario=cat or ("safe image" if rec["safe"] else "unspecified"), category=sub or None,
-                    source="vlguard", metadata={"group": f"vlguard/{rid}", "subset": subset, "safe_image": rec["safe"],
-                                                "image_file": image,
-                                                **({"control": True, "benign": True} if control else {})},
-                    provenance={"file": path.name, "line": line}), where=where)
-                counts[subset] += 1
+            _record(w, path, line, value, keep, img_dirs, cache, gaps, counts)
         w.manifest.provenance["subsets"] = counts
         if not strict_media:
             require_some_media(len(w), gaps, src, img_dirs or [path.parent / "test"],
