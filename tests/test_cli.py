@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_png
 from typer.testing import CliRunner
 
+from conftest import make_png
 from mmsafe.cli import app
 
 runner = CliRunner()
@@ -59,9 +59,9 @@ def test_import_errors_are_one_line(tmp_path):
     assert r.exit_code == 2 and "nosuch" in r.output
     bad = tmp_path / "safemt"
     bad.mkdir()
+    dialogue = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     (bad / "2_turn.json").write_text(json.dumps([{"id": "x", "scenario": "Fraud", "image_path": "no.png",
-                                                  "question": "q", "dialogue": [{"role": "user", "content": "a"},
-                                                                                {"role": "assistant", "content": "b"}]}]))
+                                                  "question": "q", "dialogue": dialogue}]))
     r = cli("import", "safemt", bad, "--out", tmp_path / "b")
     assert r.exit_code == 2 and "2_turn.json" in r.output
     assert not (tmp_path / "b").exists()
@@ -83,8 +83,8 @@ def test_demo_runs_offline_end_to_end(tmp_path):
     assert 0 < s["mock-mixed"]["asr"] < 1
     assert s["mock-refuser"]["controls"]["over_refusal_rate"] == 1.0
     # a second judge re-judged the stored replies; agreement is reported
-    for x in s.values():
-        assert len(x["judges"]) == 2 and x["agreement"]["pairs"][0]["n"] == x["n_scored"]  # controls excluded, as from ASR
+    for x in s.values():  # controls excluded from the agreement, as from ASR
+        assert len(x["judges"]) == 2 and x["agreement"]["pairs"][0]["n"] == x["n_scored"]
     html = (tmp_path / "d" / "report.html").read_text()
     assert "<script src=" not in html and "mock/mixed" in html
     bench = tmp_path / "d" / "benchmark"
@@ -101,7 +101,7 @@ def test_help_lists_every_verb_and_each_verb_has_help():
              "view", "export", "plugins", "demo", "version", "build")
     r = cli("--help")
     listed = {ln.split()[0] for ln in r.output.split("Commands:")[1].splitlines() if ln.startswith("  ")}
-    assert r.exit_code == 0 and listed == set(verbs)
-    for path in [(v,) for v in verbs] + [("build", s) for s in ("stage", "write", "taxonomy")]:
+    assert r.exit_code == 0 and set(verbs) <= listed
+    for path in [(v,) for v in sorted(listed)] + [("build", s) for s in ("stage", "write", "taxonomy")]:
         r = cli(*path, "--help")
         assert r.exit_code == 0 and f"Usage: mmsafe {' '.join(path)}" in r.output, (path, r.output)
