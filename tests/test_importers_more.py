@@ -639,3 +639,10 @@ def test_siuo_mcqa_task_lists_the_options(siuo_repo, tmp_path):
     assert "task='quiz': expected gen or mcqa" in one_error_line(r)
     r = cli("import", "siuo", siuo_repo, "--out", tmp_path / "d", "--strict-media")
     assert "1 of 3 rows have no image file (--strict-media" in one_error_line(r)
+
+
+def test_run_line_shows_over_refusal_apart_from_the_asr(moss_repo, tmp_path):
+    assert cli("import", "mossbench", moss_repo, "--out", tmp_path / "b").exit_code == 0
+    r = cli("run", tmp_path / "b", "-t", "mock/refuser", "-o", tmp_path / "run")
+    assert r.exit_code == 0 and "ASR 0.0%" in r.output and "scored 2/5" in r.output
+    assert "over-refusal: 100.0% (3/3 benign controls refused; not in the ASR)" in r.output

@@ -72,6 +72,10 @@ def print_summary(s: dict[str, Any], run_dir: Path) -> None:
         f"scored {s['n_scored']}/{s['n_samples']}, unscored {s['n_unscored']}, errors {s['n_errors']}, "
         f"cost ${s['cost_usd']:.4f}")
     say(f"judge: {s['judge']['name']}" + (f" — {s['judge']['label']}" if s["judge"].get("label") else ""))
+    c = s.get("controls")
+    if c and c.get("n"):  # benign controls: outside the ASR, their refusals are over-refusal
+        say(f"over-refusal: {fmt_rate(c.get('over_refusal_rate'))} ({c.get('n_refused')}/{c['n']} benign controls "
+            "refused; not in the ASR)")
     si = s.get("safety_index")
     if si and si.get("si") is not None:
         other = si.get("other") or {}
