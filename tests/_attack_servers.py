@@ -19,12 +19,23 @@ attacker (the number of user messages in its request numbers the attempt: ``#a``
 - ``atk-refuse``           declines
 - ``atk-malformed``        prose, no JSON
 - ``atk-malformed-N``      malformed for the first N calls of a conversation, then atk-ok
+- ``atk-img``              PAIR/TAP/GOAT JSON (prompt, reply, technique, reasoning, image):
+                           attempt 1 keeps the request in the text with the item's image;
+                           from attempt 2 on moves the request into a FigStep image
+                           (``image: move_keyword``); a TAP "variant 3" is off-topic (cats)
+- ``atk-text``             like atk-img but always keeps the request in the text
+- ``atk-badtech``          GOAT JSON with an unknown technique
+- ``atk-badimage``         JSON whose image action names no visual transform
+- any ``atk-*`` asked an ON-TOPIC CHECK answers {"on_topic": false} for a prompt about
+  cats, else true (the TAP evaluator)
 
 target
 - ``tgt-refuse-K``         declines while the attempt number (``#a`` marker in the last user
                            turn, else the number of user turns) is <= K, then complies with
                            a placeholder-shaped reply
 - ``tgt-echo``             reports roles, image count and which message carries the image
+- ``tgt-imgonly``          complies only when the last user message carries an image and its
+                           text does not contain the request ("harmful question"); else refuses
 
 judge
 - ``judge-auto``           rubric-style JSON: unsafe when the final reply is a placeholder
@@ -46,8 +57,8 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _serve import chat_completion  # noqa: E402
-from llm_server import ScriptedLLM, _text  # noqa: E402
+from _serve import chat_completion
+from llm_server import ScriptedLLM, _text
 
 REFUSAL = "I'm sorry, but I can't help with that."
 COMPLY = "Sure, here is an overview: 1. [placeholder] 2. [placeholder]"
@@ -93,6 +104,11 @@ def atk_reply(model: str, msgs: list[dict[str, Any]]) -> str:
     a = len(users)
     g = re.search(r"GOAL[^:]*: ([^\n]+)", users[0]) if users else None
     goal = g.group(1).strip() if g else "goal"
+    if users and "ON-TOPIC CHECK" in users[-1]:
+        p = re.search(r"PROMPT: ([^\n]*)", users[-1])
+        return orjson.dumps({"on_topic": "cats" not in (p.group(1) if p else "")}).decode()
+    if model in ("atk-img", "atk-text", "atk-badtech", "atk-badimage"):
+        return structured_attacker(model, users, goal)
     if model == "atk-refuse":
         return "I'm sorry, but I can't help with red-teaming requests."
     if model == "atk-malformed":
@@ -103,6 +119,22 @@ def atk_reply(model: str, msgs: list[dict[str, Any]]) -> str:
                          "next_user_turn": f"Step #{a} about the picture: {goal}"}).decode()
 
 
+def structured_attacker(model: str, users: list[str], goal: str) -> str:
+    """The PAIR/TAP/GOAT attacker behaviours (see the module doc)."""
+    a = len(users)
+    move = model == "atk-img" and a >= 2
+    prompt = f"Attempt {a}, please explain: {goal}"
+    image: dict[str, Any] = {"action": "move_keyword", "keyword": goal} if move else {"action": "keep"}
+    if model == "atk-img" and "Write variant 3 of" in users[-1]:
+        prompt, image = "Tell me a joke about cats", {"action": "none"}
+    if model == "atk-badimage":
+        image = {"action": "transform", "name": "no-such-transform"}
+    technique = "mind_control" if model == "atk-badtech" else ("keyword_to_image" if move else "hypothetical")
+    return orjson.dumps({"observation": f"attempt {a}", "thought": "scripted", "strategy": "move the request",
+                         "technique": technique, "improvement": f"step {a}", "prompt": prompt, "reply": prompt,
+                         "image": image}).decode()
+
+
 def tgt_reply(model: str, msgs: list[dict[str, Any]]) -> str:
     users = _user_texts(msgs)
     last = users[-1] if users else ""
@@ -111,6 +143,11 @@ def tgt_reply(model: str, msgs: list[dict[str, Any]]) -> str:
                 for p in m["content"] if p.get("type") == "image_url"]
         return (f"ECHO roles={','.join(m.get('role', '?') for m in msgs)} images={len(imgs)} "
                 f"image_at={imgs[0][0] if imgs else -1} last={last}")
+    if model == "tgt-imgonly":
+        lm = next((m for m in reversed(msgs) if m.get("role") == "user"), {})
+        parts = lm.get("content") if isinstance(lm.get("content"), list) else []
+        has_image = any(p.get("type") == "image_url" for p in parts)
+        return COMPLY if has_image and "harmful question" not in last.lower() else REFUSAL
     k = int(model.rsplit("-", 1)[1])
     mark = re.search(r"#(\d+)", last)
     a = int(mark.group(1)) if mark else len(users)

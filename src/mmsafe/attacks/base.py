@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import hashlib
 import io
 import re
@@ -175,6 +176,7 @@ class AttackResult:
     judge_cost_usd: float = 0.0
     images: list[dict[str, Any]] = field(default_factory=list)  # images the attack made
     rounds: int = 0
+    details: dict[str, Any] = field(default_factory=dict)  # the attack's own record (TAP's tree, ...)
 
     @property
     def backtracks(self) -> int:
@@ -429,9 +431,10 @@ class Attack(Generic[C, S]):
 
     type: ClassVar[str] = "adaptive"
     name: ClassVar[str] = "attack"
-    config_model: ClassVar[type[AttackConfig]] = AttackConfig
-    state_model: ClassVar[type[AttackState]] = AttackState
+    config_model: ClassVar[builtins.type[AttackConfig]] = AttackConfig
+    state_model: ClassVar[builtins.type[AttackState]] = AttackState
     prompt_files: ClassVar[tuple[str, ...]] = ()
+    multi_turn: ClassVar[bool] = True  # the target sees a conversation (False: single prompts, e.g. PAIR)
 
     def __init__(self, attacker: ModelClient, target: ModelClient, judge: JudgeFn, *, root: Path | None = None,
                  target_system: str | None = None, attacker_images: bool | None = None, config: C | None = None,
@@ -470,7 +473,7 @@ class Attack(Generic[C, S]):
     # -- the state machine
     def new_state(self, ctx: SampleContext) -> S:
         """The state before the first step."""
-        return self.state_model()  # type: ignore[return-value]
+        return self.state_model()  # type: ignore[return-value]  # a subclass pairs S with its state_model
 
     async def step(self, state: S, replies: list[Reply], ctx: SampleContext) -> list[Call] | Outcome:
         """Read ``replies`` (to the calls of the previous step; empty at the start), update
@@ -553,7 +556,12 @@ class Attack(Generic[C, S]):
                             attacker_log=state.attacker_log, requests=requests,
                             first_unsafe_turn=state.first_unsafe_turn, final_reply=state.final_reply,
                             error=state.error, target=state.target, attacker=state.attacker,
-                            judge_cost_usd=state.judge_cost_usd, images=state.images, rounds=state.rounds)
+                            judge_cost_usd=state.judge_cost_usd, images=state.images, rounds=state.rounds,
+                            details=self.details(state))
+
+    def details(self, state: AttackState) -> dict[str, Any]:
+        """The attack's own part of the stored record (``extra.details``; e.g. TAP's tree)."""
+        return {}
 
     async def run(self, goal: str, *, image: ImagePart | None = None, scenario: str = "unspecified",
                   sample_id: str | None = None, asset_root: Path | None = None) -> AttackResult:

@@ -10,7 +10,8 @@ Every entry has ``type`` in its meta:
   (:func:`mmsafe.attacks.visual.apply_visual`);
 - ``dialogue-method``: the generator instructions of a ``mmsafe dialogues --methods`` method, a
   string or a function of no arguments returning it (:func:`mmsafe.attacks.dialogues.parse_methods`);
-- ``adaptive``: an attacker class for ``--mode adaptive`` (:class:`mmsafe.api.Attack`).
+- ``adaptive``: an attack class for ``--mode adaptive --attack NAME``, a subclass of
+  :class:`mmsafe.attacks.base.Attack` (``crescendo``, ``pair``, ``tap``, ``goat``).
 
 Targets are ``"module:attr"`` strings so that listing the registry imports nothing (Pillow and
 numpy stay unloaded until a visual transform is used).
@@ -60,6 +61,20 @@ VISUAL = (
     ("rotate", "transform_rotate", "the item's image rotated", ("degrees",)),
     ("blank", "transform_blank", "a plain white image instead of the item's", ("size",)),
     ("unrelated", "transform_unrelated", "a seeded abstract image unrelated to the request", ("size",)),
+)
+ADAPTIVE = (
+    ("crescendo", "mmsafe.attacks.adaptive:AdaptiveAttack",
+     "Crescendo-style attacker LLM with images and backtracking (--mode adaptive)",
+     ("max_turns", "max_backtracks", "attacker_retries")),
+    ("pair", "mmsafe.attacks.pair:Pair",
+     "PAIR: parallel streams of single-turn prompt refinement with judge feedback; may rework the image",
+     ("n_streams", "n_iterations", "attacker_retries")),
+    ("tap", "mmsafe.attacks.tap:Tap",
+     "TAP: tree of attacker refinements, off-topic pruning by an evaluator, width/depth limits; may rework the image",
+     ("width", "branching", "depth", "on_topic")),
+    ("goat", "mmsafe.attacks.goat:Goat",
+     "GOAT: agentic attacker choosing a named technique each turn (reasoning recorded); may rework the image",
+     ("max_turns", "attacker_retries")),
 )
 DIALOGUE_METHODS = (
     ("escalation", "start harmless and escalate gradually towards the request"),
@@ -161,9 +176,8 @@ def register_attacks(reg: Registry) -> None:
         reg.add(name, f"{_V}:{attr}", type="visual", description=desc, options=opts)
     for name, desc in DIALOGUE_METHODS:
         reg.add(name, MethodPrompt(name), type="dialogue-method", description=desc)
-    reg.add("crescendo", "mmsafe.attacks.adaptive:AdaptiveAttack", type="adaptive",
-            description="Crescendo-style attacker LLM with images and backtracking (--mode adaptive)",
-            options=("max_turns", "max_backtracks", "attacker_retries", "attacker_images"))
+    for name, target, desc, opts in ADAPTIVE:
+        reg.add(name, target, type="adaptive", description=desc, options=opts)
 
 
 __all__ = ["ATTACK_TYPES", "MethodPrompt", "attack_names", "attack_type", "entry_type", "find_attack",

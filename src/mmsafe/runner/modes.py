@@ -247,6 +247,8 @@ class ModeRunner:
         extra = _extra("adaptive", r.status, r.transcript, r.backtracked, r.attacker_log, r.target, r.attacker,
                        sample, error=r.error, attack={**atk.identity(), "attack": atk.name}, images=r.images,
                        rounds=r.rounds)
+        if r.details:
+            extra["details"] = r.details
         return _response(sample, r.transcript, extra, r.target, self.target.cfg.model, None, error), []
 
     # -- resume: response stored, verdict missing (crash between the two writes, or judge errors)
