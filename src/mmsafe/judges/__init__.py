@@ -6,7 +6,9 @@ Specs (``--judge``)::
     rubric:MODEL[?template=F&rubrics=DIR&rubric=NAME&images=1&temperature=0&max_tokens=N]
     jury:MODEL[,MODEL…][?n=5&rounds=1&rule=majority|unanimity|threshold&threshold=3
                          &early_exit=1&foreperson=0&rubric=NAME&…]
-    guard:MODEL[?format=prompt|messages&categories=14&template=F]
+    guard:MODEL[?format=prompt|messages|llama-guard-3|llama-guard-4|shieldgemma|wildguard|qwen3guard
+                        |gpt-oss-safeguard&send=prompt|messages&…]     (docs/judges.md)
+    any LLM judge: &max_tokens=N&context_window=N&reply_tokens=N&dialogue_tokens=N
     offline[?weights=DIR&threshold=P]
 
 MODEL is a ``provider/model[@BASE_URL]`` spec or a name from the models file (role
