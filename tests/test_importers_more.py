@@ -646,3 +646,17 @@ def test_run_line_shows_over_refusal_apart_from_the_asr(moss_repo, tmp_path):
     r = cli("run", tmp_path / "b", "-t", "mock/refuser", "-o", tmp_path / "run")
     assert r.exit_code == 0 and "ASR 0.0%" in r.output and "scored 2/5" in r.output
     assert "over-refusal: 100.0% (3/3 benign controls refused; not in the ASR)" in r.output
+
+
+def test_jailbreakv_earlier_root_layout_and_images_one_folder_up(jbv_repo, tmp_path):
+    import shutil
+    d = jbv_repo / "JailBreakV_28K"
+    # earlier revisions: CSVs and image folders at the repository root
+    old = tmp_path / "old"
+    shutil.copytree(d, old)
+    m = import_benchmark("jailbreakv", old, tmp_path / "a")
+    assert m.counts.n_samples == 4 and m.counts.n_assets == 3
+    # CSVs in JailBreakV_28K/ with the image folders left at the root: found one folder up
+    shutil.move(str(d / "figstep"), str(jbv_repo / "figstep"))
+    m = import_benchmark("jailbreakv", jbv_repo, tmp_path / "b")
+    assert m.counts.n_assets == 3 and m.provenance["media"]["image"]["missing"] == 1

@@ -10,7 +10,9 @@ Published layout (the Hugging Face dataset repository)::
 The pair CSVs have ``id, jailbreak_query, redteam_query, format, policy, image_path, from,
 selected_mini, transfer_from_llm`` (older copies: ``transfer_attack_type``); ``image_path``
 is relative to the CSV's folder. ``src`` may be the repository root, ``JailBreakV_28K/`` or
-one CSV. ``split`` picks ``full`` (default when present), ``mini`` or ``redteam``.
+one CSV. ``split`` picks ``full`` (default when present), ``mini`` or ``redteam``. Earlier
+revisions kept the CSVs and image folders at the repository root (garak's probe fetches
+``<root>/<image_path>``); images are looked up beside the CSV, then one folder up.
 
 Each row becomes one sample: the image, then ``jailbreak_query`` (the attack as sent);
 ``question`` is ``redteam_query`` (the underlying request, which judges read), scenario
@@ -67,7 +69,8 @@ def import_jailbreakv(src: Path, out: Path, *, name: str | None = None, overwrit
     csv_path, sp = jailbreakv_csv(src, split)
     keep_formats = set(as_list(formats) or ()) or None
     keep_policies = set(as_list(policies) or ()) or None
-    img_dirs = [Path(images_dir)] if images_dir else [csv_path.parent]
+    img_dirs = [Path(images_dir)] if images_dir else (
+        [csv_path.parent, csv_path.parent.parent] if csv_path.parent.name == "JailBreakV_28K" else [csv_path.parent])
     manifest = make_manifest(
         name=name or ("jailbreakv-28k" if sp == "full" else f"jailbreakv-28k-{sp}"), importer="jailbreakv",
         sources=[source_entry(csv_path, src if src.is_dir() else None)],
