@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from mmsafe.store.base import Claim, Holder, RunStore, StoreError, holder_dead, lease_seconds
-from mmsafe.store.sqlite import TABLES, is_control
+from mmsafe.store.sqlite import TABLES, _scalar, is_control
 from mmsafe.types import JudgeIdentity, Response, Sample, Usage, Verdict
 
 if TYPE_CHECKING:
@@ -285,7 +285,8 @@ class PostgresRunStore(RunStore):
     def save_response(self, sample: Sample, response: Response, requests: list[dict[str, Any]],
                       order: int | None = None) -> None:
         """As :meth:`SQLiteRunStore.save_response`: an ``ok`` response is never overwritten."""
-        group = sample.metadata.get("group", sample.id)
+        group = _scalar(sample.metadata.get("group", sample.id))
+        group = group if group is None or isinstance(group, str) else str(group)  # SQLite's TEXT affinity
         control = "benign" if is_control(sample.metadata) else None
         status = "ok" if response.ok else "error"
         if order is None or not self._bench_order:
@@ -304,7 +305,7 @@ class PostgresRunStore(RunStore):
                 " cost_usd=EXCLUDED.cost_usd, latency_ms=EXCLUDED.latency_ms, attempts=EXCLUDED.attempts,"
                 " cached=EXCLUDED.cached, created=EXCLUDED.created, extra=EXCLUDED.extra"
                 " WHERE responses.status <> 'ok'",
-                (sample.id, seq, _dumps(group), sample.scenario, sample.category,
+                (sample.id, seq, group, sample.scenario, sample.category,
                  sample.method, sample.turns, sample.question, status, response.text, response.error,
                  response.model, response.finish_reason, response.usage.input_tokens,
                  response.usage.output_tokens, _float(response.cost_usd), _float(response.latency_ms),
@@ -349,7 +350,7 @@ class PostgresRunStore(RunStore):
                 return
             for row in rows:
                 yield {
-                    "sample_id": row[0], "group": _loads(row[1]), "scenario": row[2], "category": row[3],
+                    "sample_id": row[0], "group": row[1], "scenario": row[2], "category": row[3],
                     "method": row[4], "turns": row[5], "question": row[6], "status": row[7], "response": row[8],
                     "error": row[9], "model": row[10], "input_tokens": row[11], "output_tokens": row[12],
                     "cost_usd": row[13], "latency_ms": row[14], "cached": bool(row[15]),
@@ -440,7 +441,7 @@ class PostgresRunStore(RunStore):
     # -- copying (mmsafe store copy)
     def dump_tables(self) -> Iterator[tuple[str, list[str], Iterator[tuple[Any, ...]]]]:
         """(table, columns, rows) of every table, read in one REPEATABLE READ transaction
-        (a consistent copy of a run still being written); ``grp`` decoded to its value."""
+        (a consistent copy of a run still being written)."""
         with self.conn.transaction():
             self._q("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             for table in TABLES:
@@ -449,21 +450,17 @@ class PostgresRunStore(RunStore):
                     " ORDER BY ordinal_position", (self.schema, table))]
                 if not cols:
                     continue
-                gi = cols.index("grp") if table == "responses" else -1
                 with self.conn.cursor(name=f"dump_{table}") as cur:
                     cur.itersize = PAGE
                     cur.execute(f"SELECT {', '.join(cols)} FROM {table}")
-                    yield table, cols, (_decode_grp(r, gi) for r in cur)
+                    yield table, cols, iter(cur)
 
     def load_table(self, table: str, cols: list[str], rows: Iterable[tuple[Any, ...]]) -> int:
-        """Append ``rows`` to ``table`` with COPY (``grp`` encoded); returns how many."""
-        gi = cols.index("grp") if table == "responses" and "grp" in cols else -1
+        """Append ``rows`` to ``table`` with COPY; returns how many."""
         n = 0
         with self.conn.transaction(), self.conn.cursor() as cur:
             with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as cp:
                 for r in rows:
-                    if gi >= 0:
-                        r = (*r[:gi], _dumps(r[gi]), *r[gi + 1:])
                     cp.write_row(r)
                     n += 1
             if table == "requests":
@@ -486,9 +483,3 @@ class PostgresRunStore(RunStore):
 
 def _float(v: Any) -> float | None:
     return None if v is None else float(v)
-
-
-def _decode_grp(row: tuple[Any, ...], gi: int) -> tuple[Any, ...]:
-    if gi < 0 or row[gi] is None:
-        return row
-    return (*row[:gi], orjson.loads(row[gi]), *row[gi + 1:])
