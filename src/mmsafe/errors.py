@@ -26,6 +26,7 @@ from __future__ import annotations
 import builtins
 import errno
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,11 +90,22 @@ _WRITE_ERRNOS = {
 }
 
 
+# the temp names atomic writers use next to their destination: .NAME.PID.tmp, NAME.PID.TID.tmp, .NAME.HEX.tmp
+_TEMP_NAME = re.compile(r"^\.?(?P<name>.+?)(?:\.[0-9a-f]{2,32})+\.tmp$")
+
+
+def shown_path(path: str) -> str:
+    """``path`` as the user named it: an atomic writer's temp file is shown as its destination."""
+    p = Path(path)
+    m = _TEMP_NAME.match(p.name)
+    return str(p.with_name(m["name"])) if m else path
+
+
 def _os_error_line(exc: OSError) -> str | None:
     name = exc.filename if exc.filename is not None else exc.filename2
     if name is None:
         return None
-    path = os.fsdecode(name) if isinstance(name, (bytes, os.PathLike)) else str(name)
+    path = shown_path(os.fsdecode(name) if isinstance(name, (bytes, os.PathLike)) else str(name))
     if exc.errno == errno.ENOENT:
         parent = Path(path).parent
         if str(parent) not in ("", ".") and not parent.exists():
@@ -180,4 +192,4 @@ def note(text: str) -> Iterator[None]:
 
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "INTERRUPTED_LINE", "Failure", "classify",
-           "first_line", "note"]
+           "first_line", "note", "shown_path"]

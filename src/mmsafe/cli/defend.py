@@ -63,10 +63,12 @@ def moderate(
 
     from mmsafe.defense import make_moderator
     from mmsafe.defense.moderator import moderate_all
+    from mmsafe.models.preflight import check_endpoints
     from mmsafe.runtime import run_async
     if not input_path.exists():
         fail(f"{input_path}: not found")
     mod = make_moderator(moderator, models)
+    check_endpoints(mod)
     convs = list(read_conversations(input_path))
     root = convs[0][2] if convs else None
 
@@ -117,6 +119,7 @@ def defend_eval(
     from mmsafe.defense import make_defense
     from mmsafe.judges import make_judge
     from mmsafe.models import resolve_endpoint
+    from mmsafe.models.preflight import check_endpoints
     from mmsafe.runner import RunOptions
     from mmsafe.runner.base import Defense
     from mmsafe.runner.defend import evaluate_defenses
@@ -127,6 +130,8 @@ def defend_eval(
     open_bench(harmful)
     if benign is not None:
         open_bench(benign)
+    # every defense's keys before the baseline run writes anything under --out
+    check_endpoints(tcfg, first_judge, *(d for _, d in defenses))
     base = RunOptions(benchmark=harmful, target=tcfg, judge=first_judge, out=out, limit=limit,
                       max_connections=max_connections, use_cache=cache)
     res = evaluate_defenses(harmful, benign, base, defenses, out, lambda: make_judge(judge, models_file=models))

@@ -124,10 +124,14 @@ class AnthropicProvider(Provider):
         self.key_env = cfg.api_key_env or "ANTHROPIC_API_KEY"
         self._client: anthropic.AsyncAnthropic | None = None
 
-    async def start(self) -> None:
-        key = os.environ.get(self.key_env)
-        if not key:
+    def check_credentials(self) -> None:
+        """Fail before any request when the key's env var is empty (names it)."""
+        if not os.environ.get(self.key_env):
             raise ConfigError(f"{self.cfg.name}: API key missing: set the environment variable {self.key_env}")
+
+    async def start(self) -> None:
+        self.check_credentials()
+        key = os.environ[self.key_env]
         if self._client is None:
             self._client = anthropic.AsyncAnthropic(api_key=key, base_url=self.base_url, max_retries=0,
                                                     timeout=self.cfg.timeout_s,

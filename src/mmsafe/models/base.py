@@ -174,6 +174,11 @@ class Provider(ABC):
         """What the endpoint takes (images, audio, multi-turn, system prompt), from its config."""
         return self.cfg.capabilities
 
+    def check_credentials(self) -> None:
+        """Raise a ConfigError naming the env var when a required key is absent; called before anything
+        is written or sent (a no-op by default: no key needed)."""
+        return None
+
     async def start(self) -> None:  # open sessions, start local servers
         """Open sessions or start local servers before the first request; a no-op by default."""
         return None

@@ -128,6 +128,10 @@ class GoogleProvider(Provider):
         raise ConfigError(f"{self.cfg.name}: API key missing: set the environment variable "
                           f"{KEY_ENVS[0]} (or {KEY_ENVS[1]})")
 
+    def check_credentials(self) -> None:
+        """Fail before any request when no key is set (names the env var)."""
+        self._key()
+
     async def start(self) -> None:
         """Check the key and create the Gemini client (the SDK's own retries off: the engine retries)."""
         key = self._key()

@@ -12,6 +12,7 @@ import base64
 import email.utils
 import hashlib
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -227,7 +228,9 @@ class OpenAIProvider(Provider):
                 raise ProviderError(f"HTTP {status}: the endpoint refused the credentials (key from ${env}): {msg}",
                                     status=status, fatal=True)
             if status == 404:
-                raise ProviderError(f"HTTP 404: model or route not found at {self.base_url}: {msg}",
+                hint = (f" (did you mean {self.base_url}/v1?)"
+                        if not re.search(r"/v\d+(beta\d*|alpha\d*)?$", self.base_url) else "")
+                raise ProviderError(f"HTTP 404: model or route not found at {self.base_url}{hint}: {msg}",
                                     status=status, fatal=True)
             raise ProviderError(f"HTTP {status}: {msg}", status=status)
         try:

@@ -20,6 +20,7 @@ models.yaml::
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,11 @@ def default_capabilities(provider: str) -> Capabilities:
     return caps if isinstance(caps, Capabilities) else Capabilities()
 
 
+# what follows '@' when it is a host (localhost, a dotted name or address, [IPv6], with or without :port or /path),
+# not a model version such as claude-3-5-sonnet@20240620
+_HOSTISH = re.compile(r"^(localhost|[\w-]+(\.[\w-]+)+|\[[0-9a-fA-F:.]+\]|[\w.-]+:\d+)(:\d+)?(/.*)?$")
+
+
 def parse_spec(spec: str) -> dict[str, Any]:
     """``provider/model[@http(s)://base]`` -> {provider, model, base_url}."""
     s = spec.strip()
@@ -66,6 +72,10 @@ def parse_spec(spec: str) -> dict[str, Any]:
         raise ConfigError(f"model spec {spec!r}: expected provider/model (e.g. openai/gpt-4o, mock/refuser) "
                           "or a name from the models file")
     provider, model = s.split("/", 1)
+    at = model.rfind("@")
+    if at >= 0 and _HOSTISH.match(model[at + 1:]):  # "m@127.0.0.1:8000/v1": a base URL without its scheme
+        raise ConfigError(f"model spec {spec!r}: the base URL after @ needs its scheme: "
+                          f"{provider}/{model[:at]}@http://{model[at + 1:]}")
     if not known_provider(provider):
         raise ConfigError(f"model spec {spec!r}: unknown provider {provider!r}; choose one of "
                           + ", ".join(sorted(_providers().names())) + " (or module.path:Class)")

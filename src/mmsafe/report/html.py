@@ -10,6 +10,7 @@ are shown as JSON under "Other results", so new blocks appear without a code cha
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import os
 import time
@@ -370,11 +371,17 @@ def build_report(run_dirs: list[Path | str], out: Path | str, *, title: str | No
             r.set_summary(RunSummary.model_validate(prefer_si_grouping(r.summary, si_grouping)), r.summary_source)
     html = render_report(runs, title=title, examples=examples)
     out = Path(out)
+    if out.is_dir():  # checked before the temp file exists: os.replace would fail only after writing it
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     data = html.encode()
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no .NAME.PID.tmp left behind by a failed write
+        raise
     n_ex = html.count("class=\"example ")
     return ReportStats(path=out, bytes=len(data), seconds=time.perf_counter() - t0, n_runs=len(runs),
                        n_examples=n_ex)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import socket
 import sqlite3
 import threading
 import time
@@ -527,11 +528,25 @@ def make_app(run_dirs: list[Path | str], *, allowed_hosts: set[str] | None = Non
 
 
 def serve(run_dirs: list[Path | str], *, host: str = "127.0.0.1", port: int = 8765, print_fn=print) -> None:
-    """Run the viewer until interrupted."""
+    """Run the viewer until interrupted.
+
+    The port is bound before anything is printed: a port in use raises OSError (EADDRINUSE) and no URL
+    that points at another server is shown; ``port=0`` picks a free one and the URL names it."""
     app = make_app(run_dirs, allowed_hosts={host}, any_host=host in ("0.0.0.0", "::"))
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    if host not in LOOPBACK:
-        print_fn(f"warning: the viewer is reachable from other machines on {host}; it shows harmful content "
-                 "and has no authentication")
-    print_fn(f"mmsafe viewer on http://{shown}:{port}/  ({len(app[VIEWER].runs)} run(s); Ctrl-C to stop)")
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    sock = bind_socket(host, port)
+    try:
+        port = sock.getsockname()[1]
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        if host not in LOOPBACK:
+            print_fn(f"warning: the viewer is reachable from other machines on {host}; it shows harmful content "
+                     "and has no authentication")
+        print_fn(f"mmsafe viewer on http://{shown}:{port}/  ({len(app[VIEWER].runs)} run(s); Ctrl-C to stop)")
+        web.run_app(app, sock=sock, print=None, access_log=None)
+    finally:
+        sock.close()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (IPv6 for an address with ':'); OSError when it cannot bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=128)

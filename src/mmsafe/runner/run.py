@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -30,12 +31,13 @@ from mmsafe.models import (
     default_cache_dir,
 )
 from mmsafe.models.engine import request_log
+from mmsafe.models.preflight import check_endpoints
 from mmsafe.runner.base import FIXED_MODE, MODES, Defense, PreflightError, mode_spec
 from mmsafe.runner.modes import check_mode, make_mode_runner, mode_fingerprint
 from mmsafe.runner.options import RunOptions, RunOutcome
 from mmsafe.runner.summary import RunSummary, compute_summary, write_results, write_summary
 from mmsafe.store import StoreError, open_store
-from mmsafe.store.base import lease_seconds
+from mmsafe.store.base import Claim, lease_seconds
 from mmsafe.types import (
     MAX_ASSET_BYTES,
     AssetError,
@@ -254,6 +256,8 @@ async def execute(opts: RunOptions) -> RunOutcome:
     provider = build_provider(target)  # its capabilities may be narrower than declared (e.g. a local text-only model)
     pre = preflight(bench, target, opts.limit, provider.capabilities)
     check_mode(opts, pre)
+    # every key, spec and extra of every role, before --out is created (a failed start claims nothing)
+    check_endpoints(target, opts.judge, opts.attacker, opts.defense)
 
     if opts.out.exists() and not opts.out.is_dir():
         raise InputError(f"--out {opts.out}: exists and is not a directory")
@@ -310,6 +314,7 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
     done_ok = store.ok_sample_ids()
     judged = store.judged_sample_ids(judge_id)
     pending: set[str] = set()  # held by another process working on this run
+    claim_batch = max(1, min(32, provider.cfg.max_connections))
     total = pre["n"]
     stats = {"total": total, "done": 0, "errors": 0, "skipped_done": 0, "sent": 0, "judged": 0, "by_others": 0,
              "cost_usd": ledger.total_cost, "started": time.time()}
@@ -324,19 +329,11 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
 
     mode_runner = make_mode_runner(opts, client, judge, judge_id, store, root, stats, ledger, cache)
 
-    async def handle(sample: Sample, order: int) -> bool:
-        """One sample, claimed first; False when another live process holds it (retried later)."""
-        c = store.claim(sample.id, judge_id)
-        if c.outcome == "held":
-            pending.add(sample.id)
-            return False
-        pending.discard(sample.id)
-        if c.outcome == "finished":  # another process on this run did it since this one started
-            stats["by_others"] += 1
-            return True
-        if c.response_ok:  # a holder that died may have stored the reply but not the verdict
+    async def handle(sample: Sample, order: int, claim: Claim) -> None:
+        """One sample this process claimed (``claim`` says what is already stored for it)."""
+        if claim.response_ok:  # a holder that died may have stored the reply but not the verdict
             done_ok.add(sample.id)
-        if c.judged:
+        if claim.judged:
             judged.add(sample.id)
         if sample.id in done_ok and sample.id in judged:
             stats["skipped_done"] += 1
@@ -345,7 +342,6 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
         else:
             await send_and_judge(sample, order)
         store.finish_claim(sample.id)
-        return True
 
     async def send_and_judge(sample: Sample, order: int) -> None:
         resp: Response | None = None
@@ -372,13 +368,12 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
             store.save_verdict(verdict, reqs)
             stats["judged"] += 1
 
-    async def process(item: tuple[int, Sample]) -> None:
-        order, sample = item  # order: the sample's position in the benchmark (results.jsonl follows it)
+    async def process(item: tuple[int, Sample, Claim]) -> None:
+        order, sample, claim = item  # order: the sample's position in the benchmark (results.jsonl follows it)
         if stop["reason"]:
             return
         try:
-            if not await handle(sample, order):
-                return  # held by another process: tried again once this pass is over
+            await handle(sample, order, claim)
         except BudgetExceeded as e:
             stop["reason"], stop["error"] = "max_cost", str(e)
         except FatalProviderError as e:
@@ -404,6 +399,23 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
                 continue
             yield i, s
 
+    def claimed(items: Iterator[tuple[int, Sample]]) -> Iterator[tuple[int, Sample, Claim]]:
+        """The samples this process gets, claimed a batch at a time (one store round trip per
+        batch): one another process holds waits in ``pending``; one it finished is done."""
+        while chunk := list(itertools.islice(items, claim_batch)):
+            got = store.claim_many([s.id for _, s in chunk], judge_id)
+            for i, s in chunk:
+                c = got[s.id]
+                if c.outcome == "held":
+                    pending.add(s.id)
+                    continue
+                pending.discard(s.id)
+                if c.outcome == "finished":  # another process on this run did it since this one started
+                    stats["by_others"] += 1
+                    stats["done"] += 1
+                    continue
+                yield i, s, c
+
     def held_by_others() -> Iterator[tuple[int, Sample]]:
         ids = set(pending)
         for i, s in enumerate(iter_selected(bench, opts.limit)):
@@ -417,22 +429,24 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
             await asyncio.sleep(lease / 3)
             store.renew_claims()
 
-    await client.start()
-    await judge.start()
-    if mode_runner is not None:
-        await mode_runner.start()
-    beat = asyncio.create_task(heartbeat())
+    beat: asyncio.Task[None] | None = None
     try:
-        await run_pool(todo(), process, n_workers)
+        await client.start()  # inside the try: a later start failing still closes the ones before
+        await judge.start()
+        if mode_runner is not None:
+            await mode_runner.start()
+        beat = asyncio.create_task(heartbeat())
+        await run_pool(claimed(todo()), process, n_workers)
         # samples another process held: wait for it to finish them, or take them over once
         # its lease expires (or, on this host, once its process is gone)
         while pending and not stop["reason"]:
             await asyncio.sleep(min(1.0, lease / 4))
-            await run_pool(held_by_others(), process, n_workers)
+            await run_pool(claimed(held_by_others()), process, n_workers)
         progress()
     finally:
-        beat.cancel()
-        await asyncio.gather(beat, return_exceptions=True)
+        if beat is not None:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
         store.release_claims()  # unfinished ones (stopped early): another process may take them now
         await client.close()
         await judge.close()

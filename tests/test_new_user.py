@@ -1,0 +1,252 @@
+"""What a new user meets (issue 18): each reproduction from the issue, as a test.
+
+File mistakes end in one line and exit 2 (never a traceback, never a temp file left behind); a
+failed start claims nothing; nothing measured is exit 1 with the cause; checks come before any
+spending; endpoint mistakes are named; progress shows off a terminal; ``--limit`` summaries
+describe the selection; ``--max-cost`` is a ceiling.
+
+Read-only folders: the tests run as root, and root ignores 0555 permissions, so a read-only
+folder is made with ``chattr +i`` (immutable: even root cannot create, rename or delete in it;
+the test is skipped on a file system without it). Where that is not enough the test says what
+it simulates instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_benchmark
+from mmsafe.cli import app
+from mmsafe.errors import EXIT_USAGE
+
+runner = CliRunner()
+
+
+def mmsafe(*args: object, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real console script in a subprocess (what a user sees: stderr, exit status, stray warnings)."""
+    full = {**os.environ, "COLUMNS": "200", **(env or {})}  # conftest removed OPENAI_API_KEY
+    return subprocess.run([sys.executable, "-m", "mmsafe.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=180, cwd=cwd, env=full)
+
+
+def one_line(stderr: str, *needles: str) -> str:
+    """The single ``error: …`` line of stderr (no traceback, no unclosed session), with each needle in it."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in stderr and "Unclosed" not in stderr, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def _chattr(flag: str, *paths: Path) -> bool:
+    r = subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.fixture
+def immutable() -> Iterator[object]:
+    """Make paths read-only even for root (chattr +i); undone after the test so tmp_path can be removed."""
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr not available: cannot make a folder read-only for root")
+    done: list[Path] = []
+
+    def make(*paths: Path) -> None:
+        if not _chattr("+i", *paths):
+            pytest.skip("this file system does not support chattr +i (immutable)")
+        done.extend(paths)
+
+    yield make
+    if done:
+        _chattr("-i", *reversed(done))
+
+
+@pytest.fixture(scope="module")
+def bench_and_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 4-sample benchmark and one finished mock run of it."""
+    root = tmp_path_factory.mktemp("nu")
+    bench = make_benchmark(root / "bench", n=4)
+    with pytest.MonkeyPatch.context() as mp:  # the per-test cache isolation is not set up yet at module scope
+        mp.setenv("MMSAFE_CACHE_DIR", str(root / "cache"))
+        r = runner.invoke(app, ["run", str(bench), "-t", "mock/refuser", "-o", str(root / "run")])
+    assert r.exit_code == 0, r.output
+    return bench, root / "run"
+
+
+def _no_temp_files(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob("*.tmp")]
+
+
+# --------------------------------------------------------------------------- 2. file mistakes
+
+
+def test_read_only_output_folder_is_one_line_exit_2_for_run_import_report_export(bench_and_run, tmp_path,
+                                                                                    immutable):
+    bench, run = bench_and_run
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    immutable(ro)
+    src = tmp_path / "q.csv"
+    src.write_text("question,scenario\nHow to pick a lock?,Crime\n")
+    cases = [
+        (["run", bench, "-t", "mock/refuser", "-o", ro / "r"], ro / "r"),
+        (["import", "csv", src, "--out", ro / "b"], ro / "b"),
+        (["report", run, "--out", ro / "rep.html"], ro / "rep.html"),
+        (["export", run, "--format", "csv", "--out", ro / "x.csv"], ro / "x.csv"),
+    ]
+    for args, dest in cases:
+        r = runner.invoke(app, list(map(str, args)))
+        assert r.exit_code == EXIT_USAGE, (args, r.output)
+        assert r.exception is None or isinstance(r.exception, SystemExit), (args, r.exception)
+        # the line names what the user asked for, not an atomic writer's temp name
+        assert f"cannot write {dest}: permission denied" in r.output, (args, r.output)
+        assert ".tmp" not in r.output
+    assert list(ro.iterdir()) == []
+
+
+def test_read_only_output_folder_for_demo(tmp_path, immutable):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    immutable(ro)
+    r = mmsafe("demo", "--out", ro / "demo", cwd=tmp_path)
+    assert r.returncode == EXIT_USAGE
+    one_line(r.stderr, f"cannot write {ro / 'demo'}: permission denied")
+
+
+def test_resuming_or_rejudging_a_read_only_run_is_one_line(bench_and_run, tmp_path, immutable):
+    bench, run = bench_and_run
+    ro = tmp_path / "ro-run"
+    shutil.copytree(run, ro)
+    immutable(ro, *ro.iterdir())
+    r = mmsafe("run", bench, "-t", "mock/refuser", "-o", ro, cwd=tmp_path)
+    assert r.returncode == EXIT_USAGE, r.stderr
+    one_line(r.stderr, f"cannot write {ro / 'run.sqlite'}", "read-only database")
+    r = mmsafe("judge", ro, "--judge", "offline", cwd=tmp_path)
+    assert r.returncode == EXIT_USAGE, r.stderr
+    one_line(r.stderr, f"cannot write {ro / 'run.sqlite'}", "read-only database")
+
+
+def test_report_out_on_a_folder_or_a_failed_write_leaves_no_temp_file(bench_and_run, tmp_path, monkeypatch):
+    """The report writer itself (mmsafe.report.build_report, used by the CLI and the API) checks the folder and
+    removes its temp file when the final rename fails (simulated: os.replace raising EACCES)."""
+    from mmsafe.report import build_report
+    _, run = bench_and_run
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        build_report([run], tmp_path / "d")
+    assert list((tmp_path / "d").iterdir()) == []
+
+    def denied(src: object, dst: object) -> None:
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr("mmsafe.report.html.os.replace", denied)
+    with pytest.raises(PermissionError):
+        build_report([run], tmp_path / "out.html")
+    assert list(tmp_path.glob(".*tmp")) == [] and not (tmp_path / "out.html").exists()
+    r = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "out.html")])
+    assert r.exit_code == EXIT_USAGE and f"cannot write {tmp_path / 'out.html'}: permission denied" in r.output
+    assert _no_temp_files(tmp_path) == []
+
+
+def test_report_and_export_out_on_an_existing_folder_are_one_line(bench_and_run, tmp_path):
+    _, run = bench_and_run
+    (tmp_path / "d").mkdir()
+    for args in (["report", str(run), "--out", str(tmp_path / "d")],
+                 ["export", str(run), "--format", "csv", "--out", str(tmp_path / "d")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == EXIT_USAGE and f"cannot write {tmp_path / 'd'}: it is a folder" in r.output, r.output
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_demo_out_on_a_file_is_one_line(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "taken")])
+    assert r.exit_code == EXIT_USAGE and "a file of that name exists" in r.output, r.output
+    assert (tmp_path / "taken").read_text() == "x"
+
+
+def test_view_on_a_busy_port_binds_before_printing_its_url(bench_and_run):
+    _, run = bench_and_run
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        r = runner.invoke(app, ["view", str(run), "--port", str(port)])
+    assert r.exit_code == EXIT_USAGE, r.output
+    assert "mmsafe viewer on" not in r.output  # no URL that points at the other server
+    assert f"cannot serve on 127.0.0.1:{port}" in r.output and "in use" in r.output
+
+
+# --------------------------------------------------------------------------- 3. a failed start claims nothing
+
+
+def test_a_missing_key_claims_no_output_folder_and_the_corrected_command_runs(bench_and_run, tmp_path):
+    bench, _ = bench_and_run
+    out = tmp_path / "t1"
+    r = mmsafe("run", bench, "--target", "openai/gpt-4o", "--out", out, cwd=tmp_path)
+    assert r.returncode == EXIT_USAGE
+    one_line(r.stderr, "API key missing", "OPENAI_API_KEY")
+    assert not out.exists()  # nothing claimed: the corrected command may use the same --out
+    r = runner.invoke(app, ["run", str(bench), "--target", "mock/refuser", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("extra", [
+    ["--judge", "rubric:openai/gpt-4o"],
+    ["--defense", "moderator:llm:openai/gpt-4o"],
+    ["--mode", "adaptive", "--attacker", "openai/gpt-4o"],
+], ids=["judge", "defense", "attacker"])
+def test_a_missing_key_of_any_role_is_found_before_anything_is_written(bench_and_run, tmp_path, extra):
+    bench, _ = bench_and_run
+    out = tmp_path / "t2"
+    r = mmsafe("run", bench, "-t", "mock/refuser", *extra, "--out", out, cwd=tmp_path)
+    assert r.returncode == EXIT_USAGE
+    one_line(r.stderr, "openai/gpt-4o: API key missing")  # and no "Unclosed client session"
+    assert not out.exists()
+
+
+def test_defend_eval_checks_every_defense_key_before_the_baseline_run(bench_and_run, tmp_path):
+    bench, _ = bench_and_run
+    r = runner.invoke(app, ["defend-eval", str(bench), "-t", "mock/refuser", "-d", "keyword-filter",
+                            "-d", "moderator:llm:openai/gpt-4o", "-o", str(tmp_path / "de")])
+    assert r.exit_code == EXIT_USAGE and "API key missing" in r.output, r.output
+    assert not (tmp_path / "de").exists()
+
+
+# --------------------------------------------------------------------------- 6. endpoint mistakes
+
+
+def test_a_base_url_without_its_scheme_is_named(bench_and_run, tmp_path):
+    bench, _ = bench_and_run
+    r = runner.invoke(app, ["run", str(bench), "-t", "openai/m@127.0.0.1:8000/v1", "-o", str(tmp_path / "r")])
+    assert r.exit_code == EXIT_USAGE, r.output
+    assert "needs its scheme: openai/m@http://127.0.0.1:8000/v1" in r.output and "API key" not in r.output
+    assert not (tmp_path / "r").exists()
+    from mmsafe.models import parse_spec
+    assert parse_spec("google/claude-3-5-sonnet@20240620")["model"] == "claude-3-5-sonnet@20240620"  # a version
+
+
+def test_a_base_url_without_v1_suggests_it(bench_and_run, tmp_path, llm):
+    bench, _ = bench_and_run
+    root_url = llm.url.removesuffix("/v1")
+    r = mmsafe("run", bench, "-t", f"openai/comply@{root_url}", "-o", tmp_path / "r", cwd=tmp_path)
+    assert r.returncode == EXIT_USAGE
+    one_line(r.stderr, "HTTP 404", f"did you mean {root_url}/v1?")
+    assert r.stdout.strip() == ""  # no empty summary first
+
+
+def test_an_unreachable_port_names_the_cause_early(bench_and_run, tmp_path):
+    bench, _ = bench_and_run
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = mmsafe("run", bench, "-t", f"openai/m@http://127.0.0.1:{port}/v1", "-o", tmp_path / "r", cwd=tmp_path)
+    assert r.returncode == EXIT_USAGE
+    one_line(r.stderr, "endpoint unreachable", f"127.0.0.1:{port}", "Cannot connect")
