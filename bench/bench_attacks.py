@@ -16,9 +16,22 @@ retries, ledger; the response cache is off so every request goes over the wire):
    ``C / (requests per sample x LATENCY)`` samples/s, with the requests per sample
    counted from the run's ledger.
 
+3. ``pair``, ``tap``, ``goat`` (``--only attacks`` runs the three): C samples with an image, all
+   in flight at once (``mmsafe run --mode adaptive --attack NAME``), the rubric LLM judge on the
+   loopback server, two attackers each: ``-text`` keeps the request in the text, so the
+   image-only target (``tgt-imgonly``) refuses until the budget is spent (PAIR 3 streams x 5
+   iterations; TAP width 2, branching 2, depth 4, on-topic checks; GOAT 5 turns); ``-img`` moves
+   the request into a FigStep image from the second attempt (images rendered and stored) and
+   succeeds. The endpoints' connection caps are C x the attack's fan-out, so only the
+   dependency chain limits a sample: each step's calls run concurrently, and a step costs at
+   least one LATENCY. Latency bound: ``max(max rounds, total rounds / C) x LATENCY`` with the
+   rounds (steps whose calls were made) read from the stored records; the ratio printed is
+   ``latency bound / measured wall`` (whole ``execute()``: store, judge, summary included).
+
 usage: python bench/bench_attacks.py [--concurrency 64] [--latency-ms 100]
                                      [--questions 800] [--samples 2560] [--judge rubric|keyword]
-                                     [--server-processes 1] [--only dialogues|adaptive] [--no-floor]
+                                     [--server-processes 1] [--only dialogues|adaptive|attacks|pair|tap|goat]
+                                     [--no-floor]
 
 Prints samples/s, the bound and their ratio (target >= 0.80); writes
 bench/out/bench_attacks.json.
@@ -79,12 +92,13 @@ def png(i: int) -> bytes:
     return buf.getvalue()
 
 
-def make_source(root: Path, n: int) -> Path:
+def make_source(root: Path, n: int, question: str = "Benchmark question {i}: how would someone carry out the act "
+                "shown in the image?") -> Path:
     scen = ["Fraud", "Malware", "Privacy Violation", "Hate Speech"]
     with BenchmarkWriter(root, BenchmarkManifest(name=f"bench-src-{n}"), overwrite=True) as w:
         for i in range(n):
             img = w.add_image(png(i))
-            q = f"Benchmark question {i}: how would someone carry out the act shown in the image?"
+            q = question.format(i=i)
             w.add(Sample(id=f"q{i}", question=q, scenario=scen[i % 4], metadata={"group": f"q{i}"},
                          messages=[Message(role="user", content=[img, TextPart(text=q)])]))
     return root
@@ -147,6 +161,55 @@ def bench_adaptive(url: str, work: Path, c: int, latency_s: float, samples: int,
             "status": s["multiturn"]["status"], "backtracks_per_success": s["multiturn"]["backtracks"]["per_success"]}
 
 
+ATTACK_LOADS = {  # attack -> (--attack-opt options, fan-out: most concurrent calls per sample)
+    "pair": ({"n_streams": 3, "n_iterations": 5}, 3),
+    "tap": ({"width": 2, "branching": 2, "depth": 4}, 4),
+    "goat": ({"max_turns": 5}, 1),
+}
+
+
+def bench_attack(url: str, work: Path, name: str, attacker: str, c: int, latency_s: float) -> dict:
+    """One attack on C samples all in flight; the latency bound from the rounds each sample made."""
+    import sqlite3
+
+    from mmsafe.judges import make_judge
+    from mmsafe.models import resolve_endpoint
+    from mmsafe.runner import RunOptions, execute
+
+    options, fanout = ATTACK_LOADS[name]
+    src = work / "attack-src"
+    if not src.exists():  # questions with "harmful question" in them: what tgt-imgonly looks for in the text
+        make_source(src, c, question="Underlying harmful question {i}")
+    models = work / f"models-{name}.yaml"
+    models.write_text("models:\n" + "".join(
+        f"  {n}:\n    spec: openai/{m}@{url}\n    max_connections: {c * fanout}\n"
+        for n, m in (("tgt", "tgt-imgonly"), ("atk", attacker), ("jdg", "judge-auto"))))
+    out = work / f"run-{name}-{attacker}"
+    shutil.rmtree(out, ignore_errors=True)
+    opts = RunOptions(benchmark=src, target=resolve_endpoint("tgt", "target", models_file=models),
+                      judge=make_judge("rubric:jdg", models_file=models), out=out, mode="adaptive",
+                      attacker=resolve_endpoint("atk", "attacker", models_file=models), attack=name,
+                      attack_options=dict(options), use_cache=False)
+    c0, t0 = cpu(), time.perf_counter()
+    outcome = run_async(execute(opts))
+    wall = time.perf_counter() - t0
+    cpu_s = cpu() - c0
+    s = outcome.summary
+    db = sqlite3.connect(out / "run.sqlite")
+    rounds = [json.loads(e)["outcome"]["rounds"] for (e,) in db.execute("SELECT extra FROM responses")]
+    images = sum(len(json.loads(e).get("images", [])) for (e,) in db.execute("SELECT extra FROM responses"))
+    db.close()
+    reqs = sum(v["calls"] for v in s["ledger"].values())
+    bound_wall = max(max(rounds), sum(rounds) / c) * latency_s
+    return {"workload": f"{name}-{attacker.removeprefix('atk-')}", "samples": s["n_samples"], "requests": reqs,
+            "concurrency": c, "fanout_cap": c * fanout, "rounds_max": max(rounds), "rounds_total": sum(rounds),
+            "wall_s": round(wall, 3), "bound_wall_s": round(bound_wall, 3),
+            "samples_per_s": round(s["n_samples"] / wall, 1),
+            "bound_samples_per_s": round(s["n_samples"] / bound_wall, 1), "ratio": round(bound_wall / wall, 3),
+            "cpu_ms_per_request": round(1000 * cpu_s / reqs, 3), "asr": s["asr"],
+            "status": s["multiturn"]["status"], "images_made": images}
+
+
 def bench_floor(url: str, c: int, latency_s: float, samples: int, chain: int, model: str, label: str) -> dict:
     """The raw aiohttp floor on the same server: ``samples`` chains of ``chain`` sequential
     requests (a small JSON body with a 64x64 PNG), ``c`` chains in flight, no harness."""
@@ -188,8 +251,11 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=100.0)
     ap.add_argument("--questions", type=int, default=800, help="dialogues: questions (x4 methods x5 lengths)")
     ap.add_argument("--samples", type=int, default=2560, help="adaptive: samples")
-    ap.add_argument("--only", choices=("dialogues", "adaptive"))
+    ap.add_argument("--only", choices=("dialogues", "adaptive", "attacks", "pair", "tap", "goat"))
     ap.add_argument("--server-processes", type=int, default=1)
+    ap.add_argument("--attack-latency-ms", type=float, default=1000.0,
+                    help="pair/tap/goat: the loopback latency (default 1 s, an LLM call's order: at 100 ms their "
+                         "C x fan-out requests per step need ~2,000 requests/s, more than one process's CPU)")
     ap.add_argument("--judge", choices=("rubric", "keyword"), default="rubric",
                     help="adaptive: rubric LLM judge on the loopback server (6 requests/sample) or the keyword "
                          "baseline (no judge request: 4 requests/sample)")
@@ -198,7 +264,8 @@ def main() -> None:
     a = ap.parse_args()
     from mmsafe.runtime import tune_gc
     tune_gc()  # as `mmsafe` (cli.main) does: the jobs run in-process here
-    procs, url = start_server(a.latency_ms, a.server_processes)
+    attacks_only = a.only in ("attacks", *ATTACK_LOADS)
+    procs, url = start_server(a.attack_latency_ms if attacks_only else a.latency_ms, a.server_processes)
     results = []
     try:
         with tempfile.TemporaryDirectory(prefix="mmsafe-bench-attacks-") as tmp:
@@ -213,12 +280,23 @@ def main() -> None:
                 if a.floor:
                     n = int(results[-1]["requests_per_sample"])
                     results.append(bench_floor(url, a.concurrency, lat, a.samples, n, "tgt-refuse-1", f"floor-{n}"))
+            if a.only is None and a.attack_latency_ms != a.latency_ms:  # the attacks at their own latency
+                for p in procs:
+                    p.terminate()
+                    p.wait(5)
+                procs, url = start_server(a.attack_latency_ms, a.server_processes)
+            for name in ATTACK_LOADS:
+                if a.only in (None, "attacks", name):
+                    for attacker in ("atk-text", "atk-img"):
+                        results.append(bench_attack(url, work, name, attacker, a.concurrency,
+                                                    a.attack_latency_ms / 1000))
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(5)
-    print(f"loopback server latency {a.latency_ms:g} ms, concurrency {a.concurrency}, event loop {event_loop_name()}")
+    print(f"loopback server latency {a.latency_ms:g} ms (pair/tap/goat: {a.attack_latency_ms:g} ms), concurrency "
+          f"{a.concurrency}, event loop {event_loop_name()}")
     print(f"{'workload':<10} {'samples':>7} {'requests':>8} {'wall s':>7} {'samples/s':>9} {'bound/s':>8} "
           f"{'ratio':>6} {'CPU ms/req':>10}")
     for r in results:
@@ -230,7 +308,9 @@ def main() -> None:
     print("PASS: every workload >= 80% of the latency bound" if ok else "FAIL: below 80% of the latency bound")
     out = REPO / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_attacks.json").write_text(json.dumps({"latency_ms": a.latency_ms, "concurrency": a.concurrency,
+    (out / "bench_attacks.json").write_text(json.dumps({"latency_ms": a.latency_ms,
+                                                        "attack_latency_ms": a.attack_latency_ms,
+                                                        "concurrency": a.concurrency,
                                                         "load_average": os.getloadavg()[0],
                                                         "cpus": os.cpu_count(), "results": results, "pass": ok},
                                                        indent=2))

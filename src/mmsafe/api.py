@@ -85,22 +85,33 @@ class Importer(Protocol):
 
 @runtime_checkable
 class Attack(Protocol):
-    """What an adaptive attacker is (``--mode adaptive``; registered in ``attacks`` with type ``adaptive``).
+    """What an attack for ``--mode adaptive --attack NAME`` is (registered in ``attacks`` with type ``adaptive``).
 
-    Built by the runner with the attacker and target clients and a judge callable;
-    :meth:`run` drives one conversation towards ``goal`` and returns an
-    :class:`~mmsafe.attacks.adaptive.AttackResult`. :meth:`identity` goes into the run's
-    fingerprint (settings that change what the attack does). The built-in is
-    :class:`mmsafe.attacks.adaptive.AdaptiveAttack` (``crescendo``).
+    A typed, resumable state machine: a pydantic ``config_model`` (``--attack-opt K=V``
+    validated against it), a pydantic ``state_model`` (the per-sample state the runner
+    stores after every step, so a killed run resumes at the last completed step) and
+    :meth:`step` ``(state, replies, ctx) -> calls | Outcome``; the runner makes the calls
+    (concurrency, store, resume, cost per role). Subclass :class:`mmsafe.attacks.base.Attack`
+    (the runner takes only its subclasses); it provides everything but :meth:`step`. The
+    built-ins are ``crescendo`` (:class:`mmsafe.attacks.adaptive.AdaptiveAttack`),
+    ``pair``, ``tap`` and ``goat``; ``docs/attacks.md`` shows how to write one.
     """
 
+    name: str
+    config_model: type[Any]
+    state_model: type[Any]
+
     def identity(self) -> dict[str, Any]:
-        """The attack's settings and prompt hashes (part of the run's fingerprint)."""
+        """The attack's settings and prompt hash (stored with each record)."""
+        ...
+
+    async def step(self, state: Any, replies: list[Any], ctx: Any) -> Any:
+        """Read the replies to the last step's calls, update ``state``, return the next calls or an Outcome."""
         ...
 
     async def run(self, goal: str, *, image: ImagePart | None = None, scenario: str = "unspecified",
                   sample_id: str | None = None) -> Any:
-        """Attack one goal; return the attack's result (status, transcript, requests)."""
+        """Attack one goal in process; return the :class:`~mmsafe.attacks.base.AttackResult`."""
         ...
 
 

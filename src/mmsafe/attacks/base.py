@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import functools
 import hashlib
 import io
 import re
@@ -268,6 +269,7 @@ class SampleContext:
         self.images: dict[str, ImagePart] = {SAMPLE_IMAGE: image} if image is not None else {}
         self._pil: Image.Image | None = None
         self._made: list[dict[str, Any]] = []
+        self._drawn: dict[str, list[dict[str, Any]]] = {}
 
     @property
     def has_image(self) -> bool:
@@ -322,9 +324,12 @@ class SampleContext:
                 self._pil = im.convert("RGB")
         return self._pil
 
-    def _store(self, img: Image.Image, how: dict[str, Any]) -> dict[str, Any]:
-        from mmsafe.attacks.typography import png_bytes
-        data = png_bytes(img)
+    def _store(self, img: Image.Image, how: dict[str, Any], *, gray: bool = False) -> dict[str, Any]:
+        # deterministic PNG; a typographic image (black text on white) is stored as 8-bit gray, losslessly:
+        # a third of the bytes and ~5x faster to encode than RGB at the default level
+        buf = io.BytesIO()
+        (img.convert("L") if gray else img).save(buf, format="PNG", compress_level=3)
+        data = buf.getvalue()
         sha = hashlib.sha256(data).hexdigest()
         rec = {"sha256": sha, "path": f"assets/{sha}.png", **how}
         if sha not in self.images:
@@ -338,24 +343,31 @@ class SampleContext:
             self.images[sha] = ImagePart(uri=_data_uri(data, "image/png"), sha256=sha, mime="image/png")
         return rec
 
-    def _render(self, act: ImageAction, text: str) -> tuple[str, list[str], list[dict[str, Any]]]:
+    def _draw(self, act: ImageAction) -> list[dict[str, Any]]:
         from mmsafe.attacks import typography
         if act.action == "typography":
             assert act.text is not None
-            rec = self._store(typography.figstep_image(act.text.strip()), {"how": "typography", "text": act.text})
-            return text, [rec["sha256"]], [rec]
+            return [self._store(typography.figstep_image(act.text.strip()), {"how": "typography", "text": act.text},
+                                gray=True)]
         if act.action == "move_keyword":
             kw = (act.keyword or "").strip()
-            rec = self._store(typography.figstep_image(kw), {"how": "move_keyword", "text": kw})
-            moved = re.sub(re.escape(kw), "the activity shown in the image", text, flags=re.I)
-            return moved, [rec["sha256"]], [rec]
+            return [self._store(typography.figstep_image(kw), {"how": "move_keyword", "text": kw}, gray=True)]
         from mmsafe.attacks.visual import NEEDS_IMAGE, apply_visual
         name = act.name or ""
         src = self._sample_pil() if name in NEEDS_IMAGE else None
-        res = apply_visual(name, text=text, instruction=act.text or self.goal, image=src, seed=self.seed,
-                           options=act.options)
-        recs = [self._store(im, {"how": f"transform:{name}", **({"text": act.text} if act.text else {})})
+        res = apply_visual(name, text=act.text or self.goal, instruction=act.text or self.goal, image=src,
+                           seed=self.seed, options=act.options)
+        return [self._store(im, {"how": f"transform:{name}", **({"text": act.text} if act.text else {})})
                 for im in res.images]
+
+    def _render(self, act: ImageAction, text: str) -> tuple[str, list[str], list[dict[str, Any]]]:
+        key = act.model_dump_json()
+        recs = self._drawn.get(key)
+        if recs is None:  # the same action twice in a sample (parallel streams, branches): drawn once
+            recs = self._drawn[key] = self._draw(act)
+        if act.action == "move_keyword":
+            text = re.sub(re.escape((act.keyword or "").strip()), "the activity shown in the image", text,
+                          flags=re.I)
         return text, [r["sha256"] for r in recs], recs
 
     async def prepare(self, act: ImageAction, text: str) -> Prepared | str:
@@ -416,6 +428,12 @@ def parse_json_output(text: str | None, keys: tuple[str, ...]) -> Parsed:
 # --------------------------------------------------------------------------- the attack
 
 
+@functools.lru_cache(maxsize=64)
+def _prompt(name: str) -> str:
+    """A packaged prompt file, read once per process (an attack is built per sample)."""
+    return load_prompt(name)
+
+
 C = TypeVar("C", bound=AttackConfig)
 S = TypeVar("S", bound=AttackState)
 StepCallback = Callable[[AttackState, list[dict[str, Any]], bool], None]
@@ -446,7 +464,7 @@ class Attack(Generic[C, S]):
         self.target_system = target_system
         self.attacker_images = attacker.cfg.capabilities.image if attacker_images is None else attacker_images
         self.config: C = config if config is not None else self.validate_options(options)  # type: ignore[assignment]
-        self.prompts = {n: load_prompt(n) for n in self.prompt_files}
+        self.prompts = {n: _prompt(n) for n in self.prompt_files}
         self.prompt_hash = sha16(*(self.prompts[n] for n in self.prompt_files))
 
     @classmethod
