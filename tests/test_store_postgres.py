@@ -109,6 +109,7 @@ def test_claims_on_postgres_one_holder_at_a_time_and_expired_leases_taken_over(p
         assert b.claim("s1", "j").outcome == "held"
         assert a.claim("s2", "j").outcome == "claimed"
         a.finish_claim("s2")
+        a.flush()  # writes are committed by a writer thread, in batches
         assert b.claim("s2", "j").outcome == "finished"
         # a holder on another host that stops renewing: its lease runs out on the server's clock
         a.conn.execute("UPDATE claims SET host='elsewhere', pid=1 WHERE sample_id='s1'")

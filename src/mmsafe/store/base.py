@@ -181,10 +181,14 @@ class RunStore(ABC):
     def begin_claims(self, lease_s: float | None = None) -> Holder:
         """Start claiming as this process (the lease defaults to :func:`lease_seconds`)."""
 
-    @abstractmethod
     def claim(self, sample_id: str, judge_id: str) -> Claim:
         """Claim one sample, atomically (see :func:`decide_claim`); a ``claimed`` answer says
         what is already stored for it."""
+        return self.claim_many([sample_id], judge_id)[sample_id]
+
+    @abstractmethod
+    def claim_many(self, sample_ids: list[str], judge_id: str) -> dict[str, Claim]:
+        """:meth:`claim` for several samples in one go (one transaction, one round trip)."""
 
     @abstractmethod
     def finish_claim(self, sample_id: str) -> None:

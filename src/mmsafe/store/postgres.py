@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -176,6 +177,7 @@ class PostgresRunStore(RunStore):
         self._holder: Holder | None = None
         self._lease = 0.0
         self._started = 0.0
+        self._w: _Writer | None = None
         try:
             self.conn: psycopg.Connection[tuple[Any, ...]] = psycopg.connect(
                 self.target.conninfo, autocommit=True, connect_timeout=10)
@@ -237,7 +239,10 @@ class PostgresRunStore(RunStore):
             return ""
         return f" (runs here: {', '.join(names)})" if names else " (it holds no mmsafe run)"
 
-    def _q(self, sql: str, args: Iterable[Any] | None = None) -> psycopg.Cursor[tuple[Any, ...]]:
+    def _q(self, sql: str, args: Iterable[Any] | None = None, *,
+           flush: bool = True) -> psycopg.Cursor[tuple[Any, ...]]:
+        if flush and self._w is not None:
+            self._w.flush()  # read your own writes
         return self.conn.execute(sql, args)  # type: ignore[arg-type]
 
     # -- meta
@@ -268,19 +273,11 @@ class PostgresRunStore(RunStore):
                         latency_ms=row[7] or 0.0, attempts=row[8] or 0, cached=bool(row[9]), created=row[10],
                         extra=orjson.loads(row[11]) if row[11] else {})
 
-    # -- writes (each one transaction, sent in one round trip)
-    def _insert_requests(self, cur: psycopg.Cursor[tuple[Any, ...]], requests: list[dict[str, Any]]) -> None:
-        if requests:
-            cur.executemany(
-                "INSERT INTO requests (sample_id, role, model, status, error, http_status, input_tokens,"
-                " output_tokens, cost_usd, latency_ms, created) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                [(r.get("sample_id"), r["role"], r.get("model"), r["status"], r.get("error"), r.get("http_status"),
-                  r.get("input_tokens", 0), r.get("output_tokens", 0), _float(r.get("cost_usd", 0.0)),
-                  _float(r.get("latency_ms")), _float(r.get("created", time.time()))) for r in requests])
-
+    # -- writes: queued to a writer thread with its own connection, which commits whatever has
+    # queued up as one transaction (a few ms of work at most): the run's event loop never waits
+    # for a round trip per reply. Every read flushes first.
     def log_requests(self, requests: list[dict[str, Any]]) -> None:
-        with self.conn.pipeline(), self.conn.transaction(), self.conn.cursor() as cur:
-            self._insert_requests(cur, requests)
+        self._writer().put([(_INS_REQ, _req_row(r)) for r in requests])
 
     def save_response(self, sample: Sample, response: Response, requests: list[dict[str, Any]],
                       order: int | None = None) -> None:
@@ -295,22 +292,13 @@ class PostgresRunStore(RunStore):
         else:
             seq = order
             self._seq = max(self._seq, order)
-        with self.conn.pipeline(), self.conn.transaction(), self.conn.cursor() as cur:
-            self._insert_requests(cur, requests)
-            cur.execute(
-                "INSERT INTO responses VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-                " ON CONFLICT (sample_id) DO UPDATE SET status=EXCLUDED.status, text=EXCLUDED.text,"
-                " error=EXCLUDED.error, model=EXCLUDED.model, finish_reason=EXCLUDED.finish_reason,"
-                " input_tokens=EXCLUDED.input_tokens, output_tokens=EXCLUDED.output_tokens,"
-                " cost_usd=EXCLUDED.cost_usd, latency_ms=EXCLUDED.latency_ms, attempts=EXCLUDED.attempts,"
-                " cached=EXCLUDED.cached, created=EXCLUDED.created, extra=EXCLUDED.extra"
-                " WHERE responses.status <> 'ok'",
-                (sample.id, seq, group, sample.scenario, sample.category,
-                 sample.method, sample.turns, sample.question, status, response.text, response.error,
-                 response.model, response.finish_reason, response.usage.input_tokens,
-                 response.usage.output_tokens, _float(response.cost_usd), _float(response.latency_ms),
-                 response.attempts, int(response.cached), _float(response.created),
-                 _dumps(response.extra) if response.extra else None, control))
+        row = (sample.id, seq, group, sample.scenario, sample.category,
+               sample.method, sample.turns, sample.question, status, response.text, response.error,
+               response.model, response.finish_reason, response.usage.input_tokens,
+               response.usage.output_tokens, _float(response.cost_usd), _float(response.latency_ms),
+               response.attempts, int(response.cached), _float(response.created),
+               _dumps(response.extra) if response.extra else None, control)
+        self._writer().put([*((_INS_REQ, _req_row(r)) for r in requests), (_UPSERT_RESPONSE, row)])
 
     def register_judge(self, identity: JudgeIdentity) -> str:
         jid = identity.id
@@ -319,20 +307,24 @@ class PostgresRunStore(RunStore):
         return jid
 
     def save_verdict(self, verdict: Verdict, requests: list[dict[str, Any]]) -> None:
-        with self.conn.pipeline(), self.conn.transaction(), self.conn.cursor() as cur:
-            self._insert_requests(cur, requests)
-            cur.execute(
-                "INSERT INTO verdicts VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-                " ON CONFLICT (sample_id, judge_id) DO UPDATE SET label=EXCLUDED.label, score=EXCLUDED.score,"
-                " rating=EXCLUDED.rating, parse_status=EXCLUDED.parse_status, rationale=EXCLUDED.rationale,"
-                " raw=EXCLUDED.raw, categories=EXCLUDED.categories, cost_usd=EXCLUDED.cost_usd,"
-                " input_tokens=EXCLUDED.input_tokens, output_tokens=EXCLUDED.output_tokens,"
-                " created=EXCLUDED.created, extra=EXCLUDED.extra",
-                (verdict.sample_id, verdict.judge_id, verdict.label, _float(verdict.score), _float(verdict.rating),
-                 verdict.parse_status, verdict.rationale, _dumps(verdict.raw) if verdict.raw else None,
-                 _dumps(verdict.categories) if verdict.categories else None, _float(verdict.cost_usd),
-                 verdict.usage.input_tokens, verdict.usage.output_tokens, _float(verdict.created),
-                 _dumps(verdict.extra) if verdict.extra else None))
+        row = (verdict.sample_id, verdict.judge_id, verdict.label, _float(verdict.score), _float(verdict.rating),
+               verdict.parse_status, verdict.rationale, _dumps(verdict.raw) if verdict.raw else None,
+               _dumps(verdict.categories) if verdict.categories else None, _float(verdict.cost_usd),
+               verdict.usage.input_tokens, verdict.usage.output_tokens, _float(verdict.created),
+               _dumps(verdict.extra) if verdict.extra else None)
+        self._writer().put([*((_INS_REQ, _req_row(r)) for r in requests), (_UPSERT_VERDICT, row)])
+
+    def flush(self) -> None:
+        """Wait until every queued write is committed (raises what the writer hit, if anything)."""
+        if self._w is not None:
+            self._w.flush()
+
+    def _writer(self) -> _Writer:
+        if self.readonly:
+            raise StoreError(f"{self.target.public}#{self.run}: opened read-only")
+        if self._w is None:
+            self._w = _Writer(self.target, self.schema)
+        return self._w
 
     # -- reads for results and summaries (streamed, a page at a time)
     def iter_rows(self, judge_id: str | None = None) -> Iterator[dict[str, Any]]:
@@ -407,32 +399,36 @@ class PostgresRunStore(RunStore):
             raise RuntimeError("begin_claims() first")
         return self._holder
 
-    def claim(self, sample_id: str, judge_id: str) -> Claim:
+    def claim_many(self, sample_ids: list[str], judge_id: str) -> dict[str, Claim]:
         me = self._me()
-        row = self._q("SELECT * FROM mmsafe_claim(%s, %s, %s, %s, %s, %s, %s)",
-                      (sample_id, me.id, me.host, me.pid, self._lease, self._started, judge_id)).fetchone()
-        assert row is not None
-        outcome, holder, host, pid, status, judged = row
-        if outcome == "held" and holder is not None and holder_dead(host, pid):
-            taken = self._q(
-                f"UPDATE claims SET holder=%s, host=%s, pid=%s, expires={_NOW} + %s, done_at=NULL"
-                " WHERE sample_id=%s AND holder=%s AND done_at IS NULL RETURNING"
-                " (SELECT s.status FROM responses s WHERE s.sample_id = claims.sample_id),"
-                " EXISTS (SELECT 1 FROM verdicts v WHERE v.sample_id = claims.sample_id AND v.judge_id = %s"
-                " AND v.parse_status <> 'error')",
-                (me.id, me.host, me.pid, self._lease, sample_id, holder, judge_id)).fetchone()
-            if taken is not None:
-                outcome, status, judged = "claimed", taken[0], taken[1]
-        if outcome == "claimed":
-            return Claim("claimed", response_ok=status == "ok", judged=bool(judged))
-        return Claim("finished" if outcome == "finished" else "held", holder=holder)
+        rows = self._q("SELECT u.id, c.* FROM unnest(%s::text[]) WITH ORDINALITY AS u(id, n),"
+                       " LATERAL mmsafe_claim(u.id, %s, %s, %s, %s, %s, %s) AS c ORDER BY u.n",
+                       (sample_ids, me.id, me.host, me.pid, self._lease, self._started, judge_id),
+                       flush=False).fetchall()  # this process's queued writes never change its claims
+        out: dict[str, Claim] = {}
+        for sid, outcome, holder, host, pid, status, judged in rows:
+            if outcome == "held" and holder is not None and holder_dead(host, pid):
+                taken = self._q(
+                    f"UPDATE claims SET holder=%s, host=%s, pid=%s, expires={_NOW} + %s, done_at=NULL"
+                    " WHERE sample_id=%s AND holder=%s AND done_at IS NULL RETURNING"
+                    " (SELECT s.status FROM responses s WHERE s.sample_id = claims.sample_id),"
+                    " EXISTS (SELECT 1 FROM verdicts v WHERE v.sample_id = claims.sample_id AND v.judge_id = %s"
+                    " AND v.parse_status <> 'error')",
+                    (me.id, me.host, me.pid, self._lease, sid, holder, judge_id)).fetchone()
+                if taken is not None:
+                    outcome, status, judged = "claimed", taken[0], taken[1]
+            if outcome == "claimed":
+                out[sid] = Claim("claimed", response_ok=status == "ok", judged=bool(judged))
+            else:
+                out[sid] = Claim("finished" if outcome == "finished" else "held", holder=holder)
+        return out
 
     def finish_claim(self, sample_id: str) -> None:
-        self._q(f"UPDATE claims SET done_at={_NOW} WHERE sample_id=%s AND holder=%s", (sample_id, self._me().id))
+        self._writer().put([(_FINISH, (sample_id, self._me().id))])
 
     def renew_claims(self) -> int:
         return self._q(f"UPDATE claims SET expires={_NOW} + %s WHERE holder=%s AND done_at IS NULL",
-                       (self._lease, self._me().id)).rowcount
+                       (self._lease, self._me().id), flush=False).rowcount
 
     def release_claims(self) -> None:
         if self._holder is not None and not self.conn.closed:
@@ -472,13 +468,129 @@ class PostgresRunStore(RunStore):
         return n
 
     def close(self) -> None:
-        """Close the connection; a writer's close makes this process's next reader copy the run again."""
-        if not self.conn.closed:
-            self.conn.close()
+        """Commit what is queued and close; a writer's close makes this process's next reader copy
+        the run again."""
+        try:
+            if self._w is not None:
+                self._w.close()
+        finally:
+            if not self.conn.closed:
+                self.conn.close()
         if not self.readonly:
             from mmsafe.store.locate import forget_snapshots
 
             forget_snapshots(self.target.public, self.run)
+
+
+class _Writer:
+    """A thread with its own connection that commits queued statements in batches: all that
+    queued while the previous batch was committing goes in one transaction (``executemany``
+    per statement, pipelined: one round trip). A SIGKILL loses what is queued (a few ms of
+    replies, sent again by the next run or taken over with the claims, which are not marked
+    finished either)."""
+
+    MAX_QUEUED = 20000
+
+    def __init__(self, target: PgTarget, schema: str):
+        import psycopg
+
+        self.target = target
+        try:
+            self.conn = psycopg.connect(target.conninfo, autocommit=True, connect_timeout=10)
+            self.conn.execute(f'SET search_path TO "{schema}"')
+            self.conn.execute("SET synchronous_commit TO off")
+        except psycopg.Error as e:
+            raise StoreError(f"{target.public}: cannot connect to the PostgreSQL store ({_first_line(e)})") \
+                from None
+        self.ops: list[tuple[str, tuple[Any, ...]]] = []
+        self.cv = threading.Condition()
+        self.busy = False
+        self.closing = False
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._loop, name="mmsafe-pg-writer", daemon=True)
+        self.thread.start()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise StoreError(f"{self.target.public}: a write to the PostgreSQL store failed ({self.error})")
+
+    def put(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
+        with self.cv:
+            self._raise()
+            while len(self.ops) > self.MAX_QUEUED and self.error is None:
+                self.cv.wait()
+            self.ops.extend(ops)
+            self.cv.notify_all()
+
+    def flush(self) -> None:
+        with self.cv:
+            while (self.ops or self.busy) and self.error is None:
+                self.cv.wait()
+            self._raise()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cv:
+                while not self.ops and not self.closing:
+                    self.cv.wait()
+                if not self.ops:
+                    return
+                batch, self.ops, self.busy = self.ops, [], True
+                self.cv.notify_all()
+            try:
+                self._write(batch)
+            except Exception as e:
+                with self.cv:
+                    self.error, self.busy = _first_line(e), False
+                    self.cv.notify_all()
+                return
+            with self.cv:
+                self.busy = False
+                self.cv.notify_all()
+
+    def _write(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
+        groups: dict[str, list[tuple[Any, ...]]] = {}  # one transaction: the order between kinds is moot
+        for sql, params in batch:
+            groups.setdefault(sql, []).append(params)
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            for sql, rows in groups.items():
+                cur.executemany(sql, rows)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            with self.cv:
+                self.closing = True
+                self.cv.notify_all()
+            self.thread.join(timeout=30)
+            self.conn.close()
+
+
+_INS_REQ = ("INSERT INTO requests (sample_id, role, model, status, error, http_status, input_tokens, output_tokens,"
+            " cost_usd, latency_ms, created) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)")
+_UPSERT_RESPONSE = (
+    "INSERT INTO responses VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+    " ON CONFLICT (sample_id) DO UPDATE SET status=EXCLUDED.status, text=EXCLUDED.text,"
+    " error=EXCLUDED.error, model=EXCLUDED.model, finish_reason=EXCLUDED.finish_reason,"
+    " input_tokens=EXCLUDED.input_tokens, output_tokens=EXCLUDED.output_tokens,"
+    " cost_usd=EXCLUDED.cost_usd, latency_ms=EXCLUDED.latency_ms, attempts=EXCLUDED.attempts,"
+    " cached=EXCLUDED.cached, created=EXCLUDED.created, extra=EXCLUDED.extra"
+    " WHERE responses.status <> 'ok'")
+_UPSERT_VERDICT = (
+    "INSERT INTO verdicts VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+    " ON CONFLICT (sample_id, judge_id) DO UPDATE SET label=EXCLUDED.label, score=EXCLUDED.score,"
+    " rating=EXCLUDED.rating, parse_status=EXCLUDED.parse_status, rationale=EXCLUDED.rationale,"
+    " raw=EXCLUDED.raw, categories=EXCLUDED.categories, cost_usd=EXCLUDED.cost_usd,"
+    " input_tokens=EXCLUDED.input_tokens, output_tokens=EXCLUDED.output_tokens,"
+    " created=EXCLUDED.created, extra=EXCLUDED.extra")
+_FINISH = f"UPDATE claims SET done_at={_NOW} WHERE sample_id=%s AND holder=%s"
+
+
+def _req_row(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r.get("sample_id"), r["role"], r.get("model"), r["status"], r.get("error"), r.get("http_status"),
+            r.get("input_tokens", 0), r.get("output_tokens", 0), _float(r.get("cost_usd", 0.0)),
+            _float(r.get("latency_ms")), _float(r.get("created", time.time())))
 
 
 def _float(v: Any) -> float | None:

@@ -312,27 +312,30 @@ class SQLiteRunStore(RunStore):
             raise RuntimeError("begin_claims() first")
         return self._holder
 
-    def claim(self, sample_id: str, judge_id: str) -> Claim:
+    def claim_many(self, sample_ids: list[str], judge_id: str) -> dict[str, Claim]:
         me = self._me()
         now = time.time()
+        out: dict[str, Claim] = {}
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            row: ClaimRow | None = self.db.execute(
-                "SELECT holder, host, pid, expires, done_at FROM claims WHERE sample_id=?", (sample_id,)).fetchone()
-            outcome = decide_claim(row, me.id, now, self._started)
-            if outcome != "claimed":
-                self.db.execute("COMMIT")
-                return Claim(outcome, holder=row[0] if row else None)
-            self.db.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?,NULL)",
-                            (sample_id, me.id, me.host, me.pid, now + self._lease))
-            st = self.db.execute("SELECT status FROM responses WHERE sample_id=?", (sample_id,)).fetchone()
-            judged = self.db.execute("SELECT 1 FROM verdicts WHERE sample_id=? AND judge_id=? AND"
-                                     " parse_status != 'error'", (sample_id, judge_id)).fetchone()
+            for sid in sample_ids:
+                row: ClaimRow | None = self.db.execute(
+                    "SELECT holder, host, pid, expires, done_at FROM claims WHERE sample_id=?", (sid,)).fetchone()
+                outcome = decide_claim(row, me.id, now, self._started)
+                if outcome != "claimed":
+                    out[sid] = Claim(outcome, holder=row[0] if row else None)
+                    continue
+                self.db.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?,NULL)",
+                                (sid, me.id, me.host, me.pid, now + self._lease))
+                st = self.db.execute("SELECT status FROM responses WHERE sample_id=?", (sid,)).fetchone()
+                judged = self.db.execute("SELECT 1 FROM verdicts WHERE sample_id=? AND judge_id=? AND"
+                                         " parse_status != 'error'", (sid, judge_id)).fetchone()
+                out[sid] = Claim("claimed", response_ok=st is not None and st[0] == "ok", judged=judged is not None)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        return Claim("claimed", response_ok=st is not None and st[0] == "ok", judged=judged is not None)
+        return out
 
     def finish_claim(self, sample_id: str) -> None:
         self.db.execute("UPDATE claims SET done_at=? WHERE sample_id=? AND holder=?",
