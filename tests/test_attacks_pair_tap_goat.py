@@ -299,7 +299,7 @@ def test_attacker_refusal_is_unscored_in_a_run(srv, tmp_path):
     out = tmp_path / "run"
     r = cli("run", bench, "-t", f"openai/tgt-imgonly@{srv.url}", "--mode", "adaptive", "--attack", "pair",
             "--attacker", f"openai/atk-refuse@{srv.url}", "-o", out)
-    assert r.exit_code == 0, r.output
+    assert r.exit_code in (0, 1), r.output  # 1 where the CLI flags a run with nothing measured; never 2
     s = json.loads((out / "summary.json").read_text())
     assert s["n_scored"] == 0 and s["n_unscored"] == 2 and s["asr"] is None
     assert s["multiturn"]["attacker_refused"] == 2
@@ -367,3 +367,23 @@ def test_a_killed_run_resumes_each_conversation_at_its_last_completed_step(srv, 
     ex = _extras(out)["s0"]
     assert ex["outcome"]["status"] == "success" and len(ex["transcript"]) == 4
     assert json.loads((out / "summary.json").read_text())["ledger"]["attacker"]["calls"] == 4
+
+
+def test_rejudging_an_attack_run_judges_each_attempt_with_the_images_it_sent(srv, tmp_path):
+    bench = make_benchmark(tmp_path / "b", n=1, turns=1)
+    out = tmp_path / "run"
+    r = cli("run", bench, "-t", f"openai/tgt-imgonly@{srv.url}", "--mode", "adaptive", "--attack", "pair",
+            "--attacker", f"openai/atk-img@{srv.url}", "--attack-opt", "n_streams=1", "-o", out)
+    assert r.exit_code == 0, r.output
+    r = cli("judge", out, "--judge", f"rubric:openai/judge-auto@{srv.url}")
+    assert r.exit_code == 0, r.output
+    reqs = srv.by_model("judge-auto")
+    assert len(reqs) == 2  # each PAIR attempt judged alone, not as one conversation
+
+    def shown(body: dict) -> tuple[bool, str]:
+        parts = [p for m in body["messages"] if isinstance(m["content"], list) for p in m["content"]]
+        return has_image(parts), json.dumps(body["messages"])
+
+    moved = [shown(b) for b in reqs if "the activity shown in the image" in shown(b)[1]]
+    assert len(moved) == 1 and moved[0][0], "the judge never saw the FigStep image the attack sent"
+    assert all("Attempt 1" not in s for _, s in moved)  # the first attempt is not in the second's context

@@ -99,7 +99,7 @@ async def rejudge(run_dir: Path, judge: Judge, *, primary: bool = False, benchma
                 if is_multiturn_record(resp.extra):
                     # a live/adaptive conversation: every turn judged with the dialogue before it,
                     # the sample unsafe if any turn is (as the run's own judge did)
-                    extra, rows = await judge_transcript(judge, s, resp.extra, root)
+                    extra, rows = await judge_transcript(judge, s, resp.extra, root, run_dir=run_dir)
                     verdict = final_verdict(s.id, judge_id, extra, rejudged=True)
                 else:
                     verdict, rows = await judge.judge(s, resp, root)
