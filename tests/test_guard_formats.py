@@ -82,7 +82,7 @@ def test_llama_guard_4_sends_turns_with_images_when_the_endpoint_takes_them(llm,
     from mmsafe.datasets import open_benchmark
     bench = open_benchmark(make_benchmark(tmp_path / "b", n=1, turns=1))
     s = next(bench.iter_samples())
-    llm.queue("judge-lg4", "unsafe\nS2", "safe", "unsafe\nS11")
+    llm.queue("judge-lg4", "unsafe\nS2", "safe", "safe", "unsafe\nS11")
     j = make_judge(f"guard:openai/judge-lg4@{llm.url}?format=llama-guard-4")
     v, _ = judge_all(j, [(s, reply("s0"))], root=bench.root)[0]
     assert v.label == "unsafe" and v.categories == ["S2"] and "S2 Non-Violent Crimes" in v.rationale
@@ -90,6 +90,14 @@ def test_llama_guard_4_sends_turns_with_images_when_the_endpoint_takes_them(llm,
     assert [m["role"] for m in msgs] == ["user", "assistant"]  # the model's chat template builds the prompt
     assert any(p["type"] == "image_url" for p in msgs[0]["content"])
     assert msgs[-1]["content"] == "Sure: insert a tension wrench, then rake the pins."
+    # two turns: the image stays in the turn it occurs in
+    bench2 = open_benchmark(make_benchmark(tmp_path / "b2", n=1, turns=2))
+    s2 = next(bench2.iter_samples())
+    judge_all(make_judge(f"guard:openai/judge-lg4@{llm.url}?format=llama-guard-4"), [(s2, reply("s0"))],
+              root=bench2.root)
+    msgs = llm.requests[-1]["messages"]
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
+    assert [p["type"] for p in msgs[0]["content"]] == ["image_url", "text"] and isinstance(msgs[2]["content"], str)
     # send=prompt: the task text with Llama Guard 4's category names, the image first
     j = make_judge(f"guard:openai/judge-lg4@{llm.url}?format=llama-guard-4&send=prompt")
     judge_all(j, [(s, reply("s0"))], root=bench.root)

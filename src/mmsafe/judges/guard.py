@@ -9,7 +9,7 @@ trained on. Sources (read for each template and parser; none is guessed):
   ``unsafe`` + a line of codes ``S1,S10``.
 - ``llama-guard-4``: same output; the Llama Guard 4 model card (PurpleLlama
   ``Llama-Guard4/12B/MODEL_CARD.md``) classifies text **and images** through the model's own
-  chat template, so the default ``send=messages`` sends the turns with their images attached
+  chat template, so the default ``send=messages`` sends the turns, each with its own images attached
   (when the endpoint's capabilities include images); ``send=prompt`` sends the Llama Guard 3
   task text (llama.com: Llama Guard 4 is a drop-in replacement for Llama Guard 3) with the
   Llama Guard 4 category names, images first.
@@ -389,12 +389,13 @@ class GuardFormat:
 
     def requests(self, turns: list[Turn], budget: Budget) -> tuple[list[Request], Fit]:
         """The calls for one conversation, with the reply and earlier turns cut to ``budget``."""
-        attached: list[Any] = []
-        texts = [(role, _turn_text(parts, self.images, attached)) for role, parts in turns]
+        per_turn: list[list[Any]] = [[] for _ in turns]  # the images each turn carries (when they are sent)
+        texts = [(role, _turn_text(parts, self.images, per_turn[i])) for i, (role, parts) in enumerate(turns)]
         # what is classified: the last assistant reply (judge) or the last user message (moderator)
         idx = max((i for i, (r, _) in enumerate(texts) if r == ("assistant" if self.target == "response" else "user")),
                   default=len(texts) - 1)
-        texts = texts[:idx + 1]
+        texts, per_turn = texts[:idx + 1], per_turn[:idx + 1]
+        attached = [p for ps in per_turn for p in ps]
         last = texts[-1][1]
         earlier = texts[:-1]
         fixed = self._fixed_tokens()
@@ -402,7 +403,7 @@ class GuardFormat:
         if fit.dialogue_cut_chars:
             earlier = _cut_turns(earlier, fit.dialogue)
         texts = [*earlier, (texts[-1][0], fit.reply)]
-        return self._build(texts, attached), fit
+        return self._build(texts, per_turn), fit
 
     def _fixed_tokens(self) -> int:
         base = self.policy if self.name == "gpt-oss-safeguard" else self.template
@@ -413,10 +414,10 @@ class GuardFormat:
     def _conversation(self, texts: list[tuple[str, str]], user: str, agent: str, sep: str = "\n\n") -> str:
         return sep.join(f"{user if r == 'user' else agent}: {t}" for r, t in texts)
 
-    def _build(self, texts: list[tuple[str, str]], attached: list[Any]) -> list[Request]:
+    def _build(self, texts: list[tuple[str, str]], per_turn: list[list[Any]]) -> list[Request]:
         n = self.name
         if n in ("llama-guard-3", "llama-guard-4"):
-            return [self._llama_guard(texts, attached)]
+            return [self._llama_guard(texts, per_turn)]
         if n == "shieldgemma":
             q = self._question(texts)
             reply = texts[-1][1] if self.target == "response" else ""
@@ -445,15 +446,13 @@ class GuardFormat:
             return users[0][1] if users else ""
         return self._conversation(users, "User", "Assistant", sep="\n")
 
-    def _llama_guard(self, texts: list[tuple[str, str]], attached: list[Any]) -> Request:
-        images: list[ImagePart | AudioPart] = list(attached)
-        if self.send == "messages":
+    def _llama_guard(self, texts: list[tuple[str, str]], per_turn: list[list[Any]]) -> Request:
+        images: list[ImagePart | AudioPart] = [p for ps in per_turn for p in ps]
+        if self.send == "messages":  # each image in the turn it occurs in, before the turn's text
             msgs: list[Message] = []
-            first_user = True
-            for r, t in texts:
-                if r == "user" and first_user and images:
-                    msgs.append(Message(role="user", content=[*images, TextPart(text=t)]))
-                    first_user = False
+            for (r, t), imgs in zip(texts, per_turn):
+                if imgs:
+                    msgs.append(Message(role=r, content=[*imgs, TextPart(text=t)]))  # type: ignore[arg-type]
                 else:
                     msgs.append(Message(role=r, content=t))  # type: ignore[arg-type]
             return Request(msgs)
