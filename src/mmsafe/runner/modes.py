@@ -98,9 +98,9 @@ def check_mode(opts: RunOptions, pre: dict[str, Any]) -> None:
     if opts.mode == "adaptive":
         if opts.attacker is None:
             raise PreflightError("--mode adaptive needs --attacker SPEC (the attacker LLM)")
-        if opts.attacker.is_mock:
-            raise PreflightError(f"--attacker {opts.attacker.name}: the mock reference models cannot attack; "
-                                 "name an LLM endpoint")
+        from mmsafe.models.mock import role_error
+        if (why := role_error(opts.attacker, "attacker")) is not None:
+            raise PreflightError(f"--attacker {opts.attacker.name}: {why}")
         if opts.max_turns < 1:
             raise PreflightError("--max-turns must be at least 1")
         cls, cfg = resolve_attack(opts)

@@ -43,6 +43,7 @@ class RunOptions:
     attack_options: dict[str, Any] = field(default_factory=dict)  # --attack-opt K=V (the attack's config)
     si_grouping: str = "aligned"  # Safety Index across lengths: "aligned" (importer's alignment) | "id"
     store_url: str | None = None  # --store postgresql://…: a shared PostgreSQL run store (default: RUN_DIR/run.sqlite)
+    name: str | None = None  # --name: the run's short display name in reports and the viewer (config "name")
 
 
 @dataclass
