@@ -278,10 +278,11 @@ class SampleContext:
 
     def message(self, m: Msg) -> Message:
         """The :class:`~mmsafe.types.Message` to send (images first, then the text)."""
+        # built from validated pieces: no re-validation (a request is built at every step)
         parts = [self.images[k] for k in m.images if k in self.images]
         if not parts:
-            return Message(role=m.role, content=m.text)
-        return Message(role=m.role, content=[*parts, TextPart(text=m.text)])
+            return Message.model_construct(role=m.role, content=m.text)
+        return Message.model_construct(role=m.role, content=[*parts, TextPart.model_construct(text=m.text)])
 
     def messages(self, msgs: list[Msg]) -> list[Message]:
         """:meth:`message` of each."""

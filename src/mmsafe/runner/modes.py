@@ -32,6 +32,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from mmsafe.attacks.base import Attack, AttackConfig, AttackState, TurnJudgment
 from mmsafe.attacks.dialogues import first_image, inline_image, is_refusal
 from mmsafe.judges import Judge
@@ -238,8 +240,8 @@ class ModeRunner:
         def on_step(st: AttackState, rows: list[dict[str, Any]], final: bool) -> None:
             if rows:
                 self.store.log_requests(rows)
-            if not final:
-                self.store.set_meta(key, {"attack": atk.name, "state": st.model_dump(mode="json")})
+            if not final:  # the state as JSON straight from pydantic (no dict in between)
+                self.store.set_meta(key, {"attack": atk.name, "state": orjson.Fragment(st.model_dump_json())})
 
         st = await atk.drive(ctx, state, on_step)
         r = atk.result(st, ctx, [])
