@@ -64,6 +64,24 @@ def llama_pids(marker: str) -> list[int]:
     return [p for p in marked_pids(marker) if "llama_cpp.server" in _cmdline(p) and "--watch" not in _cmdline(p)]
 
 
+def server_answers(marker: str) -> bool:
+    """Every llama.cpp server of ``marker`` answers GET /v1/models (its port read from its command line)."""
+    import urllib.request
+    pids = llama_pids(marker)
+    if not pids:
+        return False
+    for pid in pids:
+        args = _cmdline(pid).split()
+        port = args[args.index("--port") + 1] if "--port" in args else None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1) as r:
+                if r.status != 200:
+                    return False
+        except OSError:
+            return False
+    return True
+
+
 def pid_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -10,9 +10,9 @@ import asyncio
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from _llama import (
     marked_pids,
     needs_model,
     pid_alive,
+    server_answers,
     wait_until,
 )
 from mmsafe.models import CostLedger, ModelClient, build_provider, resolve_endpoint
@@ -179,17 +180,6 @@ def test_a_server_that_cannot_load_the_file_is_a_one_line_error_and_leaves_nothi
 # --------------------------------------------------------------------------- no orphans
 
 
-def _stored_ok(run_dir: Path) -> int:
-    try:
-        db = sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True, timeout=1)
-        try:
-            return int(db.execute("SELECT count(*) FROM responses WHERE status='ok'").fetchone()[0])
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return 0
-
-
 @needs_model
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT", "watchdog-SIGKILL"])
 def test_no_llama_process_survives_mmsafe(tmp_path, how):
@@ -203,7 +193,10 @@ def test_no_llama_process_survives_mmsafe(tmp_path, how):
          f"local/{GGUF}?n_ctx=512", "--judge", "keyword", "--out", str(out), "--max-tokens", "48", "--no-cache"],
         env={**os.environ, MARKER_ENV: marker}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_until(lambda: _stored_ok(out) >= 1 or proc.poll() is not None, 120), "no reply stored"
+        # mid-run: the server is up and requests are in flight (the first may already be stored)
+        assert wait_until(lambda: len(llama_pids(marker)) == 1 or proc.poll() is not None, 120), "no server"
+        assert wait_until(lambda: server_answers(marker) or proc.poll() is not None, 120), "server never answered"
+        time.sleep(0.5)  # mmsafe sends as soon as the server answers
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         servers = llama_pids(marker)
         assert len(servers) == 1, servers

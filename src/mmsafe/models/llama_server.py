@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
+STOP_GRACE_S = 2.0  # SIGTERM, then SIGKILL after this long (a llama.cpp server has nothing to save)
 WATCH_INTERVAL_S = 0.2  # how often the watchdog checks that mmsafe is alive
 
 
