@@ -265,3 +265,26 @@ def test_demo_text_only_variant_has_the_same_samples_without_images(tmp_path):
     assert any(isinstance(m.content, list) and any(p.type == "image" for p in m.content)
                for s in full for m in s.messages)
     assert [s.turns for s in text] == [s.turns for s in full]
+
+
+@needs_model
+def test_a_prompt_over_the_window_is_that_samples_error_not_the_runs(tmp_path):
+    """In a run: the sample whose prompt does not fit n_ctx is a recorded per-sample error
+    naming the window; the other samples are answered and judged."""
+    from mmsafe.datasets.benchmark import BenchmarkWriter
+    from mmsafe.types import BenchmarkManifest, Sample
+    bench = tmp_path / "b"
+    long = "Summarise this: " + " ".join(f"item{i}" for i in range(300))
+    with BenchmarkWriter(bench, BenchmarkManifest(name="overflow"), overwrite=True) as w:
+        for sid, q in (("short", "Name one colour."), ("long", long)):
+            w.add(Sample(id=sid, question=q, messages=[Message(role="user", content=q)], scenario="Fraud",
+                         metadata={"group": sid}))
+    out = tmp_path / "r"
+    r = cli("run", bench, "--target", f"local/{GGUF}?n_ctx=256", "--judge", "keyword", "--out", out,
+            "--max-tokens", "8")
+    assert r.exit_code == 1, r.output  # done but incomplete: 1 of 2 failed (over --fail-on-error)
+    rs = {x["id"]: x for x in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert rs["short"]["error"] is None and rs["short"]["response"]
+    assert "context window of 256 tokens" in rs["long"]["error"] and "n_ctx" in rs["long"]["error"]
+    assert rs["long"]["verdict"] is None or rs["long"]["verdict"]["label"] != "safe"
+    assert json.loads((out / "summary.json").read_text())["n_errors"] == 1
