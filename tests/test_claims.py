@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from _multiproc import MODEL, read_results, two_runs
 from conftest import make_benchmark
-
 from mmsafe.store.base import decide_claim, lease_seconds
 from mmsafe.store.sqlite import SCHEMA_VERSION, SQLiteRunStore
 from mmsafe.types import Response, Sample

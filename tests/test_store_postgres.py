@@ -17,12 +17,12 @@ import signal
 import uuid
 from pathlib import Path
 
-import _pg
 import pytest
-from _multiproc import MODEL, read_results, two_runs
-from conftest import make_benchmark
 from typer.testing import CliRunner
 
+import _pg
+from _multiproc import MODEL, read_results, two_runs
+from conftest import make_benchmark
 from mmsafe.cli import app
 from mmsafe.types import JudgeIdentity, Response, Sample, Usage, Verdict
 
@@ -54,9 +54,10 @@ def _fill(store) -> None:
         meta = {"group": i // 2 if i % 3 else f"g{i}", **({"control": "yes"} if i == 5 else {})}
         s = Sample(id=f"s{i}", question=f"q{i}", messages=[{"role": "user", "content": f"Sample {i}"}],
                    scenario=["Fraud", "Malware"][i % 2], category="c", metadata=meta)
+        usage = Usage(input_tokens=10 + i, output_tokens=5)
         resp = (Response(sample_id=s.id, error="HTTP 500", created=500.0) if i == 3 else
-                Response(sample_id=s.id, text=f"reply {i}", model="m", usage=Usage(input_tokens=10 + i,
-                         output_tokens=5), cost_usd=0.001 * i, latency_ms=12.5, extra={"k": [i]} if i == 2 else {}, created=500.0 + i))
+                Response(sample_id=s.id, text=f"reply {i}", model="m", usage=usage, cost_usd=0.001 * i,
+                         latency_ms=12.5, extra={"k": [i]} if i == 2 else {}, created=500.0 + i))
         reqs = [{"sample_id": s.id, "role": "target", "model": "m", "status": "ok" if resp.ok else "error",
                  "input_tokens": 10 + i, "output_tokens": 5, "cost_usd": 0.001 * i, "latency_ms": 12.5,
                  "created": 1000.0 + i}]
