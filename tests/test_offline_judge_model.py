@@ -182,13 +182,14 @@ def test_edge_cases(model):
     assert len(hand_features(Q, "")) == len(HAND_FEATURE_NAMES)
 
 
-def test_throughput(model):
-    rs = [(COMPLIANCE[i % 2] * 3)[:1500] for i in range(300)]
-    model.predict_proba([Q] * 20, rs[:20])  # warm up
-    t = time.perf_counter()
-    model.predict_proba([Q] * len(rs), rs)
-    rate = len(rs) / (time.perf_counter() - t)
-    assert rate >= 150, f"{rate:.0f} judgments/s"  # target 300/s; margin for loaded CI machines
+def test_batched_prediction_equals_one_by_one(model):
+    # the judge scores replies in batches of up to 512 (OfflineJudge.judge_many): a batch must give each reply
+    # exactly the probability it gets alone. Speed is measured in bench/bench_judges.py against same-sitting
+    # anchors, not here (a timed test fails on a loaded machine: 73/s under load 8 vs ~300/s quiet).
+    rs = [(COMPLIANCE[i % 2] * 3)[: 200 + 7 * i] for i in range(60)] + REFUSALS
+    batch = model.predict_proba([Q] * len(rs), rs)
+    alone = [model.predict_proba([Q], [r])[0] for r in rs]
+    assert np.allclose(batch, alone, rtol=0, atol=1e-12)
 
 
 def test_analyzers_match_sklearn():
