@@ -8,7 +8,6 @@ what the judge must pick up.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
