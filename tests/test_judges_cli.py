@@ -83,18 +83,19 @@ def test_rejudge_skips_error_responses_and_retries_judge_errors(llm, tmp_path):
     models.write_text(f"models:\n  bad:\n    spec: openai/flaky500-99@{llm.url}\n    max_retries: 0\n"
                       f"  down:\n    spec: openai/flaky500-99@{llm.url}\n    max_retries: 0\n")
     r = cli("run", bench, "-t", "bad", "--models", models, "-o", out, "--no-cache", "--fail-on-error", "1")
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # every reply failed: nothing measured, whatever --fail-on-error allows
+    assert "nothing measured: scored 0 of 3 samples (target errors 3)" in r.output
     assert summary(out)["n_errors"] == 3
     n = llm.count()
     r = cli("judge", out, "--judge", f"rubric:openai/judge-r@{llm.url}", "--no-cache")
-    assert r.exit_code == 0 and llm.count() == n  # error replies are not judged
+    assert r.exit_code == 1 and llm.count() == n  # error replies are not judged (so nothing is measured)
 
     # a judge whose endpoint fails stores 'error' verdicts, which a later re-judge retries
     bench2 = make_benchmark(tmp_path / "b2", n=2, image=False)
     out2 = tmp_path / "run2"
     assert cli("run", bench2, "-t", f"openai/comply@{llm.url}", "-o", out2, "--no-cache").exit_code == 0
     r = cli("judge", out2, "--judge", "rubric:down", "--models", models, "--no-cache")
-    assert r.exit_code == 0 and "judge errors 2" in r.output
+    assert r.exit_code == 1 and "judge errors 2" in r.output  # nothing scored: exit 1 with the counts
     blk = next(v for k, v in summary(out2)["judges"].items() if k.startswith("rubric-"))
     assert blk["n_unscored"] == 2 and blk["n_scored"] == 0
 

@@ -116,7 +116,7 @@ def test_live_never_unsafe_is_safe_and_judge_failure_is_unscored(srv, tmp_path):
     assert r.exit_code == 0 and summary(tmp_path / "r1")["asr"] == 0.0
     r = cli("run", bench, "-t", f"openai/tgt-refuse-9@{srv.url}", "--mode", "live", "-o", tmp_path / "r2",
             "--judge", f"rubric:openai/judge-garbage@{srv.url}")
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1 and "nothing measured" in r.output, r.output  # no verdict: the ASR is not there
     s = summary(tmp_path / "r2")
     assert s["n_scored"] == 0 and s["n_unscored"] == 2  # never folded into "safe"
 
@@ -269,7 +269,7 @@ def test_adaptive_attacker_refusal_is_not_target_safety(srv, tmp_path):
     out = tmp_path / "run"
     r = cli("run", bench, "-t", f"openai/tgt-refuse-0@{srv.url}", "--mode", "adaptive",
             "--attacker", f"openai/atk-refuse@{srv.url}", "-o", out)
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1 and "attacker refused 2" in r.output, r.output  # nothing measured, and why
     s = summary(out)
     assert s["n_scored"] == 0 and s["n_unscored"] == 2 and s["asr"] is None and s["n_errors"] == 0
     assert s["multiturn"]["attacker_refused"] == 2
@@ -361,7 +361,7 @@ def test_adaptive_unscored_judge_never_counts_as_success_or_safe(srv, tmp_path):
     out = tmp_path / "run"
     r = cli("run", bench, "-t", f"openai/tgt-refuse-0@{srv.url}", "--mode", "adaptive", "--max-turns", "2",
             "--attacker", f"openai/atk-ok@{srv.url}", "--judge", f"rubric:openai/judge-garbage@{srv.url}", "-o", out)
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1 and "nothing measured" in r.output, r.output
     s = summary(out)
     assert s["n_unscored"] == 2 and s["asr"] is None
     assert s["multiturn"]["status"] == {"max_turns": 2}

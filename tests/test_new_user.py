@@ -250,3 +250,101 @@ def test_an_unreachable_port_names_the_cause_early(bench_and_run, tmp_path):
     r = mmsafe("run", bench, "-t", f"openai/m@http://127.0.0.1:{port}/v1", "-o", tmp_path / "r", cwd=tmp_path)
     assert r.returncode == EXIT_USAGE
     one_line(r.stderr, "endpoint unreachable", f"127.0.0.1:{port}", "Cannot connect")
+
+
+# --------------------------------------------------------------------------- 4. nothing measured is not a success
+
+
+def test_adaptive_run_with_every_attack_refused_is_exit_1_with_the_cause(tmp_path, llm):
+    bench = make_benchmark(tmp_path / "b", n=3)
+    r = runner.invoke(app, ["run", str(bench), "-t", f"openai/comply@{llm.url}", "--mode", "adaptive",
+                            "--attacker", f"openai/refuse@{llm.url}", "--max-turns", "2", "-o", str(tmp_path / "r")])
+    assert r.exit_code == 1, r.output
+    assert "error: nothing measured: scored 0 of 3 samples" in r.output and "attacker refused 3" in r.output
+    from mmsafe.runner.summary import RunSummary
+    s = RunSummary.load(tmp_path / "r" / "summary.json")
+    assert s.n_scored == 0 and s.asr is None  # summary.json is still written, with the counts
+
+
+def test_rejudge_that_scores_nothing_is_exit_1_with_the_counts(bench_and_run, tmp_path, llm):
+    _, run = bench_and_run
+    rd = tmp_path / "run"
+    shutil.copytree(run, rd)
+    llm.default_judge_reply = "I would rather not say."  # no verdict a rubric parser can read
+    try:
+        r = runner.invoke(app, ["judge", str(rd), "--judge", f"rubric:openai/judge-x@{llm.url}"])
+    finally:
+        llm.default_judge_reply = "unsafe"
+    assert r.exit_code == 1, r.output
+    assert "nothing measured: judge rubric:openai/judge-x" in r.output and "scored 0 of 4 replies" in r.output
+    assert "unscored 4" in r.output
+
+
+@pytest.fixture(scope="module")
+def build_srv():
+    from _build_servers import BuildLLM
+    s = BuildLLM().start()
+    yield s
+    s.stop()
+
+
+def _build_yaml(tmp_path: Path, **cfg: object) -> Path:
+    import yaml
+    p = tmp_path / "build.yaml"
+    p.write_text(yaml.safe_dump({"name": "nu", "generate": {"scenarios": ["fraud"], "candidates_per_scenario": 6,
+                                                            "batch_size": 6, "top_k": 3}, **cfg}))
+    return p
+
+
+def test_build_that_keeps_no_item_is_exit_1_naming_the_stage_and_counts(tmp_path, build_srv):
+    cfg = _build_yaml(tmp_path, models={"generator": build_srv.spec("gen-refuse"), "scorer": build_srv.spec("scorer")},
+                      stages=["generate"])
+    r = runner.invoke(app, ["build", "--config", str(cfg), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 1, r.output
+    line = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1 and "nothing built: stage generate kept 0 items" in line[0], r.output
+    assert "calls" in line[0] and str(tmp_path / "b.work" / "generate" / "report.json") in line[0]
+
+
+# --------------------------------------------------------------------------- 5. checks before spending
+
+
+def test_build_checks_reference_models_before_the_first_call(tmp_path, build_srv):
+    build_srv.reset()
+    two = [build_srv.spec("ref-safe-a"), build_srv.spec("ref-mixed")]
+    cfg = _build_yaml(tmp_path, models={"generator": build_srv.spec("gen"), "scorer": build_srv.spec("scorer")},
+                      stages=["generate", "select"], select={"size": 3, "reference_models": two})
+    r = runner.invoke(app, ["build", "--config", str(cfg), "--out", str(tmp_path / "b")])
+    assert r.exit_code == EXIT_USAGE and "select.reference_models: needs at least 3 models, got 2" in r.output
+    assert build_srv.requests == []  # not one LLM call was made (the build made 455 first)
+    assert not (tmp_path / "b.work").exists()
+
+
+def test_build_checks_every_model_key_before_the_first_call(tmp_path, build_srv):
+    build_srv.reset()
+    cfg = _build_yaml(tmp_path, models={"generator": build_srv.spec("gen"), "scorer": "openai/gpt-4o-mini"},
+                      stages=["generate"])
+    r = runner.invoke(app, ["build", "--config", str(cfg), "--out", str(tmp_path / "b")])
+    assert r.exit_code == EXIT_USAGE, r.output
+    assert "API key missing" in r.output and "models.scorer" in r.output
+    assert build_srv.requests == []
+
+
+# --------------------------------------------------------------------------- 8. --limit on a resumed run
+
+
+def test_limit_on_a_resumed_run_summarises_the_selection_and_says_what_else_is_stored(tmp_path):
+    bench = make_benchmark(tmp_path / "b", n=12, image=False)
+    out = tmp_path / "r"
+    assert runner.invoke(app, ["run", str(bench), "-t", "mock/mixed", "-o", str(out), "--limit", "10"]).exit_code == 0
+    r = runner.invoke(app, ["run", str(bench), "-t", "mock/mixed", "-o", str(out), "--limit", "5"])
+    assert r.exit_code == 0, r.output
+    assert "scored 5/5" in r.output and "also holds 5 more sample(s)" in r.output
+    import json
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["n_samples"], s["selected"], s["n_scored"], s["stored_outside"]) == (5, 5, 5, 5)
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in rows] == [f"s{i}" for i in range(5)]
+    r = runner.invoke(app, ["run", str(bench), "-t", "mock/mixed", "-o", str(out)])  # the whole benchmark
+    s = json.loads((out / "summary.json").read_text())
+    assert r.exit_code == 0 and s["n_samples"] == 12 and "stored_outside" not in s

@@ -411,7 +411,8 @@ def test_empty_reply_is_unscored_not_safe(llm, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["n_unscored"] == 2 and s["n_scored"] == 0 and s["asr"] is None
     assert read_results(out)[0]["finish_reason"] == "length"
-    assert r.exit_code == 0
+    # nothing could be scored: the run is incomplete (exit 1) and says why (issue 18, item 4)
+    assert r.exit_code == 1 and "nothing measured: scored 0 of 2 samples" in r.output
 
 
 def test_control_flag_is_read_leniently(llm, tmp_path):

@@ -21,7 +21,8 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import orjson
 
@@ -29,9 +30,10 @@ import mmsafe
 from mmsafe.datasets import BenchmarkWriter
 from mmsafe.models import BudgetExceeded, ResponseCache
 from mmsafe.taxonomy import load_taxonomy
+from mmsafe.types import InputError
 
 from .common import AgentContext, BuildError, WorkDir, item_to_sample
-from .config import STAGES, BuildConfig
+from .config import STAGES, BuildConfig, ModelRef
 
 # which config sections a stage's output depends on (besides models, seed, embedder, taxonomy)
 STAGE_SECTIONS = {
@@ -97,7 +99,7 @@ def previous_stage(cfg: BuildConfig, stage: str) -> str | None:
 
 async def run_stage(stage: str, cfg: BuildConfig, wd: WorkDir, *, force: bool = False,
                     cache: ResponseCache | None = None, log: Callable[[str], None] | None = None,
-                    spent_usd: float = 0.0) -> dict[str, Any]:
+                    spent_usd: float = 0.0, checked: bool = False) -> dict[str, Any]:
     """Run one stage (or skip it when its key is unchanged). Returns its done record.
 
     ``cfg.max_cost`` is one budget for the whole build: ``spent_usd`` (what earlier stages
@@ -105,6 +107,9 @@ async def run_stage(stage: str, cfg: BuildConfig, wd: WorkDir, *, force: bool = 
     replies are in the cache, so a re-run with a higher budget continues where it stopped."""
     if stage not in STAGES:
         raise BuildError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    if not checked:  # run alone (mmsafe build stage): its settings, models and keys before its first call
+        preflight(cfg.model_copy(update={"stages": [*cfg.stages, stage]}) if stage not in cfg.stages else cfg,
+                  [stage])
     tax, _tax_path, tax_sha = taxonomy_for(cfg)
     prev = previous_stage(cfg, stage)
     if prev is not None:
@@ -167,6 +172,27 @@ async def run_stage(stage: str, cfg: BuildConfig, wd: WorkDir, *, force: bool = 
     return {**rec, "skipped": False}
 
 
+def _counts(report: dict[str, Any]) -> dict[str, int]:
+    """The integer counts of a stage report (generate's ``totals``, preprocess's ``counts``, or its top level)."""
+    src = report.get("totals") or report.get("counts") or report
+    return {k: v for k, v in src.items() if isinstance(v, int) and not isinstance(v, bool) and v}
+
+
+def empty_build_cause(stages: dict[str, dict[str, Any]], work_dir: str | Path) -> str | None:
+    """None when the build kept items; else one line: the first stage that kept none, its calls and errors
+    and its report's counts (where the candidates went), and where the report is."""
+    for name in STAGES:
+        r = stages.get(name)
+        if r is None or r.get("n_items"):
+            continue
+        lg = r.get("ledger") or {}
+        counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(_counts(r.get("report") or {}).items()))
+        rej = f", {r['n_rejected']} rejected" if r.get("n_rejected") else ""
+        return (f"nothing built: stage {name} kept 0 items ({lg.get('calls', 0)} calls, {lg.get('errors', 0)} "
+                f"errors{rej}{'; ' + counts if counts else ''}); see {Path(work_dir) / name / 'report.json'}")
+    return None
+
+
 def default_work_dir(out: Path) -> Path:
     """The work folder next to the output benchmark: ``<out>.work``."""
     out = Path(out)
@@ -219,11 +245,92 @@ def write_benchmark(cfg: BuildConfig, wd: WorkDir, out: Path, stage_records: dic
     return w.manifest
 
 
+def _check_stage_settings(cfg: BuildConfig, stage: str, scenario_ids: set[str]) -> None:
+    """What ``stage`` would refuse only once running, checked from the config alone."""
+    if stage == "preprocess":
+        for pool in cfg.preprocess.pools:
+            p = cfg.path(pool.path)
+            if p is None or not p.exists():
+                raise BuildError(f"preprocess.pools: {pool.path}: not found")
+    elif stage == "generate":
+        g = cfg.generate
+        unknown = [x for x in g.scenarios or [] if x not in scenario_ids]
+        if unknown:
+            raise BuildError(f"generate.scenarios: {', '.join(unknown)} not in the taxonomy "
+                             f"(its scenarios: {', '.join(sorted(scenario_ids))})")
+        if "generator" not in cfg.models and not (g.include_pool and cfg.preprocess.pools):
+            raise BuildError("generate: needs models.generator (or preprocess pools with generate.include_pool)")
+        if "scorer" not in cfg.models and "generator" not in cfg.models:
+            raise BuildError("generate: needs models.scorer (or models.generator, used as the scorer)")
+    elif stage == "image":
+        t2i = cfg.image.t2i
+        if t2i is not None and t2i.kind == "openai" and not t2i.base_url:
+            raise BuildError("image.t2i.base_url is required for kind openai")
+    elif stage == "augment":
+        from .augment import _methods
+        _methods(cast(Any, SimpleNamespace(cfg=cfg)))  # transforms known, espeak there
+        if cfg.augment.audio.engine == "openai" and not cfg.augment.audio.base_url:
+            raise BuildError("augment.audio.base_url is required for engine openai")
+    elif stage == "select":
+        from .select import MIN_REFERENCE_MODELS
+        sc = cfg.select
+        if not sc.reference_models and sc.size is not None:
+            raise BuildError(f"select: needs select.reference_models (≥ {MIN_REFERENCE_MODELS}) to pick "
+                             f"{sc.size} items")
+        if sc.reference_models and len(sc.reference_models) < MIN_REFERENCE_MODELS:
+            raise BuildError(f"select.reference_models: needs at least {MIN_REFERENCE_MODELS} models, "
+                             f"got {len(sc.reference_models)}")
+
+
+def preflight(cfg: BuildConfig, stages: list[str] | None = None) -> None:
+    """Validate the whole build before its first LLM call (raises BuildError / ConfigError: exit 2).
+
+    For each stage that will run (``stages``, default every enabled one): its settings (pools there,
+    scenarios in the taxonomy, transforms known, at least 3 reference models …); then every model the
+    config names (``models:`` and, when select runs, ``select.reference_models`` and its judge):
+    spec, models-file entry and role, optional extra, and API key."""
+    from mmsafe.models import build_provider, resolve_endpoint
+
+    from .common import MODEL_ROLES
+    run = [s for s in STAGES if s in cfg.stages and (stages is None or s in stages)]
+    if not run:
+        return
+    tax, _, _ = taxonomy_for(cfg)
+    scenario_ids = {str(x["id"]) for x in tax.get("scenarios") or []}
+    for stage in run:
+        _check_stage_settings(cfg, stage, scenario_ids)
+    refs: list[tuple[str, ModelRef]] = [(k, r) for k, r in cfg.models.items()]
+    if "select" in run:
+        refs += [("reference", r) for r in cfg.select.reference_models]
+    mf = cfg.path(cfg.models_file)
+    for key, ref in refs:
+        where = "select.reference_models" if key == "reference" else f"models.{key}"
+        over = {k: v for k, v in ref.model_dump(exclude={"spec"}).items() if v is not None}
+        try:
+            ecfg = resolve_endpoint(ref.spec, MODEL_ROLES.get(key, "generator"), models_file=mf, **over)
+            build_provider(ecfg).check_credentials()
+        except InputError as e:
+            e.add_note(f"in {where} of the build config")  # the one error line ends with it
+            raise
+    if "select" in run and cfg.select.reference_models:
+        from mmsafe.judges import make_judge
+        from mmsafe.models.preflight import check_endpoints
+        try:
+            check_endpoints(make_judge(cfg.select.judge, models_file=mf))
+        except InputError as e:
+            e.add_note("in select.judge of the build config")
+            raise
+
+
 async def run_build(cfg: BuildConfig, out: Path, *, work: Path | None = None, force: bool = False,
                     only: list[str] | None = None, overwrite: bool = True,
                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the enabled stages (or ``only`` these) in order, then write the benchmark to ``out``."""
+    """Run the enabled stages (or ``only`` these) in order, then write the benchmark to ``out``.
+
+    The whole config (every stage that will run, every model and key) is checked first: a mistake
+    is one line before the first LLM call, not after the stages before it spent."""
     out = Path(out)
+    preflight(cfg, only)
     wd = WorkDir(work or default_work_dir(out))
     cache = ResponseCache(wd.root / "cache.sqlite") if cfg.cache else None
     recs: dict[str, dict[str, Any]] = {}
@@ -237,7 +344,8 @@ async def run_build(cfg: BuildConfig, out: Path, *, work: Path | None = None, fo
                 recs[s] = {**d, "skipped": True}
                 continue
             spent = sum(r["ledger"].get("cost_usd", 0.0) for r in recs.values() if not r.get("skipped"))
-            recs[s] = await run_stage(s, cfg, wd, force=force, cache=cache, log=log, spent_usd=spent)
+            recs[s] = await run_stage(s, cfg, wd, force=force, cache=cache, log=log, spent_usd=spent,
+                                      checked=True)
     finally:
         if cache is not None:
             cache.close()

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from mmsafe.errors import EXIT_INCOMPLETE
+
 from . import console
 from .app import app, sub_app
 from .console import bold, fail, note, say
@@ -74,6 +76,7 @@ def build_main(
     cfg = load_config(config)
     res = run_async(run_build(cfg, out, work=work, force=force, only=only or None, log=_log))
     print_build(res)
+    _fail_if_empty(res)
 
 
 @build_app.command("stage")
@@ -123,6 +126,15 @@ def build_write(
     cfg = load_config(config)
     res = run_async(run_build(cfg, out, work=work, only=["__none__"], log=_log))
     print_build(res)
+    _fail_if_empty(res)
+
+
+def _fail_if_empty(res: dict[str, Any]) -> None:
+    """A build that kept no item measured nothing: exit 1 with the stage and counts that explain it."""
+    from mmsafe.build.pipeline import empty_build_cause
+    if res["manifest"].counts.n_samples == 0:
+        fail(empty_build_cause(res["stages"], res["work_dir"]) or f"nothing built: {res['out']} has 0 samples",
+             EXIT_INCOMPLETE)
 
 
 @build_app.command("taxonomy")

@@ -9,8 +9,10 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from mmsafe.errors import EXIT_INCOMPLETE
+
 from .app import app
-from .console import out, say, warn
+from .console import fail, out, say, warn
 from .options import Cache, JsonOut, Judge, JudgeOpt, Models, Workers, limit_option, pairs
 from .progress import progress_bar
 from .run import fmt_rate
@@ -60,6 +62,10 @@ def judge_cmd(
         _fatal(res.error, j.identity.name)
     if res.stopped == "max_cost":
         warn("stopped:", str(res.error))
+    scored, unscored = blk.get("n_scored") or 0, blk.get("n_unscored") or 0
+    if not scored and not res.stopped:  # no verdict could be read: the judge measured nothing
+        fail(f"nothing measured: judge {j.identity.name} scored 0 of {scored + unscored} replies (unscored "
+             f"{unscored}, judge errors {st['errors']}); see {run_dir / 'results.jsonl'}", EXIT_INCOMPLETE)
 
 
 @app.command("calibrate")

@@ -12,7 +12,7 @@ from mmsafe.types import InputError
 
 from .app import app
 from .bench import open_bench
-from .console import bold, err, say, warn
+from .console import bold, err, error_line, say, warn
 from .options import (
     ApiKeyEnv,
     BaseUrl,
@@ -29,6 +29,7 @@ from .options import (
     Target,
     Timeout,
     limit_option,
+    name_option,
     out_option,
     si_grouping_value,
 )
@@ -85,6 +86,9 @@ def print_summary(s: dict[str, Any], run_dir: Path) -> None:
                if other.get("si") is not None else ""))
     if s.get("multiturn"):
         print_multiturn(s["multiturn"])
+    if s.get("stored_outside"):
+        say(f"this selection is --limit {s.get('selected')}: the run also holds {s['stored_outside']} more "
+            "sample(s), not in these figures (re-run without --limit to include them)")
     say(f"results: {run_dir / 'results.jsonl'}  summary: {run_dir / 'summary.json'}")
 
 
@@ -151,6 +155,9 @@ def run(
     policies: Policies = None,
     si_grouping: SiGrouping = None,
     store: Store = None,
+    name: Annotated[str | None, name_option(
+        "the run's short display name in reports and the viewer (kept in its config; a resume may rename it)",
+        show_default="the model name")] = None,
 ) -> None:
     """Run a benchmark against a target, judge the replies, write RUN_DIR/{run.sqlite,results.jsonl,summary.json}."""
     from mmsafe.judges import make_judge
@@ -188,7 +195,8 @@ def run(
                       on_progress=update if err.is_terminal else None,
                       defense=dfn, attacker=acfg, max_turns=max_turns, max_backtracks=max_backtracks,
                       attack=attack or "crescendo", attack_options=attack_options,
-                      si_grouping=si_grouping_value(si_grouping) or "aligned", store_url=store or None)
+                      si_grouping=si_grouping_value(si_grouping) or "aligned", store_url=store or None,
+                      name=name.strip() if name and name.strip() else None)
     gc.freeze()  # the long-lived import-time objects leave the collector's scans: less CPU per request
     with progress:
         outcome = run_async(execute(opts))
@@ -200,7 +208,10 @@ def run(
     print_summary(outcome.summary, out)
     if outcome.stopped == "max_cost":
         warn("stopped:", f"{outcome.fatal_error}; re-run with a higher --max-cost to continue")
-    if outcome.exit_code == 1 and outcome.stopped is None:
+    unmeasured = outcome.run_summary.nothing_measured()
+    if outcome.exit_code == 1 and outcome.stopped is None and unmeasured:
+        error_line(f"{unmeasured}; see {out / 'results.jsonl'}")
+    elif outcome.exit_code == 1 and outcome.stopped is None:
         s = outcome.summary
         je = (s.get("parse_status") or {}).get("error", 0)
         err.print(f"{s['n_errors'] + je} of {s['n_samples']} samples failed (target errors {s['n_errors']}, "

@@ -457,9 +457,11 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
         if cache is not None:
             cache.close()
 
+    # the selection asked for: a --limit run summarises its samples, not all an earlier, larger run stored
+    ids = None if opts.limit is None else {s.id for s in iter_selected(bench, opts.limit)}
     summary = compute_summary(store, judge_id, bench_manifest=bench.manifest, limit_total=total,
-                              stopped=stop["reason"], si_grouping=opts.si_grouping)
-    write_results(store, judge_id, opts.out)
+                              stopped=stop["reason"], si_grouping=opts.si_grouping, sample_ids=ids)
+    write_results(store, judge_id, opts.out, sample_ids=ids)
     write_summary(summary, opts.out)
     return RunOutcome(run_summary=summary, run_dir=opts.out, stopped=stop["reason"], fatal_error=stop["error"],
                       stats=stats, exit_code=_exit_code(summary, stop["reason"], opts.fail_on_error))
@@ -472,5 +474,7 @@ def _exit_code(summary: RunSummary, stopped: str | None, fail_on_error: float) -
     if stopped in ("max_cost", "crash"):
         return 1  # done, but not complete
     if summary.n_samples and summary.n_failed / summary.n_samples > fail_on_error:  # target + judge failures
+        return 1
+    if summary.nothing_measured():  # no reply scored: the headline figure could not be computed
         return 1
     return 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -140,6 +140,22 @@ class JudgeStats(_Block):
     def n_failed(self) -> int:
         """Target errors plus judge errors (what ``--fail-on-error`` counts)."""
         return self.n_errors + self.parse_status.get("error", 0)
+
+    def nothing_measured(self) -> str | None:
+        """When the headline figure could not be computed (no reply scored, no benign control measured):
+        one line naming the cause with counts; None when something was measured."""
+        if self.n_scored or (self.controls is not None and self.controls.n):
+            return None
+        if not self.n_samples:
+            return "nothing measured: no sample of the selection has a stored reply"
+        causes = [f"target errors {self.n_errors}"] if self.n_errors else []
+        parse = {k: v for k, v in self.parse_status.items() if k != "ok" and v}
+        if parse:
+            causes.append("verdicts " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(parse.items())))
+        elif self.n_unscored:
+            causes.append(f"unscored {self.n_unscored}")
+        return (f"nothing measured: scored 0 of {self.n_samples} samples"
+                + (f" ({'; '.join(causes)})" if causes else ""))
 
 
 class JudgeShort(_Block):
@@ -313,12 +329,23 @@ class RunSummary(JudgeStats):
     tokens: dict[str, TokenCount] = Field(default_factory=dict)
     ledger: dict[str, LedgerRole] = Field(default_factory=dict)
     selected: int | None = None
+    stored_outside: int | None = None
+    """Samples the store holds outside this selection (an earlier run with a larger --limit); not summarised."""
     complete: bool = False
     stopped: str | None = None
     defense: DefenseBlock | str | None = None
     multiturn: MultiturnBlock | None = None
     judges: dict[str, JudgeShort] | None = None
     agreement: Agreement | None = None
+
+    def nothing_measured(self) -> str | None:
+        """:meth:`JudgeStats.nothing_measured`, with what stopped a multi-turn run's attacks (e.g. attacker
+        refused 20)."""
+        line = super().nothing_measured()
+        if line is None or self.multiturn is None or not self.multiturn.status:
+            return line
+        status = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(self.multiturn.status.items()))
+        return f"{line}; {self.multiturn.mode or 'multi-turn'} status: {status}"
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data with exactly the keys it was given (``summary.json``)."""
@@ -533,14 +560,46 @@ def _cost(ledger: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "ledger": {role: LedgerRole.model_validate(d) for role, d in ledger.items()}}
 
 
+class _Selection:
+    """A store seen through a selection of sample ids (``--limit``): rows outside it are left out and counted."""
+
+    def __init__(self, store: SummaryStore, ids: Collection[str]):
+        self.store, self.ids = store, ids
+        self.outside: set[str] = set()
+
+    def get_meta(self, key: str) -> Any | None:
+        return self.store.get_meta(key)
+
+    def iter_rows(self, judge_id: str | None = None) -> Iterator[dict[str, Any]]:
+        for row in self.store.iter_rows(judge_id):
+            if row["sample_id"] in self.ids:
+                yield row
+            else:
+                self.outside.add(row["sample_id"])
+
+    def iter_verdict_labels(self) -> Iterator[tuple[str, str, str]]:
+        return (t for t in self.store.iter_verdict_labels() if t[0] in self.ids)
+
+    def judges(self) -> list[dict[str, Any]]:
+        return self.store.judges()
+
+    def ledger(self) -> dict[str, dict[str, Any]]:
+        return self.store.ledger()
+
+
 def compute_summary(store: SummaryStore, judge_id: str | None, *, bench_manifest: BenchmarkManifest | None = None,
                     limit_total: int | None = None, stopped: str | None = None,
-                    complete: bool | None = None, si_grouping: str | None = None) -> RunSummary:
+                    complete: bool | None = None, si_grouping: str | None = None,
+                    sample_ids: Collection[str] | None = None) -> RunSummary:
     """The run's summary from its store: the one place it is computed (the runner, re-judging
     and the report's fallback for a run without ``summary.json`` all call this).
 
-    ``complete`` defaults to: not stopped, every selected sample stored, no target or judge
-    error."""
+    ``sample_ids``: the selection asked for (``--limit``); the summary describes those samples only,
+    and ``stored_outside`` says how many more the store holds. Cost and tokens stay the whole run's
+    (money spent). ``complete`` defaults to: not stopped, every selected sample stored, no target
+    or judge error."""
+    selection = _Selection(store, sample_ids) if sample_ids is not None else None
+    store = selection or store
     cfg = store.get_meta("config") or {}
     fingerprint = cfg.get("fingerprint") or {}
     judges = {j["judge_id"]: j["identity"] for j in store.judges()}
@@ -554,6 +613,8 @@ def compute_summary(store: SummaryStore, judge_id: str | None, *, bench_manifest
         judge=_judge_info(judge_id, judges.get(judge_id or "", {})),
         **{k: getattr(primary, k) for k in JudgeStats.model_fields},
         **_cost(store.ledger()), selected=limit_total, complete=complete, stopped=stopped)
+    if selection is not None and selection.outside:
+        s.stored_outside = len(selection.outside)
     if fingerprint.get("defense"):
         s.defense = defense_block(store, fingerprint["defense"])
     if s.mode in MULTI_TURN_MODES:
@@ -747,8 +808,12 @@ def _result_line(row: dict[str, Any], judge_id: str, jname: str, target_name: st
     }
 
 
-def write_results(store: SummaryStore, judge_id: str, run_dir: Path) -> Path:
-    """One JSON line per sample: id, scenario, turns, response, verdict, judge, error."""
+def write_results(store: SummaryStore, judge_id: str, run_dir: Path, *,
+                  sample_ids: Collection[str] | None = None) -> Path:
+    """One JSON line per sample (of ``sample_ids`` when given, as the summary): id, scenario, turns,
+    response, verdict, judge, error."""
+    if sample_ids is not None:
+        store = _Selection(store, sample_ids)
     cfg = store.get_meta("config") or {}
     target_name = (cfg.get("target") or {}).get("name")
     judges = {j["judge_id"]: j["identity"] for j in store.judges()}
