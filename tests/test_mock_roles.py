@@ -176,3 +176,4 @@ def test_demo_shows_a_multi_turn_attack_and_dialogue_generation(tmp_path: Path) 
     d = json.loads((out / "runs" / "dialogues-mock-mixed" / "summary.json").read_text())
     assert set(d["by_turns"]) == {"1", "2", "4"}
     assert (out / "report.html").exists()
+    assert "crescendo vs mixed" in (out / "report.html").read_text()  # the run's name (RunOptions.name) labels it

@@ -150,7 +150,7 @@ def test_sample_page_escapes_and_shows_everything(app):
         assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in html
         assert html.count("<script") == 1 and '<script src="/static/viewer.js" defer></script>' in html
         # conversation image, both judges, five jurors with their reasoning, verdict extra
-        assert '<img class="asset"' in html and "/asset/r0/assets/" in html
+        assert '<img class="asset cw"' in html and "/asset/r0/assets/" in html  # blurred until revealed
         assert html.count('class="verdict-card"') == 2 and html.count("Reasoning from the") == 5
         assert "verdict extra" in html and "compare with" in html
         r = await c.get("/api/run/r0/sample/g00000-t4")
@@ -261,7 +261,7 @@ def test_empty_run(tmp_path):
     st.set_meta("config", {"target": {"name": "x/y"}})
     st.close()
     html = render_report(load_runs([tmp_path / "run"]))
-    assert "x/y" in html and "No turn breakdown" in html
+    assert "x/y" in html and "No curve to draw" in html
     assert export_run(tmp_path / "run", "jsonl", tmp_path / "e.jsonl") == 0
 
     async def go(c):

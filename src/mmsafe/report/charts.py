@@ -8,7 +8,7 @@ name holding markup is drawn as text. Rates are fractions in [0, 1]; ``None`` = 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from markupsafe import Markup, escape
@@ -50,8 +50,10 @@ def _svg(w: float, h: float, body: list[str], label: str, cls: str) -> Markup:
         f"<title>{escape(label)}</title>" + "".join(body) + "</svg>")
 
 
-def _legend(series: Sequence[str], x: float, y: float, width: float) -> tuple[list[str], float]:
-    """Legend rows wrapping within ``width``; returns the elements and the height used."""
+def _legend(series: Sequence[str], x: float, y: float, width: float,
+            colors: Sequence[str] | None = None) -> tuple[list[str], float]:
+    """Legend rows wrapping within ``width``; returns the elements and the height used.
+    ``colors``: each series' colour (default: the palette in order)."""
     out, cx, cy = [], x, y
     for i, name in enumerate(series):
         label = _short(name, 40)
@@ -59,13 +61,13 @@ def _legend(series: Sequence[str], x: float, y: float, width: float) -> tuple[li
         if cx + w > x + width and cx > x:
             cx, cy = x, cy + 16
         out.append(f"<g class='legend-item'><rect x='{_f(cx)}' y='{_f(cy - 9)}' width='12' height='12' "
-                   f"fill='{color(i)}'/>" + _text(cx + 16, cy + 1, label) + "</g>")
+                   f"fill='{colors[i] if colors else color(i)}'/>" + _text(cx + 16, cy + 1, label) + "</g>")
         cx += w
     return out, (cy - y) + 16
 
 
 def _y_axis(x0: float, y0: float, h: float, x1: float, ticks: Sequence[float], lo: float, hi: float,
-            fmt=lambda v: f"{100 * v:.0f}%") -> list[str]:
+            fmt: Callable[[float], str] = lambda v: f"{100 * v:.0f}%") -> list[str]:
     out = []
     for t in ticks:
         y = y0 + h - (t - lo) / (hi - lo) * h
@@ -79,15 +81,18 @@ def _y_axis(x0: float, y0: float, h: float, x1: float, ticks: Sequence[float], l
 
 def line_chart(series: Sequence[dict[str, Any]], *, x_label: str = "user turns", y_label: str = "ASR",
                title: str = "ASR by number of user turns") -> Markup | None:
-    """``series``: ``[{"name": str, "points": {x: {"asr", "ci_low", "ci_high", "n_scored"}}}]``.
-    The x values (turn counts) share one categorical axis in numeric order."""
+    """``series``: ``[{"name": str, "points": {x: {"asr", "ci_low", "ci_high", "n_scored"}},
+    "color": optional}]`` (a run keeps its colour across charts when the caller passes it).
+    The x values (turn counts) share one categorical axis in numeric order. Fewer than two
+    x values draw nothing (None): one point is no curve."""
     xs = sorted({int(x) for s in series for x, p in s["points"].items() if p.get("asr") is not None})
-    if not xs:
+    if len(xs) < 2:
         return None
     w, left, right, top = 640, 56, 20, 16
     ph = 240
     pw = w - left - right
-    legend, lh = _legend([s["name"] for s in series], left, top + ph + 44, pw)
+    colors = [s.get("color") or color(i) for i, s in enumerate(series)]
+    legend, lh = _legend([s["name"] for s in series], left, top + ph + 44, pw, colors)
     h = top + ph + 44 + lh + 6
     step = pw / max(1, len(xs) - 1) if len(xs) > 1 else 0
 
@@ -105,7 +110,7 @@ def line_chart(series: Sequence[dict[str, Any]], *, x_label: str = "user turns",
                       extra=f"transform='rotate(-90 14 {_f(top + ph / 2)})'"))
     dodge = min(6.0, 24.0 / max(1, len(series)))  # spread overlapping CI bars of the series apart
     for i, s in enumerate(series):
-        c = color(i)
+        c = colors[i]
         dx = (i - (len(series) - 1) / 2) * dodge
         pts = [(int(x), p) for x, p in s["points"].items() if p.get("asr") is not None]
         pts.sort()
@@ -191,8 +196,9 @@ def heatmap(rows: Sequence[str], cols: Sequence[str], cell: dict[tuple[str, str]
 
 
 def grouped_bars(groups: Sequence[str], series: Sequence[str], value: dict[tuple[str, str], dict[str, Any]], *,
-                 title: str = "ASR by attack method") -> Markup | None:
-    """Horizontal bars: one block per group (attack method), one bar per series (run)."""
+                 title: str = "ASR by attack method", colors: Sequence[str] | None = None) -> Markup | None:
+    """Horizontal bars: one block per group (attack method), one bar per series (run);
+    ``colors``: each series' colour (default: the palette in order)."""
     if not groups or not series:
         return None
     bh, gap = 12, 12
@@ -202,7 +208,7 @@ def grouped_bars(groups: Sequence[str], series: Sequence[str], value: dict[tuple
     top = 10
     block = bh * len(series) + gap
     ph = block * len(groups)
-    legend, lh = _legend(series, left, top + ph + 46, pw + 60)
+    legend, lh = _legend(series, left, top + ph + 46, pw + 60, colors)
     h = top + ph + 46 + lh + 4
     body = []
     for t in (0, .25, .5, .75, 1):
@@ -224,7 +230,7 @@ def grouped_bars(groups: Sequence[str], series: Sequence[str], value: dict[tuple
                    + (f" (95% CI {_pct(d.get('ci_low'))}–{_pct(d.get('ci_high'))})"
                       if d.get("ci_low") is not None else "") + f", n={d.get('n_scored')}")
             body.append(f"<rect class='bar' x='{_f(left)}' y='{_f(y + 1)}' width='{_f(max(1.5, v * pw))}' "
-                        f"height='{bh - 2}' fill='{color(si)}'><title>{escape(tip)}</title></rect>")
+                        f"height='{bh - 2}' fill='{colors[si] if colors else color(si)}'><title>{escape(tip)}</title></rect>")
             lo, hi = d.get("ci_low"), d.get("ci_high")
             if lo is not None and hi is not None:
                 body.append(f"<line x1='{_f(left + lo * pw)}' x2='{_f(left + hi * pw)}' y1='{_f(y + bh / 2)}' "
@@ -255,7 +261,7 @@ def forest(rows: Sequence[dict[str, Any]], *, title: str = "ASR with 95% CI (low
     body.append(_text(left + pw / 2, top + rh * len(rows) + 28, "ASR", anchor="middle", cls="axis-label"))
     for i, r in enumerate(rows):
         y = top + i * rh + rh / 2
-        c = color(r.get("color_index", i))
+        c = r.get("color") or color(r.get("color_index", i))
         body.append(f"<g><title>{escape(r['name'])}</title>"
                     + _text(left - 8, y + 4, _short(r["name"], 38), anchor="end") + "</g>")
         lo, hi = r.get("ci_low"), r.get("ci_high")
@@ -284,7 +290,8 @@ def scatter(points: Sequence[dict[str, Any]], *, x_label: str = "over-refusal on
     ylo = min(0.0, min(p["y"] for p in pts))
     ylo = math.floor(ylo * 4) / 4
     yhi = 1.0
-    legend, lh = _legend([p["name"] for p in pts], left, top + ph + 44, pw)
+    colors = [p.get("color") or color(i) for i, p in enumerate(pts)]
+    legend, lh = _legend([p["name"] for p in pts], left, top + ph + 44, pw, colors)
     h = top + ph + 44 + lh + 6
 
     def X(v: float) -> float:
@@ -303,7 +310,7 @@ def scatter(points: Sequence[dict[str, Any]], *, x_label: str = "over-refusal on
     body.append(f"<line x1='{_f(left)}' x2='{_f(left + pw)}' y1='{_f(Y(0))}' y2='{_f(Y(0))}' stroke='#888'/>")
     for i, p in enumerate(pts):
         tip = f"{p['name']}: ASR reduction {100 * p['y']:+.1f} pp, over-refusal {_pct(p['x'])}"
-        body.append(f"<circle class='point' cx='{_f(X(p['x']))}' cy='{_f(Y(p['y']))}' r='6' fill='{color(i)}' "
+        body.append(f"<circle class='point' cx='{_f(X(p['x']))}' cy='{_f(Y(p['y']))}' r='6' fill='{colors[i]}' "
                     f"fill-opacity='.85'><title>{escape(tip)}</title></circle>")
     body.extend(legend)
     return _svg(w, h, body, title, "scatter")

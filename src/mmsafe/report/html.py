@@ -24,7 +24,7 @@ from markupsafe import Markup
 import mmsafe
 from mmsafe import metrics
 from mmsafe.report import charts
-from mmsafe.report.runs import RunInfo, _judge_name, defense_rows, load_runs, over_refusal, run_label
+from mmsafe.report.runs import RunInfo, _judge_name, defense_rows, display_names, load_runs, over_refusal
 from mmsafe.report.samples import open_index, render_messages, thumbnail_data_uri
 from mmsafe.report.templating import env, static_text
 from mmsafe.store.sqlite import STORE_FILE, open_store
@@ -124,38 +124,42 @@ def _scenario_order(runs: list[RunInfo]) -> list[str]:
 
 
 def build_charts(runs: list[RunInfo], lb: list[dict[str, Any]]) -> dict[str, Markup | None]:
-    labels = [run_label(r, runs) for r in runs]
+    """The leaderboard's forest plot and the turns / scenario / method charts; each run keeps
+    its colour (its position among ``runs``) in every chart and the tables' swatches."""
+    labels = display_names(runs)
+    colors = [charts.color(i) for i in range(len(runs))]
     out: dict[str, Markup | None] = {}
     out["forest"] = charts.forest([{"name": labels[row["index"]], "asr": row["asr"]["value"],
                                     "ci_low": row["asr"]["lo"], "ci_high": row["asr"]["hi"],
                                     "color_index": row["index"]} for row in lb])
-    out["turns"] = charts.line_chart([{"name": labels[i], "points": r.summary.get("by_turns") or {}}
-                                      for i, r in enumerate(runs)])
+    out["turns"] = charts.line_chart([{"name": labels[i], "points": r.summary.get("by_turns") or {},
+                                       "color": colors[i]} for i, r in enumerate(runs)])
     scen = _scenario_order(runs)
     cell = {(sc, labels[i]): (r.summary.get("by_scenario") or {}).get(sc) for i, r in enumerate(runs) for sc in scen}
     out["heatmap"] = charts.heatmap(scen, labels, {k: v for k, v in cell.items() if v})
     methods = sorted(_breakdown_union(runs, "by_method"))
     val = {(m, labels[i]): (r.summary.get("by_method") or {}).get(m) for i, r in enumerate(runs) for m in methods}
-    out["methods"] = charts.grouped_bars(methods, labels, {k: v for k, v in val.items() if v})
+    out["methods"] = charts.grouped_bars(methods, labels, {k: v for k, v in val.items() if v}, colors=colors)
     return out
 
 
 def multiturn_blocks(runs: list[RunInfo], labels: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The ``multiturn`` block of live / adaptive runs, and its two curves."""
     blocks = []
-    for r in runs:
+    for i, r in enumerate(runs):
         b = r.summary.get("multiturn")
         if isinstance(b, dict):
-            blocks.append({"run": r, "block": b, "ttj": b.get("turns_to_jailbreak") or {}})
+            blocks.append({"run": r, "block": b, "ttj": b.get("turns_to_jailbreak") or {}, "index": i,
+                           "color": charts.color(i)})
     out: dict[str, Any] = {}
     if blocks:
         out["jailbroken"] = charts.line_chart(
-            [{"name": labels[m["run"].key],
+            [{"name": labels[m["run"].key], "color": m["color"],
               "points": {k: {"asr": v} for k, v in (m["block"].get("jailbroken_by_turn") or {}).items()
                          if isinstance(v, (int, float))}} for m in blocks],
             x_label="turn", y_label="jailbroken (cumulative)", title="Jailbroken by turn (cumulative)")
         out["mt_asr"] = charts.line_chart(
-            [{"name": labels[m["run"].key],
+            [{"name": labels[m["run"].key], "color": m["color"],
               "points": {k: {"asr": v.get("asr"), "n_scored": v.get("n_scored")}
                          for k, v in (m["block"].get("asr_by_turn_count") or {}).items() if isinstance(v, dict)}}
              for m in blocks],
@@ -324,13 +328,17 @@ def _report_warnings(runs: list[RunInfo]) -> list[str]:
 
 def render_report(runs: list[RunInfo], *, title: str | None = None, examples: int = 12) -> str:
     lb = leaderboard_rows(runs)
-    labels = {r.key: run_label(r, runs) for r in runs}
+    labels = {r.key: n for r, n in zip(runs, display_names(runs), strict=True)}
+    for row in lb:  # the leaderboard shows the display name; the full spec is its tooltip
+        row["name"] = labels[row["key"]]
     ch = build_charts(runs, lb)
     mt, mt_charts = multiturn_blocks(runs, labels)
     ch.update(mt_charts)
     drows = defense_rows(runs)
-    dchart = charts.scatter([{"name": f"{d['run'].name} + {d['defense']}", "x": d["over_refusal"],
-                              "y": d["reduction"]} for d in drows]) if drows else None
+    index = {r.key: i for i, r in enumerate(runs)}
+    dchart = charts.scatter([{"name": f"{labels[d['run'].key]} + {d['defense']}", "x": d["over_refusal"],
+                              "y": d["reduction"], "color": charts.color(index[d["run"].key])}
+                             for d in drows]) if drows else None
     budget = [IMAGE_BUDGET]
     thumbs: dict[str, str | None] = {}
     ex = {r.key: collect_examples(r, examples, budget, thumbs) for r in runs}

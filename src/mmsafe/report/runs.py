@@ -146,22 +146,69 @@ def assign_keys(runs: list[RunInfo]) -> None:
         r.key = f"r{i}"
 
 
-def run_label(r: RunInfo, runs: list[RunInfo]) -> str:
-    """A legend label: the target name, disambiguated when two runs share it."""
-    same = [x for x in runs if x.name == r.name]
-    if len(same) == 1:
-        return r.name
-    bits = []
+def base_name(r: RunInfo) -> str:
+    """A run's short name before disambiguation: its ``--name`` (config ``name``), else the
+    target's model name (``mock/`` kept for the mocks; a file path's last part), never a URL."""
+    given = r.config.get("name")
+    if isinstance(given, str) and given.strip():
+        return given.strip()
+    t = r.run_summary.target
+    model = str(t.model or "").rstrip("/")
+    if not model:
+        name = str(t.name or r.run_dir.name)
+        model = name.split("@", 1)[0]  # a spec's URL is provenance, not a label
+    if "/" in model and t.provider == "local":
+        model = model.rsplit("/", 1)[-1]
+    return f"mock/{model}" if t.mock and not model.startswith("mock/") else model
+
+
+def _qualifiers(r: RunInfo, same: list[RunInfo]) -> list[str]:
+    bits: list[str] = []
+    providers = {x.run_summary.target.provider for x in same}
+    if len(providers) > 1 and r.run_summary.target.provider:
+        bits.append(str(r.run_summary.target.provider))
     d = r.defense
     if d and d.get("name"):
         bits.append("+" + str(d["name"]))
-    if len({x.judge.get("id") for x in same}) > 1:
+    if len({x.summary.get("mode") for x in same}) > 1 and r.summary.get("mode"):
+        bits.append(str(r.summary.get("mode")))
+    if len({x.judge.get("id") for x in same}) > 1 and r.judge.get("name"):
         bits.append(str(r.judge.get("name")))
-    if len({x.benchmark_key for x in same}) > 1:
+    if len({x.benchmark_key for x in same}) > 1 and r.benchmark.get("name"):
         bits.append(str(r.benchmark.get("name")))
-    if not bits:
-        bits.append(r.run_dir.name)
-    return f"{r.name} ({', '.join(bits)})"
+    return bits
+
+
+def display_names(runs: list[RunInfo]) -> list[str]:
+    """Short, unique display names of ``runs`` (in order): :func:`base_name`, then what tells
+    runs sharing a name apart (provider, defense, mode, judge, benchmark), then the run
+    folder's name, then ``#2``, ``#3``."""
+    base = [base_name(r) for r in runs]
+    names = []
+    for i, r in enumerate(runs):
+        same = [x for j, x in enumerate(runs) if base[j] == base[i]]
+        bits = _qualifiers(r, same) if len(same) > 1 else []
+        names.append(f"{base[i]} ({', '.join(bits)})" if bits else base[i])
+    for i, r in enumerate(runs):  # still equal: the run folders' names
+        if names.count(names[i]) > 1 and r.run_dir.name not in names[i]:
+            dup = [j for j, n in enumerate(names) if n == names[i]]
+            if len({runs[j].run_dir.name for j in dup}) == len(dup):
+                for j in dup:
+                    names[j] = f"{names[j]} [{runs[j].run_dir.name}]"
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):  # last resort: numbered
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[i] = f"{n} #{seen[n]}"
+    return names
+
+
+def run_label(r: RunInfo, runs: list[RunInfo]) -> str:
+    """The run's display name among ``runs`` (see :func:`display_names`)."""
+    idx = next((i for i, x in enumerate(runs) if x is r), None)
+    if idx is None:
+        return base_name(r)
+    return display_names(runs)[idx]
 
 
 # --------------------------------------------------------------------------- fallback summary

@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 import orjson
 from aiohttp import web
 
-from mmsafe.report.runs import RunInfo, _judge_name, load_runs, run_label
+from mmsafe.report.runs import RunInfo, _judge_name, display_names, load_runs
 from mmsafe.report.samples import SampleIndex, mime_of, open_index, render_messages
 from mmsafe.report.templating import env, static_text
 from mmsafe.store.sqlite import STORE_FILE
@@ -293,8 +293,8 @@ class Viewer:
         self.infos = load_runs(list(run_dirs))
         indexes: dict[str, SampleIndex | None] = {}
         self.runs = {info.key: RunView(info, indexes) for info in self.infos}
-        for rv in self.runs.values():
-            rv.label = run_label(rv.info, self.infos)
+        for info, name in zip(self.infos, display_names(self.infos), strict=True):
+            self.runs[info.key].label = name
         self._compare: dict[tuple[str, str], sqlite3.Connection] = {}
         self._compare_seqs: dict[tuple[str, str], SeqCache] = {}
 
@@ -425,7 +425,7 @@ def make_app(run_dirs: list[Path | str], *, allowed_hosts: set[str] | None = Non
         res = rv.list_samples(f)
         f["page"] = res["page"]
         others = [o for o in runs if o is not rv and v.comparable(rv, o)]
-        return _render("viewer_run.html.j2", **common(), title=f"{rv.info.name} — mmsafe viewer", rv=rv, f=f,
+        return _render("viewer_run.html.j2", **common(), title=f"{rv.label} — mmsafe viewer", rv=rv, f=f,
                        res=res, qs=lambda **kw: _qs(f, **kw), others=others, verdicts=VERDICTS, disagree=DISAGREE)
 
     async def api_samples(request: web.Request) -> web.Response:
@@ -442,7 +442,7 @@ def make_app(run_dirs: list[Path | str], *, allowed_hosts: set[str] | None = Non
         sample = rv.index.get(sid) if rv.index is not None else None
         msgs = render_messages(sample, rv.index)
         others = [o for o in runs if o is not rv and v.comparable(rv, o) and o.has(sid)]
-        return _render("viewer_sample.html.j2", **common(), title=f"{sid} — {rv.info.name}", rv=rv, s=d,
+        return _render("viewer_sample.html.j2", **common(), title=f"{sid} — {rv.label}", rv=rv, s=d,
                        sample=sample, messages=msgs, others=others, back=request.query.get("back", ""), pretty=_pretty)
 
     async def api_sample(request: web.Request) -> web.Response:
@@ -478,7 +478,7 @@ def make_app(run_dirs: list[Path | str], *, allowed_hosts: set[str] | None = Non
         diff = request.query.get("diff") == "1"
         res = v.compare_list(a, b, f, diff)
         f["page"] = res["page"]
-        return _render("viewer_compare.html.j2", **common(), title=f"{a.info.name} vs {b.info.name}", a=a, b=b,
+        return _render("viewer_compare.html.j2", **common(), title=f"{a.label} vs {b.label}", a=a, b=b,
                        f=f, diff=diff, res=res, verdicts=VERDICTS,
                        qs=lambda **kw: _qs({**f, "a": a.key, "b": b.key, "diff": "1" if diff else None}, **kw))
 
@@ -491,7 +491,7 @@ def make_app(run_dirs: list[Path | str], *, allowed_hosts: set[str] | None = Non
         if da is None or db_ is None:
             raise web.HTTPNotFound(text="sample not in both runs")
         sample = a.index.get(sid) if a.index is not None else None
-        return _render("viewer_compare_sample.html.j2", **common(), title=f"{sid}: {a.info.name} vs {b.info.name}",
+        return _render("viewer_compare_sample.html.j2", **common(), title=f"{sid}: {a.label} vs {b.label}",
                        a=a, b=b, sa=da, sb=db_, sample=sample, messages=render_messages(sample, a.index))
 
     async def static(request: web.Request) -> web.Response:

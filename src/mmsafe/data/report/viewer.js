@@ -5,7 +5,7 @@
   function apply(on) {
     root.classList.toggle("reveal", on);
     var b = document.getElementById("cw-toggle");
-    if (b) { b.textContent = on ? "Hide text" : "Show text"; b.setAttribute("aria-pressed", on ? "true" : "false"); }
+    if (b) { b.textContent = on ? "Hide text and images" : "Show text and images"; b.setAttribute("aria-pressed", on ? "true" : "false"); }
   }
   var stored = false;
   try { stored = window.sessionStorage.getItem(KEY) === "1"; } catch (e) { stored = false; }
