@@ -33,6 +33,7 @@ from functools import lru_cache
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
@@ -211,7 +212,7 @@ def _wh(size: Size) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def _draw_lines(draw: ImageDraw.ImageDraw, lines: Sequence[str], font, *, x0: int, y0: int,
+def _draw_lines(draw: ImageDraw.ImageDraw, lines: Sequence[str], font: ImageFont.FreeTypeFont, *, x0: int, y0: int,
                 width: int, align: str, spacing: float, fill: Color) -> int:
     """Draw ``lines`` from top ``y0``; returns the y just below the last line."""
     lh = _line_height(font, spacing)
@@ -313,7 +314,7 @@ def split_image(img: Image.Image, n_parts: int, *, direction: str = "vertical",
 
 
 def split_figstep(instruction: str, n_parts: int = 3, *, direction: str = "vertical",
-                  size: int = 760, font_size: int = 60, **kwargs) -> list[Image.Image]:
+                  size: int = 760, font_size: int = 60, **kwargs: Any) -> list[Image.Image]:
     """FigStep-Pro: :func:`figstep_image` cut into ``n_parts`` sub-figures (see
     :func:`split_image`). Concatenating the parts in order (left to right for
     ``vertical``, top to bottom for ``horizontal``) gives back the full figure. Send with
@@ -350,7 +351,7 @@ def keyphrase_image(phrase: str, *, width: int = 1024, height: int | None = None
 
 
 def composite_image(top: Image.Image, phrase: str, *, font_size: int | None = None,
-                    background: Color = WHITE, **kwargs) -> Image.Image:
+                    background: Color = WHITE, **kwargs: Any) -> Image.Image:
     """MM-SafetyBench SD+TYPO: ``top`` (e.g. a generated picture) with the key-phrase
     typography of ``phrase`` below it, same width. ``font_size`` defaults to 90 px per
     1024 px of width."""

@@ -49,7 +49,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -294,7 +294,7 @@ for _c, _ws in LEXICON.items():
         _TOKEN_CLASS.setdefault(_w, []).append(_c)
 
 
-def _token_classes(tok: str):
+def _token_classes(tok: str) -> Sequence[str]:
     c = _TOKEN_CLASS.get(tok)
     if c is None and len(tok) > 3 and tok.endswith("s"):
         c = _TOKEN_CLASS.get(tok[:-1])
@@ -353,7 +353,7 @@ class MiniLMTurnEncoder:
         self._cache_lock = threading.Lock()
 
     @classmethod
-    def _components(cls):
+    def _components(cls) -> tuple[Any, Any, Any]:
         if "bert" not in cls._shared:
             with cls._load_lock:
                 if "bert" not in cls._shared:
@@ -383,7 +383,7 @@ class MiniLMTurnEncoder:
             if self.threads > 0 and prev != self.threads:
                 torch.set_num_threads(prev)
 
-    def _encode_batches(self, torch, tok, bert, texts: list[str]) -> np.ndarray:
+    def _encode_batches(self, torch: Any, tok: Any, bert: Any, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), EMB_DIM), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for s in range(0, len(order), self.batch_size):
@@ -445,13 +445,14 @@ def unit_embeddings(units: Sequence[Sequence[int]], turn_emb: np.ndarray) -> np.
 class _Block:
     """One TF-IDF block (vocabulary + idf) with sublinear tf and l2 norm."""
 
-    def __init__(self, vocab: list[str], idf: np.ndarray, analyzer, ngram_range, offset: int,
-                 scale: float = 1.0):
+    def __init__(self, vocab: list[str], idf: np.ndarray, analyzer: Callable[[str, tuple[int, int]], list[str]],
+                 ngram_range: Sequence[int], offset: int, scale: float = 1.0):
         self.scale = float(scale)
         self.index = {t: i for i, t in enumerate(vocab)}
         self.idf = np.asarray(idf, dtype=np.float64)
         self.analyzer = analyzer
-        self.ngram_range = tuple(ngram_range)
+        lo, hi = ngram_range  # (min n, max n), as the analyzers take it
+        self.ngram_range = (lo, hi)
         self.offset = offset
 
     def transform(self, text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -474,7 +475,11 @@ class _Block:
         return idx + self.offset, val
 
 
-def _sigmoid(x):
+# a unit batch's (log-odds z, sparse (indices, values) per unit, unit embeddings or None)
+_UnitDecisions = tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], "np.ndarray | None"]
+
+
+def _sigmoid(x: Any) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
@@ -512,7 +517,8 @@ class OfflineModeratorModel:
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any],
-                 encoder: MiniLMTurnEncoder | None = None, fallback=None):
+                 encoder: MiniLMTurnEncoder | None = None,
+                 fallback: Callable[[], OfflineModeratorModel] | None = None):
         self.meta = meta
         wcfg, ccfg = meta["word"], meta["char"]
         n_word = len(wcfg["vocab"])
@@ -616,7 +622,8 @@ class OfflineModeratorModel:
         parts = [b.transform(text) for b in self._blocks]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def _unit_decisions(self, turns: Sequence[str], units: Sequence[Sequence[int]]):
+    def _unit_decisions(self, turns: Sequence[str], units: Sequence[Sequence[int]],
+                        ) -> _UnitDecisions:
         """Log-odds of the text harm model for units (lists of indices into ``turns``;
         the unit's text is its turns joined, its embedding the normalised mean).
         Returns (z of shape (n_units, n_z), sparse vectors, unit embeddings or None);
@@ -648,7 +655,7 @@ class OfflineModeratorModel:
             z = np.clip(z, -self.emb_clip, self.emb_clip)
         return z
 
-    def _decisions(self, texts: Sequence[str]):
+    def _decisions(self, texts: Sequence[str]) -> _UnitDecisions:
         return self._unit_decisions(list(texts), [[i] for i in range(len(texts))])
 
     def decision_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -785,7 +792,7 @@ class OfflineModeratorModel:
 
     # ------------------------------------------------------------------ misc
     def latency_ms(self, conversations: Sequence[Sequence[Any]], repeat: int = 1,
-                   percentiles: bool = False, clear_cache: bool = True):
+                   percentiles: bool = False, clear_cache: bool = True) -> float | dict[str, float]:
         """Wall-clock milliseconds per conversation for ``assess`` (one at a time):
         the mean, or ``{"mean", "p50", "p95"}`` with ``percentiles=True``.  The MiniLM
         turn-embedding cache is cleared before each call (every conversation is costed

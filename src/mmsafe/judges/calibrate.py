@@ -27,7 +27,7 @@ import io
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,7 @@ def _iter_csv(path: Path) -> tuple[list[str], Any]:
     """-> header, generator of (line_number_of_record_start, {column: value})."""
     header, reader, fh = _open_csv(path)
 
-    def gen():
+    def gen() -> Iterator[tuple[int, dict[str, str]]]:
         with fh:
             start = reader.line_num + 1
             while True:

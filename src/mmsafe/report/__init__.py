@@ -9,6 +9,8 @@ Imports only the store, datasets (to read sample conversations), metrics and typ
 
 from __future__ import annotations
 
+from typing import Any
+
 from mmsafe.report.export import EXPORT_FORMATS, export_run, export_runs, leaderboard_markdown
 from mmsafe.report.html import ReportStats, build_report, render_report
 from mmsafe.report.runs import RunInfo, load_run, load_runs
@@ -17,7 +19,7 @@ __all__ = ["build_report", "render_report", "ReportStats", "RunInfo", "load_run"
            "export_run", "export_runs", "leaderboard_markdown", "EXPORT_FORMATS", "make_app", "serve"]
 
 
-def __getattr__(name: str):  # the viewer pulls in aiohttp.web: load it only when asked
+def __getattr__(name: str) -> Any:  # the viewer pulls in aiohttp.web: load it only when asked
     if name in ("make_app", "serve"):
         from mmsafe.report import viewer
         return getattr(viewer, name)

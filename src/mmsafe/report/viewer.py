@@ -20,6 +20,7 @@ import threading
 import time
 from array import array
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -371,7 +372,8 @@ def _hostname(h: str) -> str:
 
 
 @web.middleware
-async def _guard(request: web.Request, handler):
+async def _guard(request: web.Request,
+                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     allowed = request.app[ALLOWED_HOSTS]
     if allowed is not None and _hostname(request.host or "") not in allowed:
         return web.Response(status=421, text="misdirected request: this viewer answers only on "
@@ -527,7 +529,8 @@ def make_app(run_dirs: list[Path | str], *, allowed_hosts: set[str] | None = Non
     return app
 
 
-def serve(run_dirs: list[Path | str], *, host: str = "127.0.0.1", port: int = 8765, print_fn=print) -> None:
+def serve(run_dirs: list[Path | str], *, host: str = "127.0.0.1", port: int = 8765,
+          print_fn: Callable[..., Any] = print) -> None:
     """Run the viewer until interrupted.
 
     The port is bound before anything is printed: a port in use raises OSError (EADDRINUSE) and no URL
