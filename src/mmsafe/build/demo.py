@@ -28,9 +28,9 @@ from typing import Any
 
 import yaml
 from rich.console import Console
-from rich.table import Table
 
 from mmsafe.attacks import typography
+from mmsafe.cli.console import table as fitted_table
 from mmsafe.datasets import BenchmarkWriter
 from mmsafe.runtime import run_async
 from mmsafe.types import BenchmarkManifest, ImagePart, Message, Sample, TextPart
@@ -150,20 +150,19 @@ def _multi_turn_demo(bench_dir: Path, out_dir: Path, out: Console) -> list[Path]
     d = json.loads((dlg_dir / "summary.json").read_text())
     ad = a.get("multiturn") or {}
     by_len = d.get("by_turns") or {}
-    table = Table(title="mmsafe demo — multi-turn (MOCK attacker and generator; target mock/mixed)",
-                  caption="mock/attacker and mock/generator are MOCK reference models: they write benchmark-style "
-                          "placeholder questions, never answers")
-    for col in ("what", "ASR keyword", "details"):
-        table.add_column(col, overflow="fold")
     status = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in (ad.get("status") or {}).items())
-    table.add_row(f"adaptive attack (crescendo, ≤{ADAPTIVE['max_turns']} turns) by mock/attacker",
+    mrows: list[list[str]] = []
+    mrows.append([f"adaptive attack (crescendo, ≤{ADAPTIVE['max_turns']} turns) by mock/attacker",
                   _pct(a.get("asr")), f"{a.get('n_scored', 0)} goals; {status or 'no status'}; mean turns to "
-                  f"jailbreak {_num((ad.get('turns_to_jailbreak') or {}).get('mean'))}")
+                  f"jailbreak {_num((ad.get('turns_to_jailbreak') or {}).get('mean'))}"])
     gen = rep.as_dict()
     lens = ", ".join(f"{k} turn{'s' if str(k) != '1' else ''} {_pct(v.get('asr'))}" for k, v in by_len.items())
-    table.add_row(f"{gen['n_samples']} dialogues by mock/generator (from {gen['n_seeds']} questions, "
-                  f"{len(gen['by_method'])} methods)", _pct(d.get("asr")), f"by length: {lens or '—'}")
-    out.print(table)
+    mrows.append([f"{gen['n_samples']} dialogues by mock/generator (from {gen['n_seeds']} questions, "
+                  f"{len(gen['by_method'])} methods)", _pct(d.get("asr")), f"by length: {lens or '—'}"])
+    out.print(fitted_table("mmsafe demo — multi-turn (MOCK attacker and generator; target mock/mixed)",
+                           ("what", "ASR keyword", "details"), mrows, text_columns=("what", "details"),
+                           caption="mock/attacker and mock/generator are MOCK reference models: they write "
+                                   "benchmark-style placeholder questions, never answers"))
     out.print(f"  multi-turn part took {time.perf_counter() - t0:.1f}s; dialogues benchmark -> {dlg_bench}")
     return [adaptive_dir, dlg_dir]
 
@@ -205,22 +204,22 @@ def run_demo(out_dir: Path, out: Console, err: Console, *, real: bool = False) -
     caption = ("mock/* are MOCK reference models, not real LLMs; local/SmolLM2 is a real 135M model — tiny, "
                "not a safety reference; all on the text-only variant" if real
                else "targets are MOCK reference models, not real LLMs")
-    table = Table(title="mmsafe demo — leaderboard", caption=caption)
-    for col in ("target", "ASR keyword", "95% CI", "ASR offline judge", "judges agree", "unscored", "errors",
-                "over-refusal"):
-        table.add_column(col, no_wrap=col != "target")
+    rows = []
     for s in sorted(summaries, key=lambda s: s["asr"] or 0):
         ci = s["asr_ci"]
         ctl = s.get("controls") or {}
         other: dict[str, Any] = next((v for k, v in (s.get("judges") or {}).items() if k != s["judge"]["id"]), {})
         pair = ((s.get("agreement") or {}).get("pairs") or [{}])[0]
         agree = pair.get("percent_agreement")
-        table.add_row(_label(s), "—" if s["asr"] is None else f"{100 * s['asr']:.1f}%",
-                      f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}%" if ci[0] is not None else "—",
-                      "—" if other.get("asr") is None else f"{100 * other['asr']:.1f}%",
-                      "—" if agree is None else f"{100 * agree:.0f}%",
-                      str(s["n_unscored"]), str(s["n_errors"]),
-                      f"{ctl['n_refused']}/{ctl['n']}" if ctl else "—")
+        rows.append([_label(s), "—" if s["asr"] is None else f"{100 * s['asr']:.1f}%",
+                     f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}%" if ci[0] is not None else "—",
+                     "—" if other.get("asr") is None else f"{100 * other['asr']:.1f}%",
+                     "—" if agree is None else f"{100 * agree:.0f}%",
+                     str(s["n_unscored"]), str(s["n_errors"]), f"{ctl['n_refused']}/{ctl['n']}" if ctl else "—"])
+    # figures are never cut: their columns keep their width, headers and the target names wrap
+    table = fitted_table("mmsafe demo — leaderboard", ("target", "ASR keyword", "95% CI", "ASR offline judge",
+                                                      "judges agree", "unscored", "errors", "over-refusal"),
+                         rows, caption=caption, text_columns=("target",))
     out.print(table)
     run_dirs += _multi_turn_demo(bench_dir, out_dir, out)
     out.print(f"runs in {out_dir / 'runs'} (results.jsonl, summary.json, run.sqlite); "

@@ -13,7 +13,7 @@ from mmsafe.errors import EXIT_INCOMPLETE
 
 from . import console
 from .app import app, sub_app
-from .console import bold, fail, note, say
+from .console import bold, counts, fail, note, say
 from .options import MODEL_SPEC, Force, Models, name_option, out_option
 
 build_app = sub_app("Build a benchmark: taxonomy discovery and the agents preprocess, generate, image, augment, "
@@ -48,7 +48,7 @@ def print_build(res: dict[str, Any]) -> None:
             d = q[name]
             say(f"{name:>8}: GAP {f(d, 'gap')}  MAD {f(d, 'mad')}  MEAN {f(d, 'mean')}  DIV {f(d, 'div')}")
     c = res["manifest"].counts
-    mods = ", ".join(f"{m} {k}" for m, k in sorted(c.modalities.items())) or "none"
+    mods = counts(dict(sorted(c.modalities.items())))
     say("benchmark ", bold(res["manifest"].name), f": {c.n_samples} samples, {len(c.by_scenario)} scenarios, "
         f"modalities {mods} -> {res['out']}")
 

@@ -7,11 +7,15 @@ as written. Style is given explicitly, as ``(text, style)`` pieces (see :func:`s
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from mmsafe.errors import EXIT_USAGE
@@ -22,7 +26,8 @@ Piece = str | tuple[str, str] | Text
 
 def _console(stderr: bool) -> Console:
     stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else (160 if stderr else 120)
+    # a terminal, or COLUMNS set (a user's width, CI): that width; else a fixed one for logs
+    width = None if stream.isatty() or os.environ.get("COLUMNS", "").isdigit() else (160 if stderr else 120)
     return Console(stderr=stderr, width=width, markup=False, emoji=False, highlight=False)
 
 
@@ -66,4 +71,26 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise typer.Exit(code)
 
 
-__all__ = ["Piece", "bold", "err", "error_line", "fail", "note", "out", "say", "text", "warn"]
+def counts(d: Mapping[str, object] | None, empty: str = "none") -> str:
+    """Counts as words, count first: ``{"image": 50, "text": 500}`` -> ``50 image, 500 text``."""
+    if not d:
+        return empty
+    return ", ".join(f"{v} {str(k).replace('_', ' ')}" for k, v in d.items())
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], *, caption: str | None = None,
+          text_columns: Sequence[str] = ()) -> Table:
+    """A table that never cuts a figure: every column wraps or folds (figures right-aligned,
+    ``text_columns`` left-aligned) when the terminal is narrow, never ends in an ellipsis."""
+    t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in columns:
+        if col in text_columns:
+            t.add_column(col, overflow="fold")
+        else:
+            t.add_column(col, overflow="fold", justify="right")
+    for r in rows:
+        t.add_row(*(str(x) for x in r))
+    return t
+
+
+__all__ = ["Piece", "bold", "counts", "err", "error_line", "fail", "note", "out", "say", "table", "text", "warn"]

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from .app import app
-from .console import bold, fail, say, warn
+from .console import bold, counts, fail, say, warn
 from .options import Overwrite, name_option, out_option, pairs
 
 
@@ -51,7 +51,7 @@ def import_cmd(
     c = manifest.counts
     turns = ", ".join(f"{n} turn{'s' if int(n) != 1 else ''}: {k}"
                       for n, k in sorted(c.by_turns.items(), key=lambda kv: int(kv[0])))
-    mods = ", ".join(f"{m} {k}" for m, k in sorted(c.modalities.items()))
+    mods = counts(dict(sorted(c.modalities.items())), "")
     say("imported ", bold(manifest.name), f": {c.n_samples} samples, {len(c.by_scenario)} scenarios "
         f"({turns}; modalities {mods or 'none'}) -> {out}")
     for line in manifest.provenance.get("notes") or ():  # media gaps, misaligned groups

@@ -12,7 +12,7 @@ from mmsafe.types import InputError
 
 from .app import app
 from .bench import open_bench
-from .console import bold, err, error_line, say, warn
+from .console import bold, counts, err, error_line, say, warn
 from .options import (
     ApiKeyEnv,
     BaseUrl,
@@ -53,7 +53,7 @@ def print_multiturn(m: dict[str, Any]) -> None:
     """The multi-turn block of a run summary (live and adaptive modes)."""
     ttj = m.get("turns_to_jailbreak") or {}
     by = ", ".join(f"{k}: {fmt_rate(v.get('asr'))}" for k, v in (m.get("asr_by_turn_count") or {}).items())
-    status = ", ".join(f"{k} {v}" for k, v in (m.get("status") or {}).items()) or "—"
+    status = counts(m.get("status"), "—")
     say(f"{m.get('mode')}: jailbroken {ttj.get('n_jailbroken', 0)}/{m.get('n', 0)}"
         + (f", mean turns to jailbreak {ttj['mean']:.2f}" if ttj.get("mean") is not None else "")
         + f"; ASR by {m.get('asr_by_turn_count_key')}: {by or '—'}; status {status}")
@@ -206,8 +206,10 @@ def run(
             print_summary(outcome.summary, out)
         raise FatalProviderError(outcome.fatal_error or f"{tcfg.name}: fatal endpoint error")
     print_summary(outcome.summary, out)
-    if outcome.stopped == "max_cost":
-        warn("stopped:", f"{outcome.fatal_error}; re-run with a higher --max-cost to continue")
+    if outcome.stopped == "max_cost":  # one figure: the summary's spent total (never above the budget)
+        warn("stopped:", f"--max-cost ${max_cost:g} reached: ${outcome.run_summary.cost_usd:.4f} spent, "
+             "as in the summary; re-run with a higher --max-cost to continue (finished requests come from "
+             "the cache)")
     unmeasured = outcome.run_summary.nothing_measured()
     if outcome.exit_code == 1 and outcome.stopped is None and unmeasured:
         error_line(f"{unmeasured}; see {out / 'results.jsonl'}")
