@@ -56,12 +56,16 @@ def _judges(r: Registry) -> None:
           description="refusal-phrase baseline (no model)", options=("window",))
     r.add("rubric", "mmsafe.judges.rubric:RubricJudge",
           description="one LLM judge with a rubric (rubric:MODEL)",
-          options=("template", "rubrics", "rubric", "images", "temperature", "max_tokens"))
+          options=("template", "rubrics", "rubric", "images", "temperature", "max_tokens", "context_window",
+                   "reply_tokens", "dialogue_tokens"))
     r.add("jury", "mmsafe.judges.jury:JuryJudge",
           description="a jury of LLMs that deliberates (jury:M1[,M2…])",
           options=("n", "rounds", "rule", "threshold", "early_exit", "foreperson", "rubric"))
     r.add("guard", "mmsafe.judges.guard:GuardJudge",
-          description="a guard model such as Llama Guard (guard:MODEL)", options=("format", "categories", "template"))
+          description="a guard model: Llama Guard 3/4, ShieldGemma, WildGuard, Qwen3Guard, gpt-oss-safeguard "
+                      "(guard:MODEL?format=…)",
+          options=("format", "send", "categories", "template", "images", "policies", "policy", "logprobs",
+                   "threshold", "controversial", "max_tokens", "context_window", "reply_tokens", "dialogue_tokens"))
     r.add("offline", "mmsafe.judges.offline:OfflineJudge",
           description="CPU-only classifier with shipped weights (no API calls)",
           options=("weights", "threshold", "abstain"))
