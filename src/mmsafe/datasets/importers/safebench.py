@@ -26,8 +26,9 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -114,6 +115,27 @@ def _find_image(d: Path, i: int) -> Path | None:
     return None
 
 
+@dataclass
+class _Layout:
+    """Where a SafeBench copy keeps its parts: the query CSVs ``(k, path)``, the
+    ``category.csv`` (if any) and the image and audio roots."""
+
+    root: Path
+    text_files: list[tuple[int, Path]]
+    cat_path: Path | None
+    img_root: Path
+    aud_root: Path
+
+
+@dataclass
+class _Tally:
+    """Per-import counts that go to the manifest's provenance."""
+
+    missing_images: int = 0
+    missing_audio: int = 0
+    bases: dict[str, int] = field(default_factory=dict)
+
+
 def import_safebench(src: Path, out: Path, *, name: str | None = None, overwrite: bool = False,
                      modality: Literal["image", "audio", "all"] = "image", audio: bool = False,
                      voices: Iterable[str] = ("male", "female"), index_base: int | None = None,
@@ -135,6 +157,44 @@ def import_safebench(src: Path, out: Path, *, name: str | None = None, overwrite
     (``missing_audio``); audio requested with no audio file at all is an error.
     """
     src = require_path(src)
+    mode = _check_options(src, modality, index_base, audio)
+    want_image = mode in ("image", "all")
+    want_audio = mode in ("audio", "all")
+    layout = _find_layout(src, images_dir, audio_dir)
+    categories = _read_categories(layout.cat_path) if layout.cat_path else {}
+    voices = list(voices)
+    if want_audio:
+        _require_some_audio(layout.aud_root, voices)
+    manifest = _manifest(src, layout, name=name, modality=mode, voices=voices,
+                         index_base=index_base, only_with_images=only_with_images,
+                         images_dir=images_dir, audio_dir=audio_dir)
+    tally = _Tally()
+    gaps = MediaGaps("safebench", "only_with_images",
+                     dropped={"audio", *(("image",) if only_with_images else ())})
+    with BenchmarkWriter(out, manifest, overwrite=overwrite) as w:
+        for k, tpath in layout.text_files:
+            scenario, category = categories.get(k, (f"scenario {k}", None))
+            base = index_base if index_base is not None else _probe_base(layout, k, voices)
+            tally.bases[str(k)] = base
+            for i, line, query in _queries(tpath, base):
+                where = f"{tpath}:{line}"
+                common = dict(question=query, scenario=scenario, category=category,
+                              source="safebench",
+                              provenance={"file": f"text/{tpath.name}", "line": line})
+                meta = {"group": f"{k}/{i}", "scenario_id": k, "index": i}
+                if want_image:
+                    _add_image_sample(w, layout, gaps, tally, k, i, where, query, meta, common,
+                                      only_with_images)
+                if want_audio:
+                    _add_audio_samples(w, layout, gaps, tally, k, i, where, voices, meta, common)
+        _record_provenance(w.manifest, tally, want_audio)
+        gaps.finish(w.manifest, strict=strict_media)
+    return w.manifest
+
+
+def _check_options(src: Path, modality: str, index_base: int | None, audio: bool) -> str:
+    """Validate the source folder and the options; the effective modality (``audio=True``
+    turns ``image`` into ``all``)."""
     if not src.is_dir():
         raise DatasetError(f"{src}: expected the SafeBench root directory")
     if modality not in ("image", "audio", "all"):
@@ -142,9 +202,13 @@ def import_safebench(src: Path, out: Path, *, name: str | None = None, overwrite
     if index_base not in (None, 0, 1):
         raise DatasetError(f"{src}: index_base must be 0 or 1")
     if audio and modality == "image":
-        modality = "all"
-    want_image = modality in ("image", "all")
-    want_audio = modality in ("audio", "all")
+        return "all"
+    return modality
+
+
+def _find_layout(src: Path, images_dir: Path | None, audio_dir: Path | None) -> _Layout:
+    """Locate the query CSVs (release ``final_bench/`` or flat), ``category.csv`` and the
+    media roots; a missing or empty ``text/`` folder is an error."""
     root = src / "final_bench" if (src / "final_bench" / "text").is_dir() else src
     text_dir = root / "text"
     if not text_dir.is_dir():
@@ -155,21 +219,28 @@ def import_safebench(src: Path, out: Path, *, name: str | None = None, overwrite
         raise DatasetError(f"{text_dir}: no query files text/{{k}}.csv")
     cat_path = first_existing((root / "category.csv", text_dir / "category.csv",
                                root.parent / "category.csv"), kind="file")
-    categories = _read_categories(cat_path) if cat_path else {}
     img_root = Path(images_dir) if images_dir else (
         first_existing((root / "image", root / "images")) or root)
     aud_root = Path(audio_dir) if audio_dir else (first_existing((root / "audio",)) or root)
-    voices = list(voices)
-    if want_audio:
-        n_wav = sum(1 for v in voices for _ in (aud_root / f"audio_data_{v}").glob("*/*.wav"))
-        if not n_wav:
-            raise DatasetError(f"{aud_root}: audio requested but no audio_data_{{{','.join(voices)}}}"
-                               "/{k}/{i}.wav files found (give audio_dir=...)")
+    return _Layout(root, text_files, cat_path, img_root, aud_root)
 
-    sources = [source_entry(p, src) for _, p in text_files]
-    if cat_path:
-        sources.insert(0, source_entry(cat_path, src if src in cat_path.parents else None))
-    manifest = make_manifest(
+
+def _require_some_audio(aud_root: Path, voices: list[str]) -> None:
+    """Audio was asked for: at least one ``audio_data_{voice}/{k}/{i}.wav`` must exist."""
+    n_wav = sum(1 for v in voices for _ in (aud_root / f"audio_data_{v}").glob("*/*.wav"))
+    if not n_wav:
+        raise DatasetError(f"{aud_root}: audio requested but no audio_data_{{{','.join(voices)}}}"
+                           "/{k}/{i}.wav files found (give audio_dir=...)")
+
+
+def _manifest(src: Path, layout: _Layout, *, name: str | None, modality: str, voices: list[str],
+              index_base: int | None, only_with_images: bool, images_dir: Path | None,
+              audio_dir: Path | None) -> BenchmarkManifest:
+    """The manifest: the query CSVs (and ``category.csv``) as sources, the options."""
+    sources = [source_entry(p, src) for _, p in layout.text_files]
+    if layout.cat_path:
+        sources.insert(0, source_entry(layout.cat_path, src if src in layout.cat_path.parents else None))
+    return make_manifest(
         name=name or ("safebench-audio" if modality == "audio" else "safebench"),
         importer="safebench", sources=sources,
         options={"modality": modality, "voices": voices, "index_base": index_base,
@@ -181,58 +252,57 @@ def import_safebench(src: Path, out: Path, *, name: str | None = None, overwrite
         source="SafeBench (Ying et al., 2024), https://safebench-mm.github.io",
         taxonomy=SAFEBENCH_TAXONOMY,
     )
-    missing_images = 0
-    missing_audio = 0
-    bases: dict[str, int] = {}
-    gaps = MediaGaps("safebench", "only_with_images",
-                     dropped={"audio", *(("image",) if only_with_images else ())})
-    with BenchmarkWriter(out, manifest, overwrite=overwrite) as w:
-        for k, tpath in text_files:
-            scenario, category = categories.get(k, (f"scenario {k}", None))
-            base = index_base
-            if base is None:
-                probe = [img_root / str(k)]
-                probe += [aud_root / f"audio_data_{v}" / str(k) for v in voices]
-                base = 0 if any(_find_image(d, 0) or (d / "0.wav").is_file() for d in probe) else 1
-            bases[str(k)] = base
-            for i, line, query in _queries(tpath, base):
-                where = f"{tpath}:{line}"
-                group = f"{k}/{i}"
-                common = dict(question=query, scenario=scenario, category=category,
-                              source="safebench",
-                              provenance={"file": f"text/{tpath.name}", "line": line})
-                meta = {"group": group, "scenario_id": k, "index": i}
-                if want_image:
-                    img = _find_image(img_root / str(k), i)
-                    gaps.row("image", img is not None, f"{where}: image {k}/{i}.png")
-                    content: list = [TextPart(text=query)]
-                    if img is None:
-                        missing_images += 1
-                    else:
-                        content.insert(0, w.add_image(img, where=where, name=f"{k}/{img.name}"))
-                    if img is not None or not only_with_images:
-                        _add(w, where, id=f"safebench/{k}/{i}", method=None,
-                             messages=[Message(role="user", content=content)],
-                             metadata=dict(meta), **common)
-                if want_audio:
-                    for v in voices:
-                        wav = aud_root / f"audio_data_{v}" / str(k) / f"{i}.wav"
-                        gaps.row("audio", wav.is_file(), f"{where}: audio_data_{v}/{k}/{i}.wav")
-                        if not wav.is_file():
-                            missing_audio += 1
-                            continue
-                        part = w.add_audio(wav, where=where, name=f"audio_data_{v}/{k}/{i}.wav")
-                        _add(w, where, id=f"safebench/{k}/{i}/{v}", method=f"audio_{v}",
-                             messages=[Message(role="user", content=[
-                                 part, TextPart(text=AUDIO_INSTRUCTION)])],
-                             metadata={**meta, "voice": v}, **common)
-        w.manifest.provenance["index_base"] = bases
-        if missing_images:
-            w.manifest.provenance["missing_images"] = missing_images
-        if want_audio:
-            w.manifest.provenance["missing_audio"] = missing_audio
-        gaps.finish(w.manifest, strict=strict_media)
-    return w.manifest
+
+
+def _probe_base(layout: _Layout, k: int, voices: list[str]) -> int:
+    """Scenario ``k``'s row numbering: 0 when a ``0.png`` (or a voice's ``0.wav``) exists, else 1."""
+    probe = [layout.img_root / str(k)]
+    probe += [layout.aud_root / f"audio_data_{v}" / str(k) for v in voices]
+    return 0 if any(_find_image(d, 0) or (d / "0.wav").is_file() for d in probe) else 1
+
+
+def _add_image_sample(w: BenchmarkWriter, layout: _Layout, gaps: MediaGaps, tally: _Tally, k: int,
+                      i: int, where: str, query: str, meta: dict[str, Any], common: dict[str, Any],
+                      only_with_images: bool) -> None:
+    """The text+image sample of query ``k/i``; text-only (or skipped with
+    ``only_with_images``) when the image is missing, which is counted."""
+    img = _find_image(layout.img_root / str(k), i)
+    gaps.row("image", img is not None, f"{where}: image {k}/{i}.png")
+    content: list = [TextPart(text=query)]
+    if img is None:
+        tally.missing_images += 1
+    else:
+        content.insert(0, w.add_image(img, where=where, name=f"{k}/{img.name}"))
+    if img is not None or not only_with_images:
+        _add(w, where, id=f"safebench/{k}/{i}", method=None,
+             messages=[Message(role="user", content=content)],
+             metadata=dict(meta), **common)
+
+
+def _add_audio_samples(w: BenchmarkWriter, layout: _Layout, gaps: MediaGaps, tally: _Tally, k: int,
+                       i: int, where: str, voices: list[str], meta: dict[str, Any],
+                       common: dict[str, Any]) -> None:
+    """One spoken-query sample of query ``k/i`` per voice whose ``.wav`` exists; the
+    missing ones are counted and skipped."""
+    for v in voices:
+        wav = layout.aud_root / f"audio_data_{v}" / str(k) / f"{i}.wav"
+        gaps.row("audio", wav.is_file(), f"{where}: audio_data_{v}/{k}/{i}.wav")
+        if not wav.is_file():
+            tally.missing_audio += 1
+            continue
+        part = w.add_audio(wav, where=where, name=f"audio_data_{v}/{k}/{i}.wav")
+        _add(w, where, id=f"safebench/{k}/{i}/{v}", method=f"audio_{v}",
+             messages=[Message(role="user", content=[part, TextPart(text=AUDIO_INSTRUCTION)])],
+             metadata={**meta, "voice": v}, **common)
+
+
+def _record_provenance(manifest: BenchmarkManifest, tally: _Tally, want_audio: bool) -> None:
+    """Index bases per scenario and the missing-media counts, into the provenance."""
+    manifest.provenance["index_base"] = tally.bases
+    if tally.missing_images:
+        manifest.provenance["missing_images"] = tally.missing_images
+    if want_audio:
+        manifest.provenance["missing_audio"] = tally.missing_audio
 
 
 def _queries(path: Path, base: int):
