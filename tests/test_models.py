@@ -157,13 +157,17 @@ def test_cache_expiry(tmp_path):
 
 
 def test_ledger_prices_and_budget(llm):
-    ledger = CostLedger(max_cost_usd=1e-9)
+    ledger = CostLedger()
     c = client_for(llm, "comply", ledger=ledger, price={"input": 1_000_000.0, "output": 0.0})
     res = asyncio.run(one(c))
     assert res.cost_usd == pytest.approx(res.input_tokens * 1.0)
     assert ledger.roles["target"].cost_usd == pytest.approx(res.cost_usd)
+    # a budget is a ceiling: a request whose worst case does not fit is not sent at all
+    ledger.max_cost_usd = ledger.total_cost + 1e-9
+    n = llm.count()
     with pytest.raises(BudgetExceeded):
-        asyncio.run(one(client_for(llm, "comply", ledger=ledger)))
+        asyncio.run(one(client_for(llm, "comply", ledger=ledger, price={"input": 1_000_000.0, "output": 0.0})))
+    assert llm.count() == n and ledger.total_cost <= ledger.max_cost_usd
 
 
 def test_images_are_sent_as_data_urls(llm, tmp_path):

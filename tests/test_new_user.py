@@ -348,3 +348,54 @@ def test_limit_on_a_resumed_run_summarises_the_selection_and_says_what_else_is_s
     r = runner.invoke(app, ["run", str(bench), "-t", "mock/mixed", "-o", str(out)])  # the whole benchmark
     s = json.loads((out / "summary.json").read_text())
     assert r.exit_code == 0 and s["n_samples"] == 12 and "stored_outside" not in s
+
+
+# --------------------------------------------------------------------------- 9. --max-cost is a ceiling
+
+
+def test_max_cost_is_a_ceiling_and_one_figure_is_reported(tmp_path, llm):
+    """Eight requests in flight at $0.001 a token: checking the spent total before each send let the issue's
+    $0.50 budget stop at $0.629 (and the summary say $0.689); reserving each request's worst case first
+    keeps the spent total under the budget, and the stop line and the summary give the same figure."""
+    import json
+    import sqlite3
+    bench = make_benchmark(tmp_path / "b", n=60, image=False)
+    models = tmp_path / "models.yaml"
+    models.write_text(f"models:\n  pricey:\n    spec: openai/comply@{llm.url}\n    max_connections: 8\n"
+                      "    price: {input: 1000, output: 1000}\n")
+    out = tmp_path / "r"
+    r = runner.invoke(app, ["run", str(bench), "-t", "pricey", "--models", str(models), "-o", str(out),
+                            "--max-cost", "0.5", "--max-tokens", "32", "--no-cache"])
+    assert r.exit_code == 1, r.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["stopped"] == "max_cost" and 0 < s["n_samples"] < 60
+    assert 0.4 < s["cost_usd"] <= 0.5  # stopped near the budget, never past it
+    assert f"--max-cost $0.5 reached: ${s['cost_usd']:.4f} spent" in r.output  # the summary's figure
+    with sqlite3.connect(out / "run.sqlite") as db:
+        logged = db.execute("SELECT SUM(cost_usd) FROM requests").fetchone()[0]
+    assert logged == pytest.approx(s["cost_usd"], abs=1e-6)
+
+
+def test_budget_reservation_holds_under_concurrency(llm):
+    """The ledger itself: 40 concurrent requests against a budget that fits about 10 of them."""
+    import asyncio
+
+    from mmsafe.models import BudgetExceeded, CostLedger, ModelClient, Price, build_provider, resolve_endpoint
+    from mmsafe.types import Message
+    cfg = resolve_endpoint(f"openai/comply@{llm.url}", "target").model_copy(
+        update={"price": Price(input=1000.0, output=1000.0), "params": {"max_tokens": 32}})
+    ledger = CostLedger(max_cost_usd=0.3)
+
+    async def go() -> list[object]:
+        c = ModelClient(build_provider(cfg), "target", ledger)
+        await c.start()
+        try:
+            return await asyncio.gather(*(c.chat([Message(role="user", content=f"question number {i} " * 3)])
+                                          for i in range(40)), return_exceptions=True)
+        finally:
+            await c.close()
+
+    res = asyncio.run(go())
+    sent = [x for x in res if not isinstance(x, BaseException)]
+    assert any(isinstance(x, BudgetExceeded) for x in res) and len(sent) >= 5
+    assert ledger.total_cost <= 0.3 and ledger.reserved_usd == pytest.approx(0.0)

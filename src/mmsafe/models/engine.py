@@ -207,25 +207,107 @@ class RoleLedger:
 
 
 class CostLedger:
-    """Token and USD totals per role, and the ``--max-cost`` budget they are checked against."""
+    """Token and USD totals per role, and the ``--max-cost`` budget they are checked against.
+
+    The budget is a ceiling: before a request is sent its worst-case cost (estimated prompt tokens,
+    ``max_tokens`` as the output bound) is *reserved* (:meth:`reserve`); the reply's real cost is
+    booked and the reservation released (:meth:`release`). A request whose worst case does not fit
+    in what is neither spent nor reserved waits for the requests in flight to settle, and when
+    none is left to settle it is not sent (BudgetExceeded). So spent + reserved never passes the
+    budget, and the spent total — the one figure every message and summary reports — neither."""
 
     def __init__(self, max_cost_usd: float | None = None):
         self.roles: dict[str, RoleLedger] = collections.defaultdict(RoleLedger)
         self.max_cost_usd = max_cost_usd
+        self.reserved_usd = 0.0
+        self._n_reserved = 0
 
     @property
     def total_cost(self) -> float:
         """USD spent so far, all roles together."""
         return sum(r.cost_usd for r in self.roles.values())
 
+    def exceeded_message(self, next_worst: float | None = None) -> str:
+        """The one line of a budget stop: the budget and the spent total (the figure the summary reports)."""
+        nxt = ""
+        if next_worst is not None and self.max_cost_usd is not None:
+            left = max(0.0, self.max_cost_usd - self.total_cost)
+            nxt = f"; the next request could cost up to ${next_worst:.4f}, more than the ${left:.4f} left"
+        return f"budget of ${self.max_cost_usd:g} reached: ${self.total_cost:.4f} spent{nxt}"
+
     def check_budget(self) -> None:
         """Raise BudgetExceeded once the budget is spent (no-op without a budget)."""
         if self.max_cost_usd is not None and self.total_cost >= self.max_cost_usd:
-            raise BudgetExceeded(f"budget of ${self.max_cost_usd:g} spent (${self.total_cost:.4f})")
+            raise BudgetExceeded(self.exceeded_message())
+
+    def try_reserve(self, worst_usd: float) -> bool | None:
+        """Reserve ``worst_usd`` for a request about to be sent: True when reserved, False when it does
+        not fit now but requests in flight may leave room, None when it can never fit (stop)."""
+        if self.max_cost_usd is None or worst_usd <= 0.0:
+            self._n_reserved += 1
+            return True
+        if self.total_cost + self.reserved_usd + worst_usd <= self.max_cost_usd + 1e-12:
+            self.reserved_usd += worst_usd
+            self._n_reserved += 1
+            return True
+        return False if self._n_reserved else None
+
+    async def reserve(self, worst_usd: float) -> None:
+        """:meth:`try_reserve`, waiting while requests in flight hold the room; BudgetExceeded when none does."""
+        while True:
+            got = self.try_reserve(worst_usd)
+            if got:
+                return
+            if got is None:
+                raise BudgetExceeded(self.exceeded_message(worst_usd))
+            await asyncio.sleep(0.01)
+
+    def release(self, worst_usd: float) -> None:
+        """Give back a reservation (after the reply's real cost was booked, or when nothing was sent)."""
+        self._n_reserved = max(0, self._n_reserved - 1)
+        if self.max_cost_usd is not None and worst_usd > 0.0:
+            self.reserved_usd = max(0.0, self.reserved_usd - worst_usd)
 
     def as_dict(self) -> dict[str, Any]:
         """Every role's counters, by role name."""
         return {k: v.as_dict() for k, v in sorted(self.roles.items())}
+
+
+# --------------------------------------------------------------------------- worst-case cost
+
+DEFAULT_OUTPUT_BOUND = 16_384
+"""Output tokens a request without ``max_tokens`` (and without a known context window) is reserved for."""
+IMAGE_TOKENS = 1_600
+"""Prompt tokens reserved per image or audio part (above what the large providers bill for one image)."""
+_MAX_TOKEN_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_CHARS_PER_TOKEN = 3.0  # ASCII text; a non-ASCII character counts as a token (upper-leaning, like judges.budget)
+
+
+def estimate_prompt_tokens(payload: Any) -> int:
+    """An upper-leaning estimate of a provider payload's prompt tokens: its text (3 ASCII characters or 1 other
+    character per token, +25 %) and :data:`IMAGE_TOKENS` per image/audio part (a data URL, bytes, or a long
+    base64 string); works on any provider's payload (dicts, lists, strings, pydantic objects)."""
+    ascii_chars = other = media = 0
+    stack = [payload]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            if len(x) > 1024 and (x.startswith("data:") or " " not in x[:1024]):
+                media += 1
+            else:
+                n = sum(1 for c in x if ord(c) < 128)
+                ascii_chars, other = ascii_chars + n, other + len(x) - n
+        elif isinstance(x, (bytes, bytearray, memoryview)):
+            media += 1
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+        elif hasattr(x, "model_dump"):
+            stack.append(x.model_dump(exclude_none=True))
+        elif hasattr(x, "__dict__"):
+            stack.append(vars(x))
+    return int((ascii_chars / _CHARS_PER_TOKEN + other) * 1.25) + 8 + media * IMAGE_TOKENS
 
 
 # --------------------------------------------------------------------------- replicas
@@ -384,6 +466,17 @@ class ModelClient:
         # of requests does not read and base64 every image up front (and hold them all)
         return await self._send(None, p, key, encode=lambda: self.provider.encode(messages, root, system))
 
+    def worst_case_cost(self, payload: Any, params: dict[str, Any]) -> float:
+        """USD this request can cost at most: the payload's estimated prompt tokens at the input price plus
+        ``max_tokens`` (else the context window, else :data:`DEFAULT_OUTPUT_BOUND`) at the output price."""
+        price = self.cfg.price
+        if not price.input and not price.output:
+            return 0.0
+        bound = next((int(params[k]) for k in _MAX_TOKEN_PARAMS if params.get(k)), None)
+        if bound is None:
+            bound = int(getattr(self.cfg, "context_window", None) or DEFAULT_OUTPUT_BOUND)
+        return price.cost(estimate_prompt_tokens(payload), bound)
+
     async def chat_payload(self, payload: Any, params: dict[str, Any] | None = None) -> ChatResult:
         """Send an already-encoded payload (no cache)."""
         return await self._send(payload, {**self.params, **(params or {})}, None)
@@ -396,6 +489,7 @@ class ModelClient:
         t_start = time.perf_counter()
         last_err = "no attempt made"
         failed: list[dict[str, Any]] = []  # each failed attempt, kept for the request log
+        worst: float | None = None  # the request's worst-case USD, reserved on the ledger while it is in flight
         while True:
             if self._fatal:
                 raise FatalProviderError(self._fatal)
@@ -412,6 +506,9 @@ class ModelClient:
                 self.ledger.check_budget()  # again: the budget may have run out while this request queued
                 if payload is None:
                     payload = encode()
+                if worst is None:
+                    worst = self.worst_case_cost(payload, p)
+                await self.ledger.reserve(worst)  # the budget is a ceiling: room for the worst case first
             except ProviderError as e:  # e.g. a part this wire format cannot carry: this request fails, not the run
                 limiter.release(ok=False)  # nothing was sent: no evidence either way for the limit
                 rep.probing = False
@@ -424,6 +521,7 @@ class ModelClient:
             try:
                 res = await rep.provider.complete(payload, p, cfg.timeout_s)
             except ProviderError as e:
+                self.ledger.release(worst)  # a failed attempt is not billed
                 limiter.release(ok=False, overload=e.overload)
                 led.calls += 1
                 last_err = str(e)
@@ -453,6 +551,7 @@ class ModelClient:
                 await asyncio.sleep(delay)
                 continue
             except BaseException:
+                self.ledger.release(worst)
                 limiter.release(ok=False)
                 rep.probing = False
                 raise
@@ -466,7 +565,8 @@ class ModelClient:
             res.cost_usd = cfg.price.cost(res.input_tokens, res.output_tokens)
             led.input_tokens += res.input_tokens
             led.output_tokens += res.output_tokens
-            led.cost_usd += res.cost_usd
+            led.cost_usd += res.cost_usd  # booked before the reservation goes: spent + reserved stays <= budget
+            self.ledger.release(worst)
             if failed:
                 res.extra["failed_attempts"] = failed
             if self.cache is not None and key is not None:
@@ -474,8 +574,9 @@ class ModelClient:
             return res
 
 
-__all__ = ["AdaptiveLimiter", "AssetError", "BudgetExceeded", "CostLedger", "FatalProviderError", "ModelClient",
-           "Replica", "ResponseCache", "cache_key", "default_cache_dir", "request_log"]
+__all__ = ["DEFAULT_OUTPUT_BOUND", "IMAGE_TOKENS", "AdaptiveLimiter", "AssetError", "BudgetExceeded", "CostLedger",
+           "FatalProviderError", "ModelClient", "Replica", "ResponseCache", "cache_key", "default_cache_dir",
+           "estimate_prompt_tokens", "request_log"]
 
 
 def request_log(res: ChatResult, role: str, sample_id: str | None, model: str) -> list[dict[str, Any]]:
