@@ -72,9 +72,8 @@ def main() -> None:
                 for r in csv.DictReader(fh):
                     hrows.append((r["prompt"], r["response"], r["is harmful?"].strip().lower() == "yes"))
         hp = [float(p) for p in model.predict_proba([q for q, _, _ in hrows], [x for _, x, _ in hrows])]
-        res["self_defense"] = {"rows": len(hrows),
-                               "offline_alone_acc": sum((p >= thr) == y for p, (_, _, y) in zip(hp, hrows)) / len(hrows),
-                               "bands": []}
+        alone_sd = sum((p >= thr) == y for p, (_, _, y) in zip(hp, hrows)) / len(hrows)
+        res["self_defense"] = {"rows": len(hrows), "offline_alone_acc": alone_sd, "bands": []}
         for lo, hi in bands:
             dec = [(p, y) for p, (_, _, y) in zip(hp, hrows) if not lo < p < hi]
             res["self_defense"]["bands"].append({"band": [lo, hi], "decided": len(dec) / len(hrows),
@@ -98,7 +97,8 @@ def main() -> None:
         print("band        decided by offline  its accuracy on them (human labels)")
         for b in sdr["bands"]:
             acc = b["acc_on_decided"]
-            print(f"{b['band'][0]:.2f}-{b['band'][1]:.2f}   {b['decided']:>18.1%}  {acc if acc is None else f'{acc:.3f}'}")
+            acc_s = "—" if acc is None else f"{acc:.3f}"
+            print(f"{b['band'][0]:.2f}-{b['band'][1]:.2f}   {b['decided']:>18.1%}  {acc_s}")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_benchmark
 
+from conftest import make_benchmark
 from mmsafe.judges import make_judge
 from mmsafe.models import ConfigError, CostLedger
 from mmsafe.types import Message, Response, Sample

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import make_benchmark
 from llm_server import ScriptedLLM
-
 from mmsafe.models import CostLedger, ModelClient, build_provider, resolve_endpoint
 from mmsafe.models.base import ConfigError, EndpointConfig
 from mmsafe.models.engine import AdaptiveLimiter, FatalProviderError, Replica

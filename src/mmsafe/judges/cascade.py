@@ -57,7 +57,7 @@ class CascadeJudge(Judge):
 
     @classmethod
     def from_spec(cls, arg: str, options: dict[str, Any], *, spec: str,
-                  models_file: Path | None = None) -> "CascadeJudge":
+                  models_file: Path | None = None) -> CascadeJudge:
         """``cascade:STAGE>STAGE[>…]`` where each STAGE is a judge spec."""
         from mmsafe.judges import make_judge
         if options:
