@@ -41,6 +41,11 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def cmdline(pid: int) -> str:
+    """A process's command line, arguments joined by spaces ('' once it is gone)."""
+    return _cmdline(pid)
+
+
 def marked_pids(marker: str) -> list[int]:
     """Live processes (not zombies) whose environment carries ``MARKER_ENV=marker``: what a
     subprocess started with that marker left running, its descendants included."""

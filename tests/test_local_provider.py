@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from _llama import (
     GGUF,
     MARKER_ENV,
+    cmdline,
     kill_marked,
     llama_pids,
     marked_pids,
@@ -200,6 +201,8 @@ def test_no_llama_process_survives_mmsafe(tmp_path, how):
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         servers = llama_pids(marker)
         assert len(servers) == 1, servers
+        logs = [a.split()[0] for p in marked_pids(marker) for a in cmdline(p).split(" --log ")[1:]]
+        assert logs and all(Path(x).exists() for x in logs)
         if how == "watchdog-SIGKILL":
             watchdogs = [p for p in marked_pids(marker) if p not in servers and p != proc.pid]
             assert watchdogs
@@ -214,6 +217,8 @@ def test_no_llama_process_survives_mmsafe(tmp_path, how):
             assert rc == 130, proc.stderr.read() if proc.stderr else ""
         assert wait_until(lambda: marked_pids(marker) == [], 10), \
             f"left behind after {how}: {marked_pids(marker)}"
+        if how != "watchdog-SIGKILL":  # (with both mmsafe and the watchdog killed, nobody can remove it)
+            assert not any(Path(x).exists() for x in logs), "the server's log file was left in the temp dir"
     finally:
         if proc.poll() is None:
             proc.kill()

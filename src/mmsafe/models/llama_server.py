@@ -111,8 +111,8 @@ class ServerProcess:
         fd, log = tempfile.mkstemp(prefix="mmsafe-llama-", suffix=".log")
         self.log_path = Path(log)
         self._log = os.fdopen(fd, "wb")
-        cmd = [sys.executable, "-I", str(Path(__file__).resolve()), "--watch", str(os.getpid()), "--",
-               *spec.command(self.port)]
+        cmd = [sys.executable, "-I", str(Path(__file__).resolve()), "--watch", str(os.getpid()),
+               "--log", str(self.log_path), "--", *spec.command(self.port)]
         # the watchdog is this file run as a script (-I: without its directory on sys.path): stdlib
         # only, it imports nothing of mmsafe
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
@@ -319,9 +319,10 @@ def _set_pdeathsig() -> None:  # pragma: no cover - runs in the forked child
         pass
 
 
-def _watch(parent_pid: int, cmd: list[str]) -> int:
+def _watch(parent_pid: int, cmd: list[str], log: str | None = None) -> int:
     """Run ``cmd`` and stop it as soon as ``parent_pid`` is no longer our parent, or on
-    SIGTERM/SIGINT/SIGHUP. Returns the exit code to leave with."""
+    SIGTERM/SIGINT/SIGHUP. When the parent is gone, also remove its ``log`` file (nobody
+    else will). Returns the exit code to leave with."""
     stop: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -329,7 +330,16 @@ def _watch(parent_pid: int, cmd: list[str]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    if os.getppid() != parent_pid:  # mmsafe died before we started
+
+    def orphaned() -> bool:
+        if os.getppid() == parent_pid:
+            return False
+        if log:
+            with contextlib.suppress(OSError):
+                os.unlink(log)
+        return True
+
+    if orphaned():  # mmsafe died before we started
         return 0
     # the watchdog has one thread, so preexec_fn is safe here
     child = subprocess.Popen(cmd, preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None)
@@ -337,7 +347,7 @@ def _watch(parent_pid: int, cmd: list[str]) -> int:
         code = child.poll()
         if code is not None:
             return code
-        if stop or os.getppid() != parent_pid:
+        if stop or orphaned():
             child.terminate()
             try:
                 child.wait(STOP_GRACE_S)
@@ -350,7 +360,11 @@ def _watch(parent_pid: int, cmd: list[str]) -> int:
 
 if __name__ == "__main__":  # pragma: no cover - the watchdog process
     args = sys.argv[1:]
+    log_file = None
+    if len(args) > 4 and args[2] == "--log":
+        log_file = args[3]
+        args = args[:2] + args[4:]
     if len(args) < 4 or args[0] != "--watch" or args[2] != "--":
-        sys.stderr.write("usage: llama_server.py --watch PARENT_PID -- COMMAND...\n")
+        sys.stderr.write("usage: llama_server.py --watch PARENT_PID [--log FILE] -- COMMAND...\n")
         sys.exit(2)
-    sys.exit(_watch(int(args[1]), args[3:]))
+    sys.exit(_watch(int(args[1]), args[3:], log_file))
