@@ -344,6 +344,7 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
         else:
             await send_and_judge(sample, order)
         store.finish_claim(sample.id)
+        await store.durable()  # done only once stored: a SIGKILL re-sends at most the samples in hand
 
     async def send_and_judge(sample: Sample, order: int) -> None:
         resp: Response | None = None

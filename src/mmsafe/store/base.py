@@ -176,6 +176,13 @@ class RunStore(ABC):
     def counts(self) -> dict[str, int]:
         """Stored responses: ``responses``, ``ok`` and ``errors``."""
 
+    async def durable(self) -> None:
+        """Return once every write made so far is committed. A store that commits each write as it
+        is made (SQLite) returns at once; one that commits in the background (PostgreSQL) makes the
+        caller wait for it without blocking the event loop, so a sample counts as done only once
+        it is stored and a SIGKILL re-sends at most the samples being worked on."""
+        return None
+
     # -- claims: several processes on one run
     @abstractmethod
     def begin_claims(self, lease_s: float | None = None) -> Holder:

@@ -20,6 +20,7 @@ it; libpq reads it from ``PGPASSWORD``, ``~/.pgpass`` or ``MMSAFE_STORE_URL``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import threading
@@ -319,6 +320,10 @@ class PostgresRunStore(RunStore):
         if self._w is not None:
             self._w.flush()
 
+    async def durable(self) -> None:
+        if self._w is not None:
+            await self._w.durable()
+
     def _writer(self) -> _Writer:
         if self.readonly:
             raise StoreError(f"{self.target.public}#{self.run}: opened read-only")
@@ -505,14 +510,20 @@ class _Writer:
         self.ops: list[tuple[str, tuple[Any, ...]]] = []
         self.cv = threading.Condition()
         self.busy = False
+        self.waiting = 0
         self.closing = False
+        self.put_seq = self.done_seq = 0  # ops queued / committed so far
+        self.waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.error: str | None = None
         self.thread = threading.Thread(target=self._loop, name="mmsafe-pg-writer", daemon=True)
         self.thread.start()
 
+    def _exc(self) -> StoreError:
+        return StoreError(f"{self.target.public}: a write to the PostgreSQL store failed ({self.error})")
+
     def _raise(self) -> None:
         if self.error is not None:
-            raise StoreError(f"{self.target.public}: a write to the PostgreSQL store failed ({self.error})")
+            raise self._exc()
 
     def put(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
         with self.cv:
@@ -520,12 +531,18 @@ class _Writer:
             while len(self.ops) > self.MAX_QUEUED and self.error is None:
                 self.cv.wait()
             self.ops.extend(ops)
+            self.put_seq += len(ops)
             self.cv.notify_all()
 
     def flush(self) -> None:
         with self.cv:
-            while (self.ops or self.busy) and self.error is None:
-                self.cv.wait()
+            self.waiting += 1
+            self.cv.notify_all()
+            try:
+                while (self.ops or self.busy) and self.error is None:
+                    self.cv.wait()
+            finally:
+                self.waiting -= 1
             self._raise()
 
     def _loop(self) -> None:
@@ -535,7 +552,7 @@ class _Writer:
                     self.cv.wait()
                 if not self.ops:
                     return
-                batch, self.ops, self.busy = self.ops, [], True
+                batch, self.ops, self.busy, upto = self.ops, [], True, self.put_seq
                 self.cv.notify_all()
             try:
                 self._write(batch)
@@ -543,10 +560,28 @@ class _Writer:
                 with self.cv:
                     self.error, self.busy = _first_line(e), False
                     self.cv.notify_all()
+                    waiters, self.waiters = self.waiters, []
+                for _, loop, fut in waiters:
+                    loop.call_soon_threadsafe(_settle, fut, self._exc())
                 return
             with self.cv:
                 self.busy = False
+                self.done_seq = upto
                 self.cv.notify_all()
+                ready = [w for w in self.waiters if w[0] <= upto]
+                self.waiters = [w for w in self.waiters if w[0] > upto]
+            for _, loop, fut in ready:
+                loop.call_soon_threadsafe(_settle, fut, None)
+
+    async def durable(self) -> None:
+        with self.cv:
+            self._raise()
+            if self.done_seq >= self.put_seq:
+                return
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
+            self.waiters.append((self.put_seq, loop, fut))
+        await fut
 
     def _write(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         groups: dict[str, list[tuple[Any, ...]]] = {}  # one transaction: the order between kinds is moot
@@ -585,6 +620,14 @@ _UPSERT_VERDICT = (
     " input_tokens=EXCLUDED.input_tokens, output_tokens=EXCLUDED.output_tokens,"
     " created=EXCLUDED.created, extra=EXCLUDED.extra")
 _FINISH = f"UPDATE claims SET done_at={_NOW} WHERE sample_id=%s AND holder=%s"
+
+
+def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    if not fut.done():
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
 
 
 def _req_row(r: dict[str, Any]) -> tuple[Any, ...]:
