@@ -99,7 +99,8 @@ def test_report_keeps_each_runs_colour_and_fits_1400px(runs: dict[str, Path], tm
         for sel in ("#leaderboard-table", "#multiturn-table"):
             scroll, client = page.eval_on_selector(sel, "e => [e.scrollWidth, e.parentElement.clientWidth]")
             assert scroll <= client, (sel, scroll, client)  # no sideways scrolling
-            last = page.eval_on_selector(sel, "e => e.querySelector('thead th:last-child').getBoundingClientRect().right")
+            last = page.eval_on_selector(sel, "e => e.querySelector('thead th:last-child')"
+                                              ".getBoundingClientRect().right")
             assert last <= 1400  # the last column (cost, status) is on screen
         page.locator("#leaderboard").screenshot(path=str(artifact("ux-leaderboard-1400.png")))
         page.locator("#multiturn").screenshot(path=str(artifact("ux-multiturn-1400.png")))
@@ -127,3 +128,52 @@ def _image_sample(run_dir: Path) -> str:
     return next(s.id for s in open_benchmark(bench).iter_samples()
                 if any(not isinstance(m.content, str) and any(p.type == "image" for p in m.content)
                        for m in s.messages))
+
+
+# --------------------------------------------------------------------------- the terminal at 100 columns
+
+
+def _cli_at(columns: int, *args: str, cwd: Path) -> str:
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "COLUMNS": str(columns), "MMSAFE_CACHE_DIR": str(cwd / "cache")}
+    r = subprocess.run([sys.executable, "-m", "mmsafe.cli", *args], capture_output=True, text=True, env=env,
+                       cwd=cwd, timeout=300)
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    return r.stdout
+
+
+def test_demo_tables_at_100_columns_cut_no_figure(tmp_path: Path) -> None:
+    text = _cli_at(100, "demo", "--out", str(tmp_path / "d"), cwd=tmp_path)
+    assert "…" not in text  # nothing ends in an ellipsis
+    lb = text.split("mmsafe demo — leaderboard")[1].split("targets are MOCK")[0]
+    assert all(len(line) <= 100 for line in lb.splitlines())
+    # every CI of the leaderboard is whole on its line, and every column (over-refusal last) is there
+    cis = re.findall(r"\d+\.\d–\d+\.\d%", lb)
+    assert len(cis) == 3 and "over-refusal" in lb and len(re.findall(r"\d/4\b", lb)) == 3
+    assert "ASR" in lb and "keyword" in lb  # the header wraps rather than being cut
+
+
+def test_run_summary_prints_counts_as_words(runs: dict[str, Path], tmp_path: Path) -> None:
+    from mmsafe.cli.console import counts
+    assert counts({"image": 50, "text": 500}) == "50 image, 500 text"
+    assert counts({"max_turns": 4, "success": 6}) == "4 max turns, 6 success"
+    bench = load_runs([runs["adaptive"]])[0].benchmark_path
+    text = _cli_at(100, "run", str(bench), "--target", "mock/mixed", "--mode", "adaptive", "--attacker",
+                   "mock/attacker", "--limit", "4", "--max-turns", "2", "--out", str(tmp_path / "a"), cwd=tmp_path)
+    assert "{" not in text and "None" not in text, text  # no raw Python values
+    assert re.search(r"status (\d+ (success|max turns)(, )?)+", " ".join(text.split())), text
+
+
+def test_narrow_terminal_table_becomes_lines_with_every_figure() -> None:
+    from rich.console import Console
+
+    from mmsafe.cli.console import table
+    rows = [["mock/complier (mock)", "100.0%", "100.0–100.0%", "0/4"], ["m", "0.0%", "0.0–0.0%", "4/4"]]
+    c = Console(width=30, record=True, markup=False)
+    c.print(table("board", ("target", "ASR keyword", "95% CI", "over-refusal"), rows, text_columns=("target",),
+                  width=30))
+    out = c.export_text()
+    assert "100.0–100.0%" in out.replace("\n", "") and "over-refusal 0/4" in " ".join(out.split())
+    assert "…" not in out

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from mmsafe.errors import EXIT_INCOMPLETE
 
@@ -30,15 +29,16 @@ def _log(msg: str) -> None:
 
 def print_build(res: dict[str, Any]) -> None:
     """The build ledger per stage, the selection quality and the benchmark written."""
-    table = Table(title=f"build ledger ({res['out']})")
-    for col in ("stage", "items", "calls", "cached", "errors", "img/tts", "tokens", "USD", "wall s", "skipped"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
+    rows = []
     for s, r in res["stages"].items():
         lg = r["ledger"]
-        table.add_row(s, str(r["n_items"]), str(lg["calls"]), str(lg["cached"]), str(lg["errors"]),
-                      f"{lg.get('image_calls', 0)}/{lg.get('tts_calls', 0)}",
-                      str(lg["input_tokens"] + lg["output_tokens"]), f"{lg['cost_usd']:.4f}", f"{lg['wall_s']:.2f}",
-                      "yes" if r.get("skipped") else "")
+        rows.append([s, str(r["n_items"]), str(lg["calls"]), str(lg["cached"]), str(lg["errors"]),
+                     f"{lg.get('image_calls', 0)}/{lg.get('tts_calls', 0)}",
+                     str(lg["input_tokens"] + lg["output_tokens"]), f"{lg['cost_usd']:.4f}", f"{lg['wall_s']:.2f}",
+                     "yes" if r.get("skipped") else ""])
+    table = console.table(f"build ledger ({res['out']})", ("stage", "items", "calls", "cached", "errors", "img/tts",
+                                                          "tokens", "USD", "wall s", "skipped"), rows,
+                          text_columns=("stage",))
     console.out.print(table)
     q = (getattr(res["manifest"], "quality", None) or {})
     if q.get("selected"):

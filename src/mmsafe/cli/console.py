@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import typer
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -78,19 +78,46 @@ def counts(d: Mapping[str, object] | None, empty: str = "none") -> str:
     return ", ".join(f"{v} {str(k).replace('_', ' ')}" for k, v in d.items())
 
 
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], *, caption: str | None = None,
-          text_columns: Sequence[str] = ()) -> Table:
-    """A table that never cuts a figure: every column wraps or folds (figures right-aligned,
-    ``text_columns`` left-aligned) when the terminal is narrow, never ends in an ellipsis."""
-    t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in columns:
-        if col in text_columns:
-            t.add_column(col, overflow="fold")
+def _wrap_header(header: str, width: int) -> str:
+    """``header`` broken at spaces into lines of at most ``width`` (a longer word stays whole)."""
+    lines: list[str] = []
+    for word in header.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
         else:
-            t.add_column(col, overflow="fold", justify="right")
+            lines.append(word)
+    return "\n".join(lines)
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], *, caption: str | None = None,
+          text_columns: Sequence[str] = (), width: int | None = None) -> RenderableType:
+    """Rows for the terminal without cutting a figure: a table where a figure column is as
+    wide as its widest figure (its header wraps to that width) and ``text_columns`` wrap or
+    fold; when even that is wider than the terminal (``width``, default stdout's), one
+    wrapped line per row (``name: header value, header value, ...``). Nothing ends in an
+    ellipsis and no column is dropped."""
+    mins: list[int] = []
+    t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, col in enumerate(columns):
+        words = [len(w) for v in [col, *(str(r[i]) for r in rows)] for w in v.split()]
+        if col in text_columns:
+            mins.append(min(max(words, default=1), 12))  # long names fold
+            t.add_column(col, overflow="fold")
+            continue
+        widest = max((len(str(r[i])) for r in rows), default=1)
+        w = max(widest, max((len(x) for x in col.split()), default=1))
+        mins.append(w)
+        t.add_column(_wrap_header(col, w), overflow="fold", justify="right", min_width=widest)
     for r in rows:
         t.add_row(*(str(x) for x in r))
-    return t
+    if sum(mins) + 2 * (len(columns) - 1) <= (width or out.width):
+        return t
+    lines: list[RenderableType] = [Text(title, style="italic")]
+    for r in rows:
+        lines.append(Text(f"{r[0]}: " + ", ".join(f"{c} {v}" for c, v in zip(columns[1:], r[1:], strict=True))))
+    if caption:
+        lines.append(Text(caption, style="dim"))
+    return Group(*lines)
 
 
 __all__ = ["Piece", "bold", "counts", "err", "error_line", "fail", "note", "out", "say", "table", "text", "warn"]

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from mmsafe.types import InputError, Message
 
@@ -81,9 +80,7 @@ def moderate(
 
     results = run_async(go())
     n_flag = n_err = 0
-    table = Table(title=f"moderation ({moderator})")
-    for col in ("id", "flagged", "score", "scenario"):
-        table.add_column(col)
+    rows = []
     for cid, m in results:
         n_flag += bool(m.flagged)
         n_err += m.flagged is None
@@ -92,10 +89,11 @@ def moderate(
                                            "scenario": m.scenario, "error": m.error,
                                            "latency_ms": round(m.latency_ms, 3)}).decode() + "\n")
         else:
-            table.add_row(cid, "?" if m.flagged is None else ("yes" if m.flagged else "no"),
-                          "—" if m.score is None else f"{m.score:.3f}", m.scenario or "—")
+            rows.append([cid, "?" if m.flagged is None else ("yes" if m.flagged else "no"),
+                         "—" if m.score is None else f"{m.score:.3f}", m.scenario or "—"])
     if not json:
-        out.print(table)
+        out.print(console.table(f"moderation ({moderator})", ("id", "flagged", "score", "scenario"), rows,
+                                text_columns=("id", "scenario")))
         say(f"{n_flag} of {len(results)} flagged; {n_err} moderation errors")
 
 
@@ -135,16 +133,17 @@ def defend_eval(
     base = RunOptions(benchmark=harmful, target=tcfg, judge=first_judge, out=out, limit=limit,
                       max_connections=max_connections, use_cache=cache)
     res = evaluate_defenses(harmful, benign, base, defenses, out, lambda: make_judge(judge, models_file=models))
-    table = Table(title=f"defenses on {harmful.name} — target {tcfg.name}")
-    for col in ("defense", "ASR", "ASR by turns", "reduction", "over-refusal", "+latency ms", "moderator $"):
-        table.add_column(col)
+    rows = []
     for r in res["rows"]:
         orf = r.get("over_refusal") or {}
-        table.add_row(r["defense"], fmt_rate(r["asr"]),
-                      " ".join(f"{k}:{fmt_rate(v)}" for k, v in r["asr_by_turns"].items()),
-                      "—" if r["asr_reduction"] is None else f"{100 * r['asr_reduction']:+.1f} pts",
-                      fmt_rate(orf.get("rate")), f"{r['added_latency_ms_mean'] or 0:.2f}",
-                      f"{r['moderator_cost_usd'] or 0:.4f}")
+        rows.append([r["defense"], fmt_rate(r["asr"]),
+                     ", ".join(f"{k}: {fmt_rate(v)}" for k, v in r["asr_by_turns"].items()),
+                     "—" if r["asr_reduction"] is None else f"{100 * r['asr_reduction']:+.1f} pts",
+                     fmt_rate(orf.get("rate")), f"{r['added_latency_ms_mean'] or 0:.2f}",
+                     f"{r['moderator_cost_usd'] or 0:.4f}"])
+    table = console.table(f"defenses on {harmful.name} — target {tcfg.name}",
+                          ("defense", "ASR", "ASR by turns", "reduction", "over-refusal", "+latency ms", "moderator $"),
+                          rows, text_columns=("defense", "ASR by turns"))
     console.out.print(table)  # `out` here is the --out folder
     say(f"comparison: {out / 'comparison.json'}  (over-refusal by refusal-phrase detection)")
 

@@ -229,8 +229,9 @@ def grouped_bars(groups: Sequence[str], series: Sequence[str], value: dict[tuple
             tip = (f"{s} — {g}: ASR {_pct(v)}"
                    + (f" (95% CI {_pct(d.get('ci_low'))}–{_pct(d.get('ci_high'))})"
                       if d.get("ci_low") is not None else "") + f", n={d.get('n_scored')}")
+            fill = colors[si] if colors else color(si)
             body.append(f"<rect class='bar' x='{_f(left)}' y='{_f(y + 1)}' width='{_f(max(1.5, v * pw))}' "
-                        f"height='{bh - 2}' fill='{colors[si] if colors else color(si)}'><title>{escape(tip)}</title></rect>")
+                        f"height='{bh - 2}' fill='{fill}'><title>{escape(tip)}</title></rect>")
             lo, hi = d.get("ci_low"), d.get("ci_high")
             if lo is not None and hi is not None:
                 body.append(f"<line x1='{_f(left + lo * pw)}' x2='{_f(left + hi * pw)}' y1='{_f(y + bh / 2)}' "

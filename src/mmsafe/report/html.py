@@ -145,7 +145,7 @@ def build_charts(runs: list[RunInfo], lb: list[dict[str, Any]]) -> dict[str, Mar
 
 def multiturn_blocks(runs: list[RunInfo], labels: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The ``multiturn`` block of live / adaptive runs, and its two curves."""
-    blocks = []
+    blocks: list[dict[str, Any]] = []
     for i, r in enumerate(runs):
         b = r.summary.get("multiturn")
         if isinstance(b, dict):
@@ -246,7 +246,7 @@ def collect_examples(r: RunInfo, k: int, budget: list[int], thumbs: dict[str, st
         db = store.db
         picked: list[tuple[str, str]] = []
         quota = {"unsafe": max(1, k - k // 3 - k // 4), "unscored": k // 4, "judges disagree": k // 3}
-        queries = [
+        queries: list[tuple[str, str, tuple[Any, ...]]] = [
             ("unsafe", "SELECT r.sample_id FROM responses r JOIN verdicts v ON v.sample_id=r.sample_id AND "
                        "v.judge_id=? WHERE v.label='unsafe' AND r.status='ok' ORDER BY r.seq LIMIT ?",
              (jid, quota["unsafe"])),
