@@ -293,3 +293,23 @@ def test_a_prompt_over_the_window_is_that_samples_error_not_the_runs(tmp_path):
     assert "context window of 256 tokens" in rs["long"]["error"] and "n_ctx" in rs["long"]["error"]
     assert rs["long"]["verdict"] is None or rs["long"]["verdict"]["label"] != "safe"
     assert json.loads((out / "summary.json").read_text())["n_errors"] == 1
+
+
+def test_without_the_extra_the_error_says_what_to_install(tmp_path, monkeypatch):
+    """Where llama-cpp-python[server] is not installed: one line naming the extra, exit 2."""
+    import importlib.util
+    import sys as _sys
+
+    from mmsafe.registry import registry
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llama_cpp" else real_find(name, *a))
+    monkeypatch.delitem(_sys.modules, "mmsafe.models.local_provider", raising=False)
+    entry = registry("providers").entry("local")
+    assert entry is not None
+    monkeypatch.setattr(entry, "_loaded", None)  # forget a class resolved earlier in this process
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 64)
+    r = cli("run", text_bench(tmp_path / "b", 1), "--target", f"local/{gguf}", "--out", tmp_path / "r")
+    assert r.exit_code == 2, r.output
+    assert "pip install 'mmsafe[local]'" in r.output and "Traceback" not in r.output
