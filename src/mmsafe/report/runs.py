@@ -181,20 +181,19 @@ def _qualifiers(r: RunInfo, same: list[RunInfo]) -> list[str]:
 
 def display_names(runs: list[RunInfo]) -> list[str]:
     """Short, unique display names of ``runs`` (in order): :func:`base_name`, then what tells
-    runs sharing a name apart (provider, defense, mode, judge, benchmark), then the run
-    folder's name, then ``#2``, ``#3``."""
+    runs sharing a name apart (provider, defense, mode, judge, benchmark); runs still equal
+    get their folder's name instead (``mock/mixed [run-b]``), and ``#2``, ``#3`` last."""
     base = [base_name(r) for r in runs]
     names = []
     for i, r in enumerate(runs):
         same = [x for j, x in enumerate(runs) if base[j] == base[i]]
         bits = _qualifiers(r, same) if len(same) > 1 else []
         names.append(f"{base[i]} ({', '.join(bits)})" if bits else base[i])
-    for i, r in enumerate(runs):  # still equal: the run folders' names
-        if names.count(names[i]) > 1 and r.run_dir.name not in names[i]:
-            dup = [j for j, n in enumerate(names) if n == names[i]]
-            if len({runs[j].run_dir.name for j in dup}) == len(dup):
-                for j in dup:
-                    names[j] = f"{names[j]} [{runs[j].run_dir.name}]"
+    for i in range(len(runs)):  # still equal: the model name and the run folder's name
+        dup = [j for j, n in enumerate(names) if n == names[i]]
+        if len(dup) > 1 and len({runs[j].run_dir.name for j in dup}) == len(dup):
+            for j in dup:
+                names[j] = f"{base[j]} [{runs[j].run_dir.name}]"
     seen: dict[str, int] = {}
     for i, n in enumerate(names):  # last resort: numbered
         seen[n] = seen.get(n, 0) + 1
