@@ -34,7 +34,14 @@ from mmsafe.types import BenchmarkManifest, Message, Sample, TextPart
 
 from ..benchmark import BenchmarkWriter
 from ..errors import DatasetError, describe_validation_error
-from ._align import DEFAULT_MARGIN, DEFAULT_MIN_SIM, AlignmentItem, alignment_block, check_alignment
+from ._align import (
+    DEFAULT_MARGIN,
+    DEFAULT_MIN_SIM,
+    AlignmentItem,
+    AlignmentResult,
+    alignment_block,
+    check_alignment,
+)
 from ._common import (
     MediaGaps,
     asset_from_ref,
@@ -128,21 +135,12 @@ def import_safemt(src: Path, out: Path, *, name: str | None = None, overwrite: b
     """
     src = require_path(src)
     all_files = safemt_files(src)
-    files = all_files
-    if lengths is not None:
-        keep = {int(n) for n in lengths}
-        files = [(n, p) for n, p in files if n in keep]
-        if not files:
-            raise DatasetError(f"{src}: none of the lengths {sorted(keep)} are present")
-    base = src if src.is_dir() else src.parent
+    files = _select_lengths(src, all_files, lengths)
     # the 1-turn file is the reference for questions and alignment, even when not imported
-    ref_file = next((p for n, p in all_files if n == 1), None)
-    if ref_file is None and src.is_file():
-        sib = src.parent / "1_turn.json"
-        ref_file = sib if sib.is_file() else None
+    ref_file = _reference_file(src, all_files)
     manifest = make_manifest(
         name=name or "safemt", importer="safemt",
-        sources=[source_entry(p, base) for _, p in files],
+        sources=[source_entry(p, src if src.is_dir() else src.parent) for _, p in files],
         options={"lengths": sorted(n for n, _ in files),
                  "images_dir": str(images_dir) if images_dir else None,
                  "only_with_images": only_with_images or None,
@@ -153,17 +151,8 @@ def import_safemt(src: Path, out: Path, *, name: str | None = None, overwrite: b
                     f"(turn counts {', '.join(str(n) for n, _ in files)})",
         source="SafeMT (Zhu et al., ACL 2026)",
     )
-    loaded: list[_Record] = []
-    for n, path in files:
-        for i, rec in enumerate(_load(path)):
-            loaded.append(_parse_record(rec, n, path, i))
-    refs: dict[str, _Record] = {}
-    if ref_file is not None:
-        ref_records = ([r for r in loaded if r.n == 1] if any(n == 1 for n, _ in files)
-                       else [_parse_record(rec, 1, ref_file, i)
-                             for i, rec in enumerate(_load(ref_file))])
-        for r in ref_records:
-            refs.setdefault(r.rid, r)
+    loaded = [_parse_record(rec, n, path, i) for n, path in files for i, rec in enumerate(_load(path))]
+    refs = _references(loaded, files, ref_file)
     # alignment of every longer dialogue with its group's 1-turn record
     items = [AlignmentItem(sample_id=r.sid, group=r.rid, turns=r.n, text=r.user_text(),
                            scenario=r.scenario, image=r.image) for r in loaded if r.n != 1]
@@ -173,37 +162,85 @@ def import_safemt(src: Path, out: Path, *, name: str | None = None, overwrite: b
                                   for g, r in refs.items()}, items,
                                  margin=align_margin, min_sim=align_min_similarity)
     gaps = MediaGaps("safemt", "only_with_images", dropped=only_with_images)
-    qsources: dict[str, int] = {}
-    cache: dict = {}  # image reference -> stored part, shared by all lengths
     with BenchmarkWriter(out, manifest, overwrite=overwrite) as w:
-        for r in loaded:
-            aligned = True if result is None else result.aligned.get(r.sid, True)
-            text_ok = result is None or "text" not in result.reasons.get(r.sid, [])
-            question, qsrc = _question(r, refs, text_ok)
-            qsources[qsrc] = qsources.get(qsrc, 0) + 1
-            img_base = Path(images_dir) if images_dir else r.path.parent
-            sample = _to_sample(w, r, img_base, cache, gaps, only_with_images, question, qsrc,
-                                aligned)
-            if sample is not None:
-                w.add(sample, where=r.where)
+        qsources = _write_samples(w, loaded, refs, result, gaps, images_dir, only_with_images)
         gaps.finish(w.manifest, strict=strict_media)
         w.manifest.provenance["question_source"] = qsources
         if result is not None:
-            block = alignment_block(result, items, margin=align_margin,
-                                    min_sim=align_min_similarity, n_reference=len(refs))
-            w.manifest.provenance["alignment"] = block
-            if block["n_misaligned"]:
-                shown = ", ".join(block["misaligned_groups"][:5])
-                more = len(block["misaligned_groups"]) - 5
-                w.manifest.provenance.setdefault("notes", []).append(
-                    f"safemt: {block['n_misaligned']} of {block['n_checked']} longer dialogues do not "
-                    f"match their id's 1-turn request ({len(block['misaligned_groups'])} groups: "
-                    f"{shown}{f' and {more} more' if more > 0 else ''}); the Safety Index groups "
-                    "them apart (grouping 'aligned'); details in benchmark.json provenance.alignment")
+            _record_alignment(w.manifest, alignment_block(result, items, margin=align_margin,
+                                                          min_sim=align_min_similarity,
+                                                          n_reference=len(refs)))
         elif ref_file is None:
             w.manifest.provenance["alignment"] = {"method": None,
                                                   "note": "no 1_turn.json: alignment not checked"}
     return w.manifest
+
+
+def _select_lengths(src: Path, files: list[tuple[int, Path]],
+                    lengths: Iterable[int] | None) -> list[tuple[int, Path]]:
+    """The files of the requested lengths (all when ``lengths`` is None); none left is an error."""
+    if lengths is None:
+        return files
+    keep = {int(n) for n in lengths}
+    kept = [(n, p) for n, p in files if n in keep]
+    if not kept:
+        raise DatasetError(f"{src}: none of the lengths {sorted(keep)} are present")
+    return kept
+
+
+def _reference_file(src: Path, all_files: list[tuple[int, Path]]) -> Path | None:
+    """The 1-turn file: among the source's files, else (for one file given) its sibling."""
+    ref_file = next((p for n, p in all_files if n == 1), None)
+    if ref_file is None and src.is_file():
+        sib = src.parent / "1_turn.json"
+        ref_file = sib if sib.is_file() else None
+    return ref_file
+
+
+def _references(loaded: list[_Record], files: list[tuple[int, Path]],
+                ref_file: Path | None) -> dict[str, _Record]:
+    """Group id -> its 1-turn record (the first one of that id), read from the imported
+    records or, when the 1-turn file is not imported, from ``ref_file``."""
+    refs: dict[str, _Record] = {}
+    if ref_file is not None:
+        ref_records = ([r for r in loaded if r.n == 1] if any(n == 1 for n, _ in files)
+                       else [_parse_record(rec, 1, ref_file, i)
+                             for i, rec in enumerate(_load(ref_file))])
+        for r in ref_records:
+            refs.setdefault(r.rid, r)
+    return refs
+
+
+def _write_samples(w: BenchmarkWriter, loaded: list[_Record], refs: dict[str, _Record],
+                   result: AlignmentResult | None, gaps: MediaGaps, images_dir: Path | None,
+                   only_with_images: bool) -> dict[str, int]:
+    """Write one sample per record (images shared across lengths); the count of each
+    question source."""
+    qsources: dict[str, int] = {}
+    cache: dict = {}  # image reference -> stored part, shared by all lengths
+    for r in loaded:
+        aligned = True if result is None else result.aligned.get(r.sid, True)
+        text_ok = result is None or "text" not in result.reasons.get(r.sid, [])
+        question, qsrc = _question(r, refs, text_ok)
+        qsources[qsrc] = qsources.get(qsrc, 0) + 1
+        img_base = Path(images_dir) if images_dir else r.path.parent
+        sample = _to_sample(w, r, img_base, cache, gaps, only_with_images, question, qsrc, aligned)
+        if sample is not None:
+            w.add(sample, where=r.where)
+    return qsources
+
+
+def _record_alignment(manifest: BenchmarkManifest, block: dict[str, Any]) -> None:
+    """The alignment block into the provenance, and a note naming misaligned groups."""
+    manifest.provenance["alignment"] = block
+    if block["n_misaligned"]:
+        shown = ", ".join(block["misaligned_groups"][:5])
+        more = len(block["misaligned_groups"]) - 5
+        manifest.provenance.setdefault("notes", []).append(
+            f"safemt: {block['n_misaligned']} of {block['n_checked']} longer dialogues do not "
+            f"match their id's 1-turn request ({len(block['misaligned_groups'])} groups: "
+            f"{shown}{f' and {more} more' if more > 0 else ''}); the Safety Index groups "
+            "them apart (grouping 'aligned'); details in benchmark.json provenance.alignment")
 
 
 def _question(r: _Record, refs: dict[str, _Record], text_ok: bool) -> tuple[str, str]:
