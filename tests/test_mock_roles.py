@@ -52,6 +52,7 @@ def test_adaptive_attack_runs_offline_with_the_mock_attacker(bench: Path, tmp_pa
     r = cli("run", bench, "--target", "mock/mixed", "--mode", "adaptive", "--attack", attack,
             "--attacker", "mock/attacker", "--judge", "keyword", "--limit", 6, "--max-turns", 3, "--out", out)
     assert r.exit_code == 0, r.output
+    assert "attacker: mock/attacker (MOCK reference model" in " ".join(r.output.split())  # labelled as a mock
     s = json.loads((out / "summary.json").read_text())
     mt = s["multiturn"]
     assert mt["mode"] == "adaptive"
@@ -176,4 +177,7 @@ def test_demo_shows_a_multi_turn_attack_and_dialogue_generation(tmp_path: Path) 
     d = json.loads((out / "runs" / "dialogues-mock-mixed" / "summary.json").read_text())
     assert set(d["by_turns"]) == {"1", "2", "4"}
     assert (out / "report.html").exists()
-    assert "crescendo vs mixed" in (out / "report.html").read_text()  # the run's name (RunOptions.name) labels it
+    html = (out / "report.html").read_text()
+    assert "crescendo vs mixed" in html  # the run's name (RunOptions.name) labels it
+    row = html.split('id="multiturn-table"')[1].split("</table>")[0]
+    assert "crescendo by mock/attacker" in row and "MOCK" in row  # the attacker is named and marked a mock

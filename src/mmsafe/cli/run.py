@@ -49,8 +49,9 @@ def _round(x: Any) -> str:
     return "—" if x is None else str(round(x, 2))
 
 
-def print_multiturn(m: dict[str, Any]) -> None:
-    """The multi-turn block of a run summary (live and adaptive modes)."""
+def print_multiturn(m: dict[str, Any], attacker: str | None = None) -> None:
+    """The multi-turn block of a run summary (live and adaptive modes); ``attacker``: who
+    attacked (its display, marked when it is the MOCK attacker)."""
     ttj = m.get("turns_to_jailbreak") or {}
     by = ", ".join(f"{k}: {fmt_rate(v.get('asr'))}" for k, v in (m.get("asr_by_turn_count") or {}).items())
     status = counts(m.get("status"), "—")
@@ -58,6 +59,8 @@ def print_multiturn(m: dict[str, Any]) -> None:
         + (f", mean turns to jailbreak {ttj['mean']:.2f}" if ttj.get("mean") is not None else "")
         + f"; ASR by {m.get('asr_by_turn_count_key')}: {by or '—'}; status {status}")
     if m.get("mode") == "adaptive":
+        if attacker:
+            say(f"attacker: {attacker}")
         bt, ac = m.get("backtracks") or {}, m.get("attacker_cost") or {}
         say(f"backtracks per success {_round(bt.get('per_success'))}, attacker calls per success "
             f"{_round(ac.get('calls_per_success'))}, attacker cost ${ac.get('usd_total', 0):.4f}; "
@@ -65,7 +68,7 @@ def print_multiturn(m: dict[str, Any]) -> None:
             "(not counted as target safety)")
 
 
-def print_summary(s: dict[str, Any], run_dir: Path) -> None:
+def print_summary(s: dict[str, Any], run_dir: Path, attacker: str | None = None) -> None:
     """The headline of a run: ASR with its CI, counts, cost, judge, where the files are."""
     ci = s.get("asr_ci") or [None, None]
     ci_txt = f" (95% CI {fmt_rate(ci[0])}–{fmt_rate(ci[1])})" if ci[0] is not None else ""
@@ -85,7 +88,7 @@ def print_summary(s: dict[str, Any], run_dir: Path) -> None:
                f"{si.get('n_unaligned')} dialogues misaligned across lengths)"
                if other.get("si") is not None else ""))
     if s.get("multiturn"):
-        print_multiturn(s["multiturn"])
+        print_multiturn(s["multiturn"], attacker)
     if s.get("stored_outside"):
         say(f"this selection is --limit {s.get('selected')}: the run also holds {s['stored_outside']} more "
             "sample(s), not in these figures (re-run without --limit to include them)")
@@ -205,7 +208,7 @@ def run(
         if outcome.summary.get("n_scored"):  # what was measured before it is stored and worth showing
             print_summary(outcome.summary, out)
         raise FatalProviderError(outcome.fatal_error or f"{tcfg.name}: fatal endpoint error")
-    print_summary(outcome.summary, out)
+    print_summary(outcome.summary, out, attacker=acfg.display if acfg is not None else None)
     if outcome.stopped == "max_cost":  # one figure: the summary's spent total (never above the budget)
         warn("stopped:", f"--max-cost ${max_cost:g} reached: ${outcome.run_summary.cost_usd:.4f} spent, "
              "as in the summary; re-run with a higher --max-cost to continue (finished requests come from "

@@ -149,8 +149,10 @@ def multiturn_blocks(runs: list[RunInfo], labels: dict[str, str]) -> tuple[list[
     for i, r in enumerate(runs):
         b = r.summary.get("multiturn")
         if isinstance(b, dict):
+            mt = ((r.config.get("fingerprint") or {}).get("multiturn") or {})
             blocks.append({"run": r, "block": b, "ttj": b.get("turns_to_jailbreak") or {}, "index": i,
-                           "color": charts.color(i)})
+                           "color": charts.color(i), "attacker": mt.get("attacker"),
+                           "attack": mt.get("attack") or ("crescendo" if mt.get("attacker") else None)})
     out: dict[str, Any] = {}
     if blocks:
         out["jailbroken"] = charts.line_chart(
