@@ -14,6 +14,7 @@ it simulates instead.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -399,3 +400,87 @@ def test_budget_reservation_holds_under_concurrency(llm):
     sent = [x for x in res if not isinstance(x, BaseException)]
     assert any(isinstance(x, BudgetExceeded) for x in res) and len(sent) >= 5
     assert ledger.total_cost <= 0.3 and ledger.reserved_usd == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------- 7. progress without a terminal
+
+
+def test_run_off_a_terminal_prints_progress_lines_with_the_limited_total(tmp_path, llm):
+    bench = make_benchmark(tmp_path / "b", n=12, image=False)
+    r = mmsafe("run", bench, "-t", f"openai/slow-150@{llm.url}", "--limit", "6", "--max-connections", "1",
+               "--no-cache", "-o", tmp_path / "r", cwd=tmp_path, env={"MMSAFE_PROGRESS_INTERVAL": "0.3"})
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("run openai/slow-150@")]
+    assert len(lines) >= 2, r.stderr  # a line every 0.3 s during a ~1 s run, and the last one
+    assert all(": " in ln and "/6 (" in ln.split(": ", 1)[1] for ln in lines)  # the --limit total from the start
+    assert not re.search(r"\b\d+/12\b", r.stderr)
+    assert lines[-1].split(": ", 1)[1].startswith("6/6 (100%)") and "errors 0" in lines[-1]
+
+
+def test_progress_interval_zero_turns_the_lines_off(tmp_path):
+    bench = make_benchmark(tmp_path / "b", n=2, image=False)
+    r = mmsafe("run", bench, "-t", "mock/refuser", "-o", tmp_path / "r", cwd=tmp_path,
+               env={"MMSAFE_PROGRESS_INTERVAL": "0"})
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+
+
+def test_the_terminal_bar_shows_the_limited_total_from_the_start(tmp_path, monkeypatch):
+    """In a terminal (simulated: a Rich console forced to terminal mode, writing to a buffer)."""
+    import io
+
+    from rich.console import Console
+    buf = io.StringIO()
+    monkeypatch.setattr("mmsafe.cli.progress.err", Console(file=buf, force_terminal=True, width=200))
+    bench = make_benchmark(tmp_path / "b", n=12, image=False)
+    r = runner.invoke(app, ["run", str(bench), "-t", "mock/refuser", "--limit", "3", "-o", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    drawn = buf.getvalue()
+    assert "3/3" in drawn and "/12" not in drawn
+
+
+def test_every_long_verb_reports_progress_off_a_terminal(tmp_path, monkeypatch, llm):
+    """judge, calibrate, moderate, dialogues and defend-eval feed the same reporter (interval 0.05 s;
+    the scripted server answers after 100 ms so each verb runs long enough for a line)."""
+    import time as _time
+
+    from mmsafe.cli import progress as prog
+    seen: list[str] = []
+    monkeypatch.setenv("MMSAFE_PROGRESS_INTERVAL", "0.05")
+    monkeypatch.setattr(prog.Reporter, "emit", lambda self: seen.append(prog.progress_line(self.label, self.stats)))
+    llm.latency_ms = 100
+    bench = make_benchmark(tmp_path / "b", n=3, image=False)
+    assert runner.invoke(app, ["run", str(bench), "-t", "mock/complier", "-o", str(tmp_path / "r")]).exit_code == 0
+    data = tmp_path / "labels.csv"
+    data.write_text("question,response,label\n" + "".join(f"q{i},Sure here it is {i},1\n" for i in range(3)))
+    cases = {
+        "judge": ["judge", str(tmp_path / "r"), "--judge", f"rubric:openai/judge-a@{llm.url}", "--no-cache"],
+        "calibrate": ["calibrate", "--judge", f"rubric:openai/judge-b@{llm.url}", "--data", str(data), "--no-cache"],
+        "moderate": ["moderate", str(bench), "--moderator", f"llm:openai/judge-c@{llm.url}"],
+        "dialogues": ["dialogues", str(bench), "-g", f"openai/comply@{llm.url}", "-o", str(tmp_path / "d"),
+                      "--lengths", "2", "--no-cache"],
+        "defend-eval": ["defend-eval", str(bench), "-t", f"openai/comply@{llm.url}", "-d", "keyword-filter",
+                        "-o", str(tmp_path / "de"), "--no-cache"],
+    }
+    totals = {"judge": 3, "calibrate": 3, "moderate": 3, "dialogues": 12, "defend-eval": 3}  # dialogues: 4 methods
+    for verb, args in cases.items():
+        seen.clear()
+        t0 = _time.monotonic()
+        r = runner.invoke(app, args)
+        assert r.exception is None or isinstance(r.exception, SystemExit), (verb, r.output)
+        assert seen, (verb, _time.monotonic() - t0, r.output)
+        assert all(f"/{totals[verb]} (" in ln.rsplit(": ", 1)[-1] or ln.rsplit(": ", 1)[-1].startswith("0 done")
+                   for ln in seen), (verb, seen)
+        assert any(f"/{totals[verb]} (" in ln for ln in seen), (verb, seen)
+
+
+def test_build_reports_its_stage_progress_off_a_terminal(tmp_path, monkeypatch, build_srv):
+    from mmsafe.cli import progress as prog
+    seen: list[str] = []
+    monkeypatch.setenv("MMSAFE_PROGRESS_INTERVAL", "0.01")
+    monkeypatch.setattr(prog.Reporter, "emit", lambda self: seen.append(prog.progress_line(self.label, self.stats)))
+    cfg = _build_yaml(tmp_path, models={"generator": build_srv.spec("gen"), "scorer": build_srv.spec("scorer")},
+                      stages=["generate"])
+    r = runner.invoke(app, ["build", "--config", str(cfg), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    calls = [int(m.group(1)) for ln in seen if (m := re.match(r"build generate \(LLM calls\): (\d+) done", ln))]
+    assert calls and calls[-1] > 0, seen  # the stage's calls, counted from its ledger

@@ -99,7 +99,8 @@ def previous_stage(cfg: BuildConfig, stage: str) -> str | None:
 
 async def run_stage(stage: str, cfg: BuildConfig, wd: WorkDir, *, force: bool = False,
                     cache: ResponseCache | None = None, log: Callable[[str], None] | None = None,
-                    spent_usd: float = 0.0, checked: bool = False) -> dict[str, Any]:
+                    spent_usd: float = 0.0, checked: bool = False,
+                    on_stage: Callable[[str, AgentContext], None] | None = None) -> dict[str, Any]:
     """Run one stage (or skip it when its key is unchanged). Returns its done record.
 
     ``cfg.max_cost`` is one budget for the whole build: ``spent_usd`` (what earlier stages
@@ -129,6 +130,8 @@ async def run_stage(stage: str, cfg: BuildConfig, wd: WorkDir, *, force: bool = 
         return {**done, "skipped": True}
     budget = None if cfg.max_cost is None else max(0.0, cfg.max_cost - spent_usd)
     ctx = AgentContext(AGENT_OF[stage], cfg, wd, cache=cache, budget_usd=budget)
+    if on_stage is not None:  # a progress reporter follows this stage's ledger
+        on_stage(stage, ctx)
     rejected: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     try:
@@ -324,7 +327,8 @@ def preflight(cfg: BuildConfig, stages: list[str] | None = None) -> None:
 
 async def run_build(cfg: BuildConfig, out: Path, *, work: Path | None = None, force: bool = False,
                     only: list[str] | None = None, overwrite: bool = True,
-                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    log: Callable[[str], None] | None = None,
+                    on_stage: Callable[[str, AgentContext], None] | None = None) -> dict[str, Any]:
     """Run the enabled stages (or ``only`` these) in order, then write the benchmark to ``out``.
 
     The whole config (every stage that will run, every model and key) is checked first: a mistake
@@ -345,7 +349,7 @@ async def run_build(cfg: BuildConfig, out: Path, *, work: Path | None = None, fo
                 continue
             spent = sum(r["ledger"].get("cost_usd", 0.0) for r in recs.values() if not r.get("skipped"))
             recs[s] = await run_stage(s, cfg, wd, force=force, cache=cache, log=log, spent_usd=spent,
-                                      checked=True)
+                                      checked=True, on_stage=on_stage)
     finally:
         if cache is not None:
             cache.close()

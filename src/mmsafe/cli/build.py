@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +15,7 @@ from . import console
 from .app import app, sub_app
 from .console import bold, counts, fail, note, say
 from .options import MODEL_SPEC, Force, Models, name_option, out_option
+from .progress import Reporter
 
 build_app = sub_app("Build a benchmark: taxonomy discovery and the agents preprocess, generate, image, augment, "
                     "select.", no_args_is_help=False, invoke_without_command=True)
@@ -74,7 +76,9 @@ def build_main(
     from mmsafe.build.pipeline import run_build
     from mmsafe.runtime import run_async
     cfg = load_config(config)
-    res = run_async(run_build(cfg, out, work=work, force=force, only=only or None, log=_log))
+    reporter, on_stage = _stage_progress()
+    with reporter:
+        res = run_async(run_build(cfg, out, work=work, force=force, only=only or None, log=_log, on_stage=on_stage))
     print_build(res)
     _fail_if_empty(res)
 
@@ -103,12 +107,14 @@ def build_stage(
     async def go() -> dict[str, Any]:
         cache = ResponseCache(wd.root / "cache.sqlite") if cfg.cache else None
         try:
-            return await run_stage(name, cfg, wd, force=force, cache=cache, log=_log)
+            return await run_stage(name, cfg, wd, force=force, cache=cache, log=_log, on_stage=on_stage)
         finally:
             if cache is not None:
                 cache.close()
 
-    rec = run_async(go())
+    reporter, on_stage = _stage_progress()
+    with reporter:
+        rec = run_async(go())
     console.out.print(json.dumps({"stage": name, "items": rec["n_items"], "skipped": rec.get("skipped", False),
                                   "ledger": rec["ledger"]}, indent=1))
 
@@ -127,6 +133,27 @@ def build_write(
     res = run_async(run_build(cfg, out, work=work, only=["__none__"], log=_log))
     print_build(res)
     _fail_if_empty(res)
+
+
+def _stage_progress() -> tuple[Reporter, Callable[[str, Any], None]]:
+    """A progress reporter that follows the running stage's LLM calls (its ledger: calls, errors, USD)."""
+    current: dict[str, Any] = {}
+
+    def poll() -> dict[str, Any]:
+        ctx = current.get("ctx")
+        if ctx is None:
+            return {}
+        roles = list(ctx.ledger.roles.values())
+        return {"done": sum(r.calls + r.cached for r in roles), "errors": sum(r.errors for r in roles),
+                "cost_usd": sum(r.cost_usd for r in roles)}
+
+    reporter = Reporter("build", None, poll=poll)
+
+    def on_stage(stage: str, ctx: Any) -> None:
+        current["ctx"] = ctx
+        reporter.set_label(f"build {stage} (LLM calls)")
+
+    return reporter, on_stage
 
 
 def _fail_if_empty(res: dict[str, Any]) -> None:

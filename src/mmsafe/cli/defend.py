@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -27,6 +27,7 @@ from .options import (
     limit_option,
     out_option,
 )
+from .progress import Reporter, progress_bar
 from .run import DEFENSE_SPEC, fmt_rate
 
 
@@ -70,15 +71,28 @@ def moderate(
     check_endpoints(mod)
     convs = list(read_conversations(input_path))
     root = convs[0][2] if convs else None
+    reporter = Reporter(f"moderate ({moderator})", len(convs))
+
+    class _Counted:  # moderate_all asks only assess(); each answer moves the progress on
+        done = errors = 0
+
+        async def assess(self, msgs: list[Message], root: Path | None) -> Any:
+            m = await mod.assess(msgs, root)
+            self.done += 1
+            self.errors += m.flagged is None
+            reporter.update({"done": self.done, "errors": self.errors})
+            return m
 
     async def go() -> Any:
         await mod.start()
         try:
-            return await moderate_all(mod, [(cid, msgs) for cid, msgs, _ in convs], root, max_connections)
+            return await moderate_all(cast(Any, _Counted()), [(cid, msgs) for cid, msgs, _ in convs], root,
+                                      max_connections)
         finally:
             await mod.close()
 
-    results = run_async(go())
+    with reporter:
+        results = run_async(go())
     n_flag = n_err = 0
     rows = []
     for cid, m in results:
@@ -130,9 +144,11 @@ def defend_eval(
         open_bench(benign)
     # every defense's keys before the baseline run writes anything under --out
     check_endpoints(tcfg, first_judge, *(d for _, d in defenses))
+    progress, update = progress_bar(None, f"defend-eval {tcfg.name}")  # each run's stats carry its own total
     base = RunOptions(benchmark=harmful, target=tcfg, judge=first_judge, out=out, limit=limit,
-                      max_connections=max_connections, use_cache=cache)
-    res = evaluate_defenses(harmful, benign, base, defenses, out, lambda: make_judge(judge, models_file=models))
+                      max_connections=max_connections, use_cache=cache, on_progress=update)
+    with progress:
+        res = evaluate_defenses(harmful, benign, base, defenses, out, lambda: make_judge(judge, models_file=models))
     rows = []
     for r in res["rows"]:
         orf = r.get("over_refusal") or {}

@@ -59,16 +59,16 @@ def dialogues(
     from mmsafe.runner.modes import generate_dialogues
     from mmsafe.runtime import run_async
 
-    open_bench(benchmark)  # the source must be a benchmark (checked before any call)
+    src = open_bench(benchmark)  # the source must be a benchmark (checked before any call)
     lens = parse_lengths(lengths)
     meths = parse_methods(methods)
     gcfg = resolve_endpoint(generator, "generator", models_file=models)
     refuse_existing(out, overwrite)
-    progress, update = progress_bar(0, f"dialogues via {gcfg.name}")
+    n_questions = min(len(src), limit) if limit else len(src)  # one job per question, method and length
+    progress, update = progress_bar(n_questions * len(meths) * len(lens), f"dialogues via {gcfg.name}")
 
     def upd(stats: dict[str, Any]) -> None:
-        update({**stats, "total": stats.get("total") or None, "errors": stats.get("failed", 0),
-                "sent": stats["done"], "judged": 0})
+        update({**stats, "total": stats.get("total") or None, "errors": stats.get("failed", 0)})
 
     with errors.note("nothing written"), progress:
         rep = run_async(generate_dialogues(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json as _json
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -14,7 +14,7 @@ from mmsafe.errors import EXIT_INCOMPLETE
 from .app import app
 from .console import fail, out, say, warn
 from .options import Cache, JsonOut, Judge, JudgeOpt, Models, Workers, limit_option, pairs
-from .progress import progress_bar
+from .progress import Reporter, progress_bar
 from .run import fmt_rate
 
 
@@ -42,7 +42,7 @@ def judge_cmd(
     from mmsafe import api
 
     j = api.make_judge(judge, models_file=models, options=pairs(judge_opt or [], "--judge-opt"))
-    progress, update = progress_bar(0, f"judge {j.identity.name}")
+    progress, update = progress_bar(None, f"judge {j.identity.name}")  # the total comes with the first stats
     with progress:
         res = api.judge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
                         use_cache=cache, on_progress=update)
@@ -68,6 +68,33 @@ def judge_cmd(
              f"{unscored}, judge errors {st['errors']}); see {run_dir / 'results.jsonl'}", EXIT_INCOMPLETE)
 
 
+def _count_rows(data: Path, fmt: str | None) -> int | None:
+    """How many labelled rows ``data`` holds (the progress total); None when it cannot be read (the
+    calibration itself then says why, in one line)."""
+    from mmsafe.judges.calibrate import FORMATS, read_labelled
+    from mmsafe.types import InputError
+    if fmt is not None and fmt not in FORMATS:
+        return None
+    try:
+        return len(read_labelled(data, fmt)[1])
+    except (InputError, OSError):
+        return None
+
+
+def _count_judgments(j: Any, reporter: Reporter) -> None:
+    """Feed ``reporter`` one count per finished judgment (``judge_many`` calls ``judge`` per item)."""
+    inner = j.judge
+    done = [0]
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        res = await inner(*args, **kwargs)
+        done[0] += 1
+        reporter.update({"done": done[0]})
+        return res
+
+    j.judge = counted  # an instance attribute: the judge's own judge_many finds it first
+
+
 @app.command("calibrate")
 def calibrate_cmd(
     judge: Annotated[str, typer.Option("--judge", "-j", metavar="SPEC", help="judge spec to measure")],
@@ -87,8 +114,13 @@ def calibrate_cmd(
     from mmsafe import api
     from mmsafe.judges.calibrate import format_table
 
-    rec = api.calibrate(judge, data, format, models_file=models, options=pairs(judge_opt or [], "--judge-opt"),
-                        max_connections=max_connections, use_cache=cache, force=force, limit=limit)
+    j = api.make_judge(judge, models_file=models, options=pairs(judge_opt or [], "--judge-opt"))
+    n_rows = _count_rows(data, format)
+    reporter = Reporter(f"calibrate {j.identity.name}", min(n_rows, limit) if n_rows and limit else n_rows)
+    _count_judgments(j, reporter)
+    with reporter:
+        rec = api.calibrate(j, data, format, max_connections=max_connections, use_cache=cache, force=force,
+                            limit=limit)
     if json:
         sys.stdout.write(_json.dumps(rec) + "\n")
         sys.stdout.flush()

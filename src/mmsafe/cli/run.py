@@ -190,12 +190,12 @@ def run(
     bench = open_bench(benchmark)
     if out is None:
         out = Path("runs") / f"{bench.manifest.name}-{tcfg.model}".replace("/", "_")
-    progress, update = progress_bar(min(len(bench), limit) if limit else len(bench), tcfg.name)
+    progress, update = progress_bar(min(len(bench), limit) if limit else len(bench), f"run {tcfg.name}")
     opts = RunOptions(benchmark=benchmark, target=tcfg, judge=j, out=out, mode=mode_spec(mode).name, limit=limit,
                       max_connections=max_connections, max_cost=max_cost, fail_on_error=fail_on_error,
                       judge_max_connections=judge_max_connections,
                       seed=seed, epoch=epoch, use_cache=cache, system_prompt=system_prompt,
-                      on_progress=update if err.is_terminal else None,
+                      on_progress=update,  # a bar in a terminal, a line every interval otherwise
                       defense=dfn, attacker=acfg, max_turns=max_turns, max_backtracks=max_backtracks,
                       attack=attack or "crescendo", attack_options=attack_options,
                       si_grouping=si_grouping_value(si_grouping) or "aligned", store_url=store or None,
