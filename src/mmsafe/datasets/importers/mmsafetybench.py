@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -122,11 +123,7 @@ def import_mmsafetybench(src: Path, out: Path, *, name: str | None = None,
     ``metadata["group"]`` is ``<file stem>/<id>``.
     """
     src = require_path(src)
-    variants = list(variants)
-    bad = [v for v in variants if v not in MMSB_VARIANTS]
-    if bad or not variants:
-        raise DatasetError(f"{src}: unknown variant {bad[0] if bad else None!r} "
-                           f"(choose from {', '.join(MMSB_VARIANTS)})")
+    variants = _check_variants(src, variants)
     files = _find_json(src)
     imgs = _unnest(Path(images_dir)) if images_dir else _find_imgs(
         src if src.is_dir() else src.parent, files[0].parent)
@@ -144,63 +141,109 @@ def import_mmsafetybench(src: Path, out: Path, *, name: str | None = None,
     gaps = MediaGaps("mmsafetybench", None, dropped=True)
     with BenchmarkWriter(out, manifest, overwrite=overwrite) as w:
         for path in files:
-            m = _FILE_RE.match(path.name)
-            stem = path.stem
-            scenario = _scenario_name(m.group(2) if m else stem)
-            scen_dir = (imgs / stem) if imgs and (imgs / stem).is_dir() else (
-                scen_dirs.get(str(int(m.group(1)))) if m else None)
-            try:
-                items = orjson.loads(path.read_bytes())
-            except orjson.JSONDecodeError as e:
-                raise DatasetError(f"{path}: invalid JSON ({e})") from None
-            if not isinstance(items, dict):
-                raise DatasetError(f"{path}: expected an object keyed by item id")
-            for item_id, item in items.items():
+            scenario, scen_dir = _file_scenario(path, imgs, scen_dirs)
+            for item_id, item in _read_items(path).items():
                 where = f"{path}: item {item_id!r}"
-                if not isinstance(item, dict):
-                    raise DatasetError(f"{where}: expected an object")
-                question = item.get("Question")
-                if not isinstance(question, str) or not question.strip():
-                    raise DatasetError(f"{where}: Question: missing or empty")
-                group = f"{stem}/{item_id}"
+                question = _item_question(item, where)
                 for v in variants:
-                    folder, field, method = MMSB_VARIANTS[v]
-                    text = item.get(field)
-                    content: list | str
-                    if folder is None:
-                        content = question
-                    else:
-                        img = (scen_dir / folder / f"{item_id}.jpg") if scen_dir else None
-                        ok = img is not None and img.is_file()
-                        gaps.row("image", ok, f"{where}: {folder}/{item_id}.jpg")
-                        if not ok:
-                            continue
-                        assert img is not None
-                        if not isinstance(text, str) or not text.strip():
-                            raise DatasetError(f"{where}: {field}: missing or empty")
-                        part = w.add_image(img, where=where, name=f"{stem}/{folder}/{img.name}")
-                        content = [part, TextPart(text=text)]
-                    sid = f"mmsb/{group}/{v}"
-                    try:
-                        sample = Sample(
-                            id=sid, question=question,
-                            messages=[Message(role="user", content=content)],
-                            scenario=scenario, method=method, source="mm-safetybench",
-                            metadata={"group": group, "variant": v,
-                                      "key_phrase": item.get("Key Phrase")},
-                            provenance={"file": path.name, "item": item_id},
-                        )
-                    except ValidationError as e:
-                        raise DatasetError(f"{where}: {describe_validation_error(e)}") from None
-                    w.add(sample, where=where)
+                    content = _variant_content(w, gaps, path, scen_dir, item_id, item, v, question, where)
+                    if content is None:
+                        continue
+                    w.add(_variant_sample(path, item_id, item, v, question, content, scenario, where),
+                          where=where)
                     counts[v] += 1
         w.manifest.provenance["by_variant"] = counts
-        if imgs is not None:
-            w.manifest.provenance["images_dir"] = (imgs.relative_to(base).as_posix()
-                                                   if imgs.is_relative_to(base) else str(imgs))
-        if imgs is None and gaps.rows and not strict_media:
-            w.manifest.provenance.setdefault("notes", []).append(
-                "mmsafetybench: no imgs/ folder found beside the questions or the root (unzip "
-                "MM-SafetyBench(imgs).zip into data/imgs/, or --opt images_dir=PATH)")
+        _note_images(w.manifest, imgs, base, bool(gaps.rows), strict_media)
         gaps.finish(w.manifest, strict=strict_media)
     return w.manifest
+
+
+def _check_variants(src: Path, variants: Iterable[str]) -> list[str]:
+    """The requested variants as a list; an unknown one (or none at all) is an error."""
+    variants = list(variants)
+    bad = [v for v in variants if v not in MMSB_VARIANTS]
+    if bad or not variants:
+        raise DatasetError(f"{src}: unknown variant {bad[0] if bad else None!r} "
+                           f"(choose from {', '.join(MMSB_VARIANTS)})")
+    return variants
+
+
+def _file_scenario(path: Path, imgs: Path | None, scen_dirs: dict[str, Path]) -> tuple[str, Path | None]:
+    """A scenario file's scenario name and its image folder: ``imgs/<file stem>``, else the
+    folder with the same number (the archive spells some names differently), else None."""
+    m = _FILE_RE.match(path.name)
+    stem = path.stem
+    scenario = _scenario_name(m.group(2) if m else stem)
+    scen_dir = (imgs / stem) if imgs and (imgs / stem).is_dir() else (
+        scen_dirs.get(str(int(m.group(1)))) if m else None)
+    return scenario, scen_dir
+
+
+def _read_items(path: Path) -> dict[str, Any]:
+    """The JSON object of one scenario file, keyed by item id."""
+    try:
+        items = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as e:
+        raise DatasetError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(items, dict):
+        raise DatasetError(f"{path}: expected an object keyed by item id")
+    return items
+
+
+def _item_question(item: Any, where: str) -> str:
+    """An item's ``Question`` (an object with a non-empty ``Question`` is required)."""
+    if not isinstance(item, dict):
+        raise DatasetError(f"{where}: expected an object")
+    question = item.get("Question")
+    if not isinstance(question, str) or not question.strip():
+        raise DatasetError(f"{where}: Question: missing or empty")
+    return question
+
+
+def _variant_content(w: BenchmarkWriter, gaps: MediaGaps, path: Path, scen_dir: Path | None,
+                     item_id: str, item: dict[str, Any], v: str, question: str,
+                     where: str) -> list | str | None:
+    """The user turn of one variant of an item: the question (text only) or the variant's
+    image and rephrased question; None when that image is missing (counted)."""
+    folder, field, _ = MMSB_VARIANTS[v]
+    if folder is None:
+        return question
+    img = (scen_dir / folder / f"{item_id}.jpg") if scen_dir else None
+    ok = img is not None and img.is_file()
+    gaps.row("image", ok, f"{where}: {folder}/{item_id}.jpg")
+    if not ok:
+        return None
+    assert img is not None
+    text = item.get(field)
+    if not isinstance(text, str) or not text.strip():
+        raise DatasetError(f"{where}: {field}: missing or empty")
+    part = w.add_image(img, where=where, name=f"{path.stem}/{folder}/{img.name}")
+    return [part, TextPart(text=text)]
+
+
+def _variant_sample(path: Path, item_id: str, item: dict[str, Any], v: str, question: str,
+                    content: list | str, scenario: str, where: str) -> Sample:
+    """The sample of one variant of an item (a validation error names the item)."""
+    group = f"{path.stem}/{item_id}"
+    try:
+        return Sample(
+            id=f"mmsb/{group}/{v}", question=question,
+            messages=[Message(role="user", content=content)],
+            scenario=scenario, method=MMSB_VARIANTS[v][2], source="mm-safetybench",
+            metadata={"group": group, "variant": v, "key_phrase": item.get("Key Phrase")},
+            provenance={"file": path.name, "item": item_id},
+        )
+    except ValidationError as e:
+        raise DatasetError(f"{where}: {describe_validation_error(e)}") from None
+
+
+def _note_images(manifest: BenchmarkManifest, imgs: Path | None, base: Path, any_image_rows: bool,
+                 strict_media: bool) -> None:
+    """Record the image folder used, or note that none was found while images were wanted."""
+    if imgs is not None:
+        manifest.provenance["images_dir"] = (imgs.relative_to(base).as_posix()
+                                             if imgs.is_relative_to(base) else str(imgs))
+    if imgs is None and any_image_rows and not strict_media:
+        manifest.provenance.setdefault("notes", []).append(
+            "mmsafetybench: no imgs/ folder found beside the questions or the root (unzip "
+            "MM-SafetyBench(imgs).zip into data/imgs/, or --opt images_dir=PATH)")
