@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.table import Table
 
 from mmsafe.attacks import typography
-from mmsafe.cli.console import table as fitted_table
 from mmsafe.datasets import BenchmarkWriter
 from mmsafe.runtime import run_async
 from mmsafe.types import BenchmarkManifest, ImagePart, Message, Sample, TextPart
@@ -114,6 +115,22 @@ def _label(s: dict[str, Any]) -> str:
     return f"{t['name']} (mock)"
 
 
+TableFn = Callable[..., RenderableType]
+"""``(title, columns, rows, *, caption=None, text_columns=()) -> renderable``: how the demo's
+tables are laid out (the CLI passes :func:`mmsafe.cli.console.table`, which never cuts a figure)."""
+
+
+def plain_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], *, caption: str | None = None,
+                text_columns: Sequence[str] = ()) -> RenderableType:
+    """A Rich table whose cells fold rather than end in an ellipsis (the default :data:`TableFn`)."""
+    t = Table(title=title, caption=caption)
+    for col in columns:
+        t.add_column(col, overflow="fold", justify="left" if col in text_columns else "right")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
@@ -122,7 +139,7 @@ def _num(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
 
 
-def _multi_turn_demo(bench_dir: Path, out_dir: Path, out: Console) -> list[Path]:
+def _multi_turn_demo(bench_dir: Path, out_dir: Path, out: Console, table: TableFn) -> list[Path]:
     """The demo's multi-turn part: a Crescendo attack by ``mock/attacker`` on ``mock/mixed``,
     dialogues by ``mock/generator`` and a run of ``mock/mixed`` on them; prints one table.
     Returns the two run directories (they join the report)."""
@@ -159,7 +176,7 @@ def _multi_turn_demo(bench_dir: Path, out_dir: Path, out: Console) -> list[Path]
     lens = ", ".join(f"{k} turn{'s' if str(k) != '1' else ''} {_pct(v.get('asr'))}" for k, v in by_len.items())
     mrows.append([f"{gen['n_samples']} dialogues by mock/generator (from {gen['n_seeds']} questions, "
                   f"{len(gen['by_method'])} methods)", _pct(d.get("asr")), f"by length: {lens or '—'}"])
-    out.print(fitted_table("mmsafe demo — multi-turn (MOCK attacker and generator; target mock/mixed)",
+    out.print(table("mmsafe demo — multi-turn (MOCK attacker and generator; target mock/mixed)",
                            ("what", "ASR keyword", "details"), mrows, text_columns=("what", "details"),
                            caption="mock/attacker and mock/generator are MOCK reference models: they write "
                                    "benchmark-style placeholder questions, never answers"))
@@ -167,10 +184,11 @@ def _multi_turn_demo(bench_dir: Path, out_dir: Path, out: Console) -> list[Path]
     return [adaptive_dir, dlg_dir]
 
 
-def run_demo(out_dir: Path, out: Console, err: Console, *, real: bool = False) -> list[Path]:
+def run_demo(out_dir: Path, out: Console, err: Console, *, real: bool = False,
+             table: TableFn = plain_table) -> list[Path]:
     """Build the demo benchmark, run the targets, re-judge, print the leaderboard; returns
     the run directories. ``real``: SmolLM2-135M (llama.cpp) runs next to the mocks, all on
-    the text-only variant (see the module doc)."""
+    the text-only variant (see the module doc). ``table`` lays out the printed tables."""
     from mmsafe.judges import make_judge
     from mmsafe.models import resolve_endpoint
     from mmsafe.runner import RunOptions, execute
@@ -216,12 +234,11 @@ def run_demo(out_dir: Path, out: Console, err: Console, *, real: bool = False) -
                      "—" if other.get("asr") is None else f"{100 * other['asr']:.1f}%",
                      "—" if agree is None else f"{100 * agree:.0f}%",
                      str(s["n_unscored"]), str(s["n_errors"]), f"{ctl['n_refused']}/{ctl['n']}" if ctl else "—"])
-    # figures are never cut: their columns keep their width, headers and the target names wrap
-    table = fitted_table("mmsafe demo — leaderboard", ("target", "ASR keyword", "95% CI", "ASR offline judge",
-                                                      "judges agree", "unscored", "errors", "over-refusal"),
-                         rows, caption=caption, text_columns=("target",))
-    out.print(table)
-    run_dirs += _multi_turn_demo(bench_dir, out_dir, out)
+    board = table("mmsafe demo — leaderboard", ("target", "ASR keyword", "95% CI", "ASR offline judge",
+                                                "judges agree", "unscored", "errors", "over-refusal"),
+                  rows, caption=caption, text_columns=("target",))
+    out.print(board)
+    run_dirs += _multi_turn_demo(bench_dir, out_dir, out, table)
     out.print(f"runs in {out_dir / 'runs'} (results.jsonl, summary.json, run.sqlite); "
               f"demo took {time.perf_counter() - t0:.1f}s")
     if real:

@@ -24,7 +24,7 @@ def demo(
     reference models over a real loopback HTTP server, judge, summarise."""
     from mmsafe.build.demo import run_demo
     from mmsafe.report import build_report
-    run_dirs = run_demo(out, console.out, console.err, **({"real": True} if real else {}))
+    run_dirs = run_demo(out, console.out, console.err, table=console.table, **({"real": True} if real else {}))
     title = "mmsafe demo (mock models + a real 135M model)" if real else "mmsafe demo (mock models)"
     stats = build_report(list[Path | str](run_dirs), out / "report.html", title=title)
     say(f"report: {out / 'report.html'} (self-contained, {stats.bytes / 1024:.0f} KB) — "
