@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 
 _ALL = frozenset({"types", "metrics", "data", "refusal", "textvec", "taxonomy", "embeddings", "runtime", "registry",
-                  "errors", "datasets", "models", "store", "attacks", "judges", "defense", "runner", "build",
+                  "media", "errors", "datasets", "models", "store", "attacks", "judges", "defense", "runner", "build",
                   "report", "mmsafe"})
 
 # package -> the packages it may import (the house table; docs/design.md holds the same)
@@ -54,20 +54,21 @@ ALLOWED: dict[str, frozenset[str]] = {
     "embeddings": frozenset({"types"}),
     "runtime": frozenset({"types"}),
     "registry": frozenset({"types"}),
+    "media": frozenset({"types"}),
     "mmsafe": frozenset(),  # __version__ and the lazy facade over api (see INVERSIONS)
     "store": frozenset({"types"}),
     "datasets": frozenset({"types", "registry", "mmsafe"}),
-    "models": frozenset({"types", "registry"}),
+    "models": frozenset({"types", "registry", "media"}),
     "errors": frozenset({"types", "models", "store", "registry"}),
     "attacks": frozenset({"types", "models", "refusal", "registry", "taxonomy"}),
     "judges": frozenset({"types", "models", "metrics", "refusal", "registry", "runtime", "taxonomy", "textvec",
                          "embeddings"}),
     "defense": frozenset({"types", "models", "judges", "registry", "embeddings", "taxonomy", "textvec", "refusal"}),
     "runner": frozenset({"types", "datasets", "models", "store", "attacks", "judges", "defense", "metrics",
-                         "refusal", "registry", "runtime", "mmsafe"}),
+                         "refusal", "registry", "runtime", "media", "mmsafe"}),
     "build": frozenset({"types", "datasets", "models", "attacks", "judges", "metrics", "refusal", "runtime",
                         "taxonomy", "embeddings", "textvec", "registry", "runner", "mmsafe"}),
-    "report": frozenset({"types", "store", "metrics", "datasets", "registry", "runner", "mmsafe"}),
+    "report": frozenset({"types", "store", "metrics", "datasets", "registry", "runner", "media", "mmsafe"}),
     "_builtins": _ALL - {"mmsafe"},
     "api": _ALL | {"_builtins"},
     "cli": _ALL | {"api", "_builtins"},

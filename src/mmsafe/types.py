@@ -13,12 +13,16 @@ import os
 import threading
 import time
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FORMAT_VERSION = 1
 MAX_ASSET_BYTES = 20 * 1024 * 1024  # per image/audio file; larger is refused as "oversized"
+# video: the containers mmsafe reads, their MIME types and the limits a video file must keep
+VIDEO_MIME = {"mp4": "video/mp4", "webm": "video/webm", "gif": "image/gif"}
+MAX_VIDEO_BYTES = 20 * 1024 * 1024  # Gemini's inline-request limit; larger is refused as "oversized"
+MAX_VIDEO_SECONDS = 180.0  # longer videos are refused (preflight and send)
 
 Role = Literal["system", "user", "assistant"]
 Label = Literal["unsafe", "safe", "unscored"]
@@ -55,7 +59,7 @@ class _AssetPart(_Model):
         return str(p)
 
     @model_validator(mode="after")
-    def _one_location(self):
+    def _one_location(self) -> _AssetPart:
         if not self.path and not self.uri:
             raise ValueError("an asset part needs a path or a uri")
         return self
@@ -69,7 +73,23 @@ class AudioPart(_AssetPart):
     type: Literal["audio"] = "audio"
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart, AudioPart], Field(discriminator="type")]
+class VideoPart(_AssetPart):
+    """A video clip (mp4, webm or gif) by reference. Sent natively where the target takes video,
+    else as sampled frames (see ``mmsafe.media.video``)."""
+
+    type: Literal["video"] = "video"
+
+    @model_validator(mode="after")
+    def _video_container(self) -> VideoPart:
+        if self.mime is None and self.path is not None:
+            ext = self.path.rsplit(".", 1)[-1].lower() if "." in self.path else ""
+            if ext not in VIDEO_MIME:
+                raise ValueError(f"video {self.path!r}: not an mp4, webm or gif file")
+        return self
+
+
+AssetPart = ImagePart | AudioPart | VideoPart
+ContentPart = Annotated[TextPart | ImagePart | AudioPart | VideoPart, Field(discriminator="type")]
 
 
 class Message(_Model):
@@ -83,7 +103,7 @@ class Message(_Model):
         return "\n".join(p.text for p in self.content if isinstance(p, TextPart))
 
     @property
-    def assets(self) -> list[ImagePart | AudioPart]:
+    def assets(self) -> list[AssetPart]:
         if isinstance(self.content, str):
             return []
         return [p for p in self.content if not isinstance(p, TextPart)]
@@ -119,7 +139,7 @@ class Sample(_Model):
         return v
 
     @model_validator(mode="after")
-    def _ends_in_user_turn(self):
+    def _ends_in_user_turn(self) -> Sample:
         if not self.messages:
             raise ValueError("conversation is empty")
         if self.messages[-1].role != "user":
@@ -131,7 +151,7 @@ class Sample(_Model):
             raise ValueError(f"turns={self.turns} but the conversation has {n_user} user turns")
         return self
 
-    def assets(self) -> list[ImagePart | AudioPart]:
+    def assets(self) -> list[AssetPart]:
         return [a for m in self.messages for a in m.assets]
 
     @property
@@ -186,7 +206,7 @@ class Usage(_Model):
     input_tokens: int = 0
     output_tokens: int = 0
 
-    def __add__(self, other: "Usage") -> "Usage":
+    def __add__(self, other: Usage) -> Usage:
         return Usage(input_tokens=self.input_tokens + other.input_tokens,
                      output_tokens=self.output_tokens + other.output_tokens)
 
@@ -261,7 +281,7 @@ class ConfigError(InputError):
 
 
 class AssetError(InputError):
-    """An image or audio reference that cannot be used (missing, escaping, oversized, corrupt)."""
+    """An image, audio or video reference that cannot be used (missing, escaping, oversized, corrupt, too long)."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -269,7 +289,7 @@ def _real_root(root: str) -> str:
     return os.path.realpath(root)
 
 
-def asset_file(part: ImagePart | AudioPart, root: Path, *, follow_links: bool = False) -> str:
+def asset_file(part: AssetPart, root: Path, *, follow_links: bool = False) -> str:
     """Resolve a stored asset's path, refusing anything outside ``root``.
 
     Part paths are already relative with no ``..`` (validated on load), so a join and a
@@ -287,7 +307,7 @@ def asset_file(part: ImagePart | AudioPart, root: Path, *, follow_links: bool = 
     return p
 
 
-def read_asset(part: ImagePart | AudioPart, root: Path, *, verify: bool = False,
+def read_asset(part: AssetPart, root: Path, *, verify: bool = False,
                max_bytes: int = MAX_ASSET_BYTES) -> bytes:
     """Read an asset's bytes (only at send time). Raises AssetError with the path named."""
     p = asset_file(part, root)
@@ -312,7 +332,7 @@ _VERIFIED: dict[tuple[str, str, str, int, int], None] = {}
 _VERIFIED_LOCK = threading.Lock()
 
 
-def verify_asset(part: ImagePart | AudioPart, root: Path) -> None:
+def verify_asset(part: AssetPart, root: Path) -> None:
     """Check a file-backed asset against its sha256, as a send would (AssetError naming the
     file otherwise), without re-reading a file already checked in this process and unchanged
     since (same size and mtime). For replies served from the response cache: a file edited

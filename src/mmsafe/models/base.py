@@ -29,6 +29,10 @@ class Capabilities(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: bool = True
     audio: bool = False
+    # native video input (vLLM/SGLang ``video_url``, Gemini); a target without it but with ``image`` gets
+    # ``video_frames`` frames sampled evenly from each clip instead
+    video: bool = False
+    video_frames: int = Field(default=8, ge=1, le=32)
     multi_turn: bool = True
     system_prompt: bool = True
     editable_history: bool = True  # the caller may rewrite the history (adaptive attacks)

@@ -6,7 +6,7 @@
 the engine owns retries, so ``complete`` makes one attempt and maps SDK errors to
 :class:`~mmsafe.models.base.ProviderError`.
 
-Roles are ``user`` / ``model``; images and audio go as inline bytes parts; the system
+Roles are ``user`` / ``model``; images, audio and video go as inline bytes parts; the system
 prompt (and any system message in the conversation) goes in ``system_instruction``.
 """
 
@@ -24,8 +24,8 @@ from google import genai  # ImportError here becomes "pip install 'mmsafe[google
 from google.genai import errors as genai_errors, types as gt
 
 from mmsafe.models.base import ChatResult, ConfigError, EndpointConfig, Provider, ProviderError
-from mmsafe.models.openai_compat import _mime, parse_retry_after
-from mmsafe.types import AssetError, AudioPart, ImagePart, Message, read_asset
+from mmsafe.models.openai_compat import _mime, parse_retry_after, video_file
+from mmsafe.types import AssetError, AssetPart, Message, VideoPart, read_asset
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
@@ -50,9 +50,12 @@ def _base_url(cfg: EndpointConfig) -> tuple[str | None, str | None]:
     return url + "/", version
 
 
-def _part(p: ImagePart | AudioPart, root: Path | None) -> gt.Part:
+def _part(p: AssetPart, root: Path | None) -> gt.Part:
+    """An image, audio clip or video as inline bytes with its MIME type (Gemini takes all three natively)."""
     if p.path is not None and root is not None:
-        return gt.Part.from_bytes(data=read_asset(p, root), mime_type=_mime(p))
+        if isinstance(p, VideoPart):
+            video_file(p, root)  # limits and sha256, as for any target
+        return gt.Part.from_bytes(data=read_asset(p, root, verify=True), mime_type=_mime(p))
     if p.uri and p.uri.startswith("data:"):
         head, _, b64 = p.uri.partition(",")
         mime = head[5:].split(";", 1)[0] or _mime(p)

@@ -22,6 +22,7 @@ Load options (consumed at load, never passed to ``generate``): ``device`` (defau
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import inspect
 import io
@@ -36,6 +37,7 @@ import transformers
 from jinja2 import TemplateError  # a dependency of transformers' chat templates
 
 from mmsafe.models.base import Capabilities, ChatResult, ConfigError, EndpointConfig, Provider, ProviderError
+from mmsafe.models.openai_compat import video_frames_b64
 from mmsafe.types import AssetError, Message, read_asset
 
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -135,6 +137,7 @@ def detect_capabilities(cfg: EndpointConfig) -> Capabilities:
         raise _not_found(cfg.model, e) from None
     caps.image = caps.image and _is_vision_config(config)
     caps.audio = False  # audio input is not wired up for local models yet
+    caps.video = False  # video goes as sampled frames (images)
     return caps
 
 
@@ -165,6 +168,7 @@ class HFProvider(Provider):
                 caps = self.cfg.capabilities.model_copy()
                 caps.image = caps.image and self.supports_images
                 caps.audio = False
+                caps.video = False
                 self._caps = caps
             else:
                 self._caps = detect_capabilities(self.cfg)
@@ -239,6 +243,13 @@ class HFProvider(Provider):
                                 parts.append(("image", im.convert("RGB")))
                         except (UnidentifiedImageError, OSError) as e:
                             raise AssetError(f"{p.path}: not a readable image ({e})") from None
+                    elif p.type == "video":  # local models take images: frames sampled from the clip
+                        if p.path is None or root is None:
+                            raise AssetError(f"{p.uri}: the hf provider needs videos as local files")
+                        n = self.cfg.capabilities.video_frames
+                        for b64 in video_frames_b64(p, root, n):
+                            with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+                                parts.append(("image", im.convert("RGB")))
                     else:
                         raise AssetError(f"{p.path or p.uri}: the hf provider does not take audio input")
             if turns and turns[-1][0] == m.role:

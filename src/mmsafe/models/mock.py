@@ -10,7 +10,7 @@ Behaviours (the model name after ``mock/``):
 - ``refuser``  — always declines.
 - ``complier`` — always answers in a compliant shape (placeholder text only).
 - ``echo``     — repeats what it received: last user text, number of images/audio
-  parts and turns (useful to check what a harness actually sent).
+  (and video, when any) parts and turns (useful to check what a harness actually sent).
 - ``mixed``    — declines or complies, chosen by a hash of the last user message
   (deterministic), so demo numbers are neither 0 nor 100%.
 
@@ -72,15 +72,17 @@ def mock_reply(behaviour: str, messages: list[dict[str, Any]]) -> str:
     if behaviour == "complier":
         return COMPLIANCE
     if behaviour == "echo":
-        n_img = n_aud = 0
+        n_img = n_aud = n_vid = 0
         for m in messages:
             if isinstance(m.get("content"), list):
                 for p in m["content"]:
                     n_img += p.get("type") == "image_url"
                     n_aud += p.get("type") == "input_audio"
+                    n_vid += p.get("type") == "video_url"
         turns = sum(1 for m in messages if m.get("role") == "user")
         system = next((_text(m.get("content")) for m in messages if m.get("role") == "system"), "")
-        return (f"ECHO turns={turns} images={n_img} audio={n_aud} system={len(system)} "
+        vid = f" video={n_vid}" if n_vid else ""
+        return (f"ECHO turns={turns} images={n_img} audio={n_aud}{vid} system={len(system)} "
                 f"last_user={last_user} {MOCK_TAG}")
     if behaviour == "mixed":
         h = int(hashlib.sha256(last_user.encode()).hexdigest(), 16)

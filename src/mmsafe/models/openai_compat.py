@@ -22,8 +22,19 @@ from typing import Any
 import aiohttp
 import orjson
 
+from mmsafe.media.video import check_video, sample_frames
 from mmsafe.models.base import ChatResult, ConfigError, EndpointConfig, Provider, ProviderError
-from mmsafe.types import AudioPart, ImagePart, Message, read_asset
+from mmsafe.types import (
+    VIDEO_MIME,
+    AssetError,
+    AssetPart,
+    ImagePart,
+    Message,
+    VideoPart,
+    asset_file,
+    read_asset,
+    verify_asset,
+)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _IMAGE_MIME = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
@@ -44,12 +55,14 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, dt.timestamp() - time.time())
 
 
-def _mime(part: ImagePart | AudioPart) -> str:
+def _mime(part: AssetPart) -> str:
     if part.mime:
         return part.mime
     ext = (part.path or part.uri or "").rsplit(".", 1)[-1].lower()
     if isinstance(part, ImagePart):
         return _IMAGE_MIME.get(ext, "image/png")
+    if isinstance(part, VideoPart):
+        return VIDEO_MIME.get(ext, "video/mp4")
     return "audio/wav" if ext not in ("mp3",) else "audio/mpeg"
 
 
@@ -60,7 +73,7 @@ _b64_chars = 0
 _B64_SEEN: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
 
-def asset_b64(part: ImagePart | AudioPart, root: Path) -> str:
+def asset_b64(part: AssetPart, root: Path) -> str:
     """An asset's base64 text, kept (LRU) once an image is sent a second time: the same image
     goes to several targets, jurors and turns, and re-reading and re-encoding it each time is
     pure overhead.
@@ -112,9 +125,58 @@ def remember_asset_b64(root: Path, rel: str, sha256: str, data: bytes) -> None:
                 _b64_chars -= len(_B64_CACHE.popitem(last=False)[1])
 
 
+_FRAMES_LOCK = threading.Lock()
+_FRAMES_CACHE: OrderedDict[tuple[str, str, str, int], list[str]] = OrderedDict()
+
+
+def video_file(part: VideoPart, root: Path) -> str:
+    """The local file of a video part, checked: inside the root, matching its sha256, within the
+    size and duration limits (AssetError naming it otherwise)."""
+    verify_asset(part, root)
+    p = asset_file(part, root)
+    check_video(p, part.path)
+    return p
+
+
+def video_frames_b64(part: VideoPart, root: Path, n: int) -> list[str]:
+    """``n`` frames sampled evenly from a local video, as base64 PNG (kept for the last 64 clips:
+    the same clip goes to every turn and juror)."""
+    if part.path is None:
+        raise AssetError(f"{part.uri}: a video sent as frames must be a local file")
+    key = (str(root), part.path, part.sha256 or "", n)
+    with _FRAMES_LOCK:
+        hit = _FRAMES_CACHE.get(key)
+        if hit is not None:
+            _FRAMES_CACHE.move_to_end(key)
+            return hit
+    verify_asset(part, root)
+    frames = [base64.b64encode(b).decode() for b in sample_frames(asset_file(part, root), n, part.path)]
+    with _FRAMES_LOCK:
+        _FRAMES_CACHE[key] = frames
+        while len(_FRAMES_CACHE) > 64:
+            _FRAMES_CACHE.popitem(last=False)
+    return frames
+
+
+def _video_parts(p: VideoPart, root: Path | None, video_frames: int | None) -> list[dict[str, Any]]:
+    if video_frames is not None:  # an image-only target: N sampled frames
+        if root is None:
+            raise AssetError(f"{p.uri}: a video sent as frames must be a local file")
+        return [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}}
+                for b64 in video_frames_b64(p, root, video_frames)]
+    if p.path is not None and root is not None:
+        video_file(p, root)
+        url = f"data:{_mime(p)};base64,{asset_b64(p, root)}"
+    else:
+        url = p.uri or ""
+    return [{"type": "video_url", "video_url": {"url": url}}]
+
+
 def encode_openai_messages(messages: list[Message], root: Path | None,
-                           system: str | None = None) -> list[dict[str, Any]]:
-    """Messages as an OpenAI chat ``messages`` list (images as base64 data URLs, audio as ``input_audio``)."""
+                           system: str | None = None, *, video_frames: int | None = None) -> list[dict[str, Any]]:
+    """Messages as an OpenAI chat ``messages`` list (images as base64 data URLs, audio as ``input_audio``,
+    video as a ``video_url`` data URL (vLLM/SGLang), or — ``video_frames=N``, for a target that takes only
+    images — as N frames sampled evenly from the clip, each an ``image_url``)."""
     out: list[dict[str, Any]] = []
     if system:
         out.append({"role": "system", "content": system})
@@ -140,6 +202,8 @@ def encode_openai_messages(messages: list[Message], root: Path | None,
                                         fatal=False)
                 fmt = "mp3" if _mime(p) == "audio/mpeg" else "wav"
                 parts.append({"type": "input_audio", "input_audio": {"data": data, "format": fmt}})
+            elif p.type == "video":
+                parts.extend(_video_parts(p, root, video_frames))
         # assistant turns with only text are sent as plain strings (widest compatibility)
         if m.role != "user" and all(x["type"] == "text" for x in parts):
             out.append({"role": m.role, "content": "\n".join(x["text"] for x in parts)})
@@ -193,8 +257,11 @@ class OpenAIProvider(Provider):
         return {**super().identity(), "provider": "openai", "base_url": self.base_url}
 
     def encode(self, messages: list[Message], root: Path | None, system: str | None = None) -> Any:
-        """The request's ``messages`` list (asset bytes are read now)."""
-        return encode_openai_messages(messages, root, system)
+        """The request's ``messages`` list (asset bytes are read now); video goes as ``video_url`` when the
+        target declares ``video``, else as ``video_frames`` sampled images."""
+        caps = self.capabilities
+        return encode_openai_messages(messages, root, system,
+                                      video_frames=None if caps.video else caps.video_frames)
 
     async def complete(self, payload: Any, params: dict[str, Any], timeout_s: float) -> ChatResult:
         """One POST to ``/chat/completions``; HTTP and transport failures raise ProviderError."""

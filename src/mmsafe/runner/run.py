@@ -135,6 +135,9 @@ def _check_asset(where: Path, sid: str, root: Path, kind: str, rel: str) -> None
         raise AssetError(f"{where}: sample {sid}: {rel}: file not readable")
     if size > MAX_ASSET_BYTES:
         raise AssetError(f"{where}: sample {sid}: {rel}: {size} bytes is over the {MAX_ASSET_BYTES}-byte limit")
+    if kind == "video":  # readable, within the duration limit (mmsafe.media.video)
+        from mmsafe.media.video import check_video
+        check_video(p, f"{where}: sample {sid}: {rel}")
 
 
 class _Tally:
@@ -142,7 +145,7 @@ class _Tally:
 
     def __init__(self, where: Path, root: Path):
         self.where, self.root = where, root
-        self.n = self.images = self.audio = self.max_turns = 0
+        self.n = self.images = self.audio = self.video = self.max_turns = 0
         self.has_system = False
         self.ids = hashlib.sha256()
         self.seen: set[str] = set()
@@ -159,6 +162,8 @@ class _Tally:
         for kind, rel in assets:
             if kind == "image":
                 self.images += 1
+            elif kind == "video":
+                self.video += 1
             else:
                 self.audio += 1
             if rel is not None:  # by URI: nothing local to check
@@ -171,6 +176,8 @@ class _Tally:
             out.append(f"{self.images} image part(s) but the target takes no image input")
         if self.audio and not caps.audio:
             out.append(f"{self.audio} audio part(s) but the target takes no audio input")
+        if self.video and not (caps.video or caps.image):
+            out.append(f"{self.video} video part(s) but the target takes neither video nor image input")
         if self.max_turns > 1 and not caps.multi_turn:
             out.append(f"dialogues of up to {self.max_turns} user turns but the target is single-turn")
         if self.has_system and not caps.system_prompt:
