@@ -95,6 +95,11 @@ def print_summary(s: dict[str, Any], run_dir: Path, attacker: str | None = None)
     say(f"results: {run_dir / 'results.jsonl'}  summary: {run_dir / 'summary.json'}")
 
 
+def _run_name(name: str | None) -> str | None:
+    """``--name`` without surrounding blanks; blank is no name (the model name is derived)."""
+    return (name or "").strip() or None
+
+
 def _attack_options(items: list[str]) -> dict[str, Any]:
     """``--attack-opt K=V`` items as a dict (V as JSON when it parses, else the text)."""
     import orjson
@@ -199,7 +204,7 @@ def run(
                       defense=dfn, attacker=acfg, max_turns=max_turns, max_backtracks=max_backtracks,
                       attack=attack or "crescendo", attack_options=attack_options,
                       si_grouping=si_grouping_value(si_grouping) or "aligned", store_url=store or None,
-                      name=name.strip() if name and name.strip() else None)
+                      name=_run_name(name))
     gc.freeze()  # the long-lived import-time objects leave the collector's scans: less CPU per request
     with progress:
         outcome = run_async(execute(opts))
@@ -208,7 +213,7 @@ def run(
         if outcome.summary.get("n_scored"):  # what was measured before it is stored and worth showing
             print_summary(outcome.summary, out)
         raise FatalProviderError(outcome.fatal_error or f"{tcfg.name}: fatal endpoint error")
-    print_summary(outcome.summary, out, attacker=acfg.display if acfg is not None else None)
+    print_summary(outcome.summary, out, attacker=getattr(acfg, "display", None))
     if outcome.stopped == "max_cost":  # one figure: the summary's spent total (never above the budget)
         warn("stopped:", f"--max-cost ${max_cost:g} reached: ${outcome.run_summary.cost_usd:.4f} spent, "
              "as in the summary; re-run with a higher --max-cost to continue (finished requests come from "
