@@ -189,6 +189,7 @@ def test_no_llama_process_survives_mmsafe(tmp_path, how):
     bench = text_bench(tmp_path / "b", 12)
     out = tmp_path / "r"
     marker = uuid.uuid4().hex
+    logs: list[str] = []
     proc = subprocess.Popen(
         [sys.executable, "-c", "from mmsafe.cli import main; main()", "run", str(bench), "--target",
          f"local/{GGUF}?n_ctx=512", "--judge", "keyword", "--out", str(out), "--max-tokens", "48", "--no-cache"],
@@ -201,7 +202,7 @@ def test_no_llama_process_survives_mmsafe(tmp_path, how):
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         servers = llama_pids(marker)
         assert len(servers) == 1, servers
-        logs = [a.split()[0] for p in marked_pids(marker) for a in cmdline(p).split(" --log ")[1:]]
+        logs += [a.split()[0] for p in marked_pids(marker) for a in cmdline(p).split(" --log ")[1:]]
         assert logs and all(Path(x).exists() for x in logs)
         if how == "watchdog-SIGKILL":
             watchdogs = [p for p in marked_pids(marker) if p not in servers and p != proc.pid]
@@ -224,6 +225,8 @@ def test_no_llama_process_survives_mmsafe(tmp_path, how):
             proc.kill()
             proc.wait()
         kill_marked(marker)
+        for x in logs:
+            Path(x).unlink(missing_ok=True)
 
 
 @needs_model
