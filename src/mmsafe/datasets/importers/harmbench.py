@@ -227,13 +227,7 @@ def import_jbb(src: Path, out: Path, *, name: str | None = None, overwrite: bool
     ``strict_media`` is accepted for uniformity (JBB has no media).
     """
     src = require_path(src)
-    if src.is_dir():
-        d = next((x for x in (src, src / "data") if x.is_dir() and any(x.glob("*.csv"))), src)
-        files = sorted(d.glob("*.csv"))
-    else:
-        files = [src]
-    if not files:
-        raise DatasetError(f"{src}: no CSV files")
+    files = _jbb_files(src)
     base = src if src.is_dir() else None
     manifest = make_manifest(
         name=name or "jailbreakbench", importer="jbb",
@@ -249,21 +243,44 @@ def import_jbb(src: Path, out: Path, *, name: str | None = None, overwrite: bool
                 where = f"{path}:{line}"
                 if offset is not None:
                     index_shift[path.name] = offset
-                goal = row["Goal"].strip()
-                if not goal:
-                    raise DatasetError(f"{where}: Goal: empty")
-                idx = (row.get("Index") or "").strip() or str(n)
-                sid = f"jbb/{sp}/{idx}"
-                w.add(_sample(where, id=sid, question=goal,
-                              messages=[Message(role="user", content=goal)],
-                              scenario=(row.get("Category") or "").strip() or "unspecified",
-                              source="jailbreakbench",
-                              metadata={"group": sid, "split": sp, "benign": sp == "benign",
-                                        **({"control": "benign"} if sp == "benign" else {}),
-                                        "behavior": (row.get("Behavior") or "").strip() or None,
-                                        "target": (row.get("Target") or "").strip() or None,
-                                        "origin": (row.get("Source") or "").strip() or None},
-                              provenance={"file": path.name, "line": line}), where=where)
+                w.add(_jbb_sample(path, line, n, row, sp), where=where)
         if index_shift:
             w.manifest.provenance["unnamed_index_shift"] = index_shift
     return w.manifest
+
+
+def _jbb_files(src: Path) -> list[Path]:
+    """The CSVs to import: ``src`` itself, or every ``*.csv`` in the folder (or its ``data/``)."""
+    if src.is_dir():
+        d = next((x for x in (src, src / "data") if x.is_dir() and any(x.glob("*.csv"))), src)
+        files = sorted(d.glob("*.csv"))
+    else:
+        files = [src]
+    if not files:
+        raise DatasetError(f"{src}: no CSV files")
+    return files
+
+
+def _jbb_sample(path: Path, line: int, n: int, row: dict[str, str], sp: str) -> Sample:
+    """One JBB behaviour as a sample: the user turn is ``Goal`` (required), the id follows
+    ``Index`` (else the row number), and a benign split marks the sample a control."""
+    where = f"{path}:{line}"
+    goal = row["Goal"].strip()
+    if not goal:
+        raise DatasetError(f"{where}: Goal: empty")
+    idx = (row.get("Index") or "").strip() or str(n)
+    sid = f"jbb/{sp}/{idx}"
+
+    def cell(col: str) -> str | None:
+        return (row.get(col) or "").strip() or None
+
+    return _sample(where, id=sid, question=goal,
+                   messages=[Message(role="user", content=goal)],
+                   scenario=cell("Category") or "unspecified",
+                   source="jailbreakbench",
+                   metadata={"group": sid, "split": sp, "benign": sp == "benign",
+                             **({"control": "benign"} if sp == "benign" else {}),
+                             "behavior": cell("Behavior"),
+                             "target": cell("Target"),
+                             "origin": cell("Source")},
+                   provenance={"file": path.name, "line": line})
