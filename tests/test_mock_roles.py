@@ -100,9 +100,12 @@ def test_a_target_mock_is_refused_as_attacker_and_generator(bench: Path, tmp_pat
 
 def test_dialogues_with_the_mock_generator(bench: Path, tmp_path: Path) -> None:
     out = tmp_path / "dlg"
-    r = cli("dialogues", bench, "--generator", "mock/generator", "--out", out, "--lengths", "1,3", "--limit", 5)
+    r = cli("dialogues", bench, "--generator", "mock/generator", "--out", out, "--lengths", "1,3", "--limit", 5,
+            "--safemt-json", tmp_path / "safemt.json")
     assert r.exit_code == 0, r.output
-    assert "0 failed" in r.output
+    text = " ".join(r.output.split())
+    assert "0 failed" in text and "generator attempts: 40 ok, 0 generator refused" in text  # counts as words
+    assert "20 dialogue(s) of 1 turn(s), 20 dialogue(s) of 3 turn(s)" in text and "{" not in text
     b = open_benchmark(out)
     samples = list(b.iter_samples())
     assert len(samples) == 5 * 4 * 2  # 5 questions x 4 methods x 2 lengths, none failed

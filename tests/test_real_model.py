@@ -148,7 +148,8 @@ def test_real_model_as_dialogue_generator_counts_refusals_and_invalid_output(tie
     assert n_seeds == 1 and n_jobs == 2 and n_written + n_failed == n_jobs
     attempts = re.search(r"generator attempts: (.*?);", r.output)
     assert attempts, r.output
-    counts = {k: int(v) for k, v in re.findall(r"([a-z_]+) (\d+)", attempts.group(1))}
+    # counts as words, count first: "3 ok, 1 generator refused, ..."
+    counts = {k.strip().replace(" ", "_"): int(v) for v, k in re.findall(r"(\d+) ([a-z][a-z ]*)", attempts.group(1))}
     assert sum(counts.values()) >= n_jobs and counts.get("ok", 0) == n_written  # every attempt is counted
     failures = out / "generation_failures.jsonl"
     lines = failures.read_text().splitlines() if failures.exists() else []

@@ -11,7 +11,7 @@ from mmsafe import errors
 
 from .app import app
 from .bench import open_bench
-from .console import bold, say, warn
+from .console import bold, counts, say, warn
 from .importing import refuse_existing
 from .options import (
     MODEL_SPEC,
@@ -78,12 +78,12 @@ def dialogues(
     d = rep.as_dict()
     say("wrote ", bold(d["n_samples"]), f" dialogues from {d['n_seeds']} questions -> {out} ({d['n_jobs']} requested, "
         f"{d['n_failed']} failed, {d['fallbacks']} made with a fallback method, {d['elapsed_s']:.1f}s)")
-    say("generator attempts: " + ", ".join(f"{k} {v}" for k, v in d["attempts"].items())
-        + "; by method " + (", ".join(f"{k} {v}" for k, v in d["by_method"].items()) or "—"))
+    say("generator attempts: " + counts(d["attempts"]) + "; by method " + counts(d["by_method"], "—"))
     if d["n_failed"]:
         warn(f"{d['n_failed']} dialogue(s) could not be generated:", f"see {out / 'generation_failures.jsonl'}")
     if rep.safemt is not None:
-        say(f"SafeMT JSON -> {safemt_json}: {rep.safemt}")
+        say(f"SafeMT JSON -> {safemt_json}: "
+            + counts({f"dialogue(s) of {n} turn(s)": k for n, k in sorted(rep.safemt.items())}))
 
 
 __all__ = ["dialogues"]
