@@ -213,6 +213,17 @@ def test_a_missing_key_of_any_role_is_found_before_anything_is_written(bench_and
     assert not out.exists()
 
 
+def test_rejudge_with_a_juror_missing_its_key_is_one_line_and_stores_nothing(bench_and_run, tmp_path, llm):
+    _, run = bench_and_run
+    rd = tmp_path / "run"
+    shutil.copytree(run, rd)
+    before = (rd / "run.sqlite").read_bytes()
+    r = mmsafe("judge", rd, "--judge", f"jury:openai/judge-a@{llm.url},openai/gpt-4o", cwd=tmp_path)
+    assert r.returncode == EXIT_USAGE
+    one_line(r.stderr, "openai/gpt-4o: API key missing")  # the first juror's session was never opened
+    assert (rd / "run.sqlite").read_bytes() == before and llm.count() == 0
+
+
 def test_defend_eval_checks_every_defense_key_before_the_baseline_run(bench_and_run, tmp_path):
     bench, _ = bench_and_run
     r = runner.invoke(app, ["defend-eval", str(bench), "-t", "mock/refuser", "-d", "keyword-filter",
@@ -438,6 +449,14 @@ def test_the_terminal_bar_shows_the_limited_total_from_the_start(tmp_path, monke
     assert "3/3" in drawn and "/12" not in drawn
 
 
+def _capture(prog: object, seen: list[str]) -> object:
+    """A Reporter.emit that keeps the lines instead of printing them."""
+    def emit(self: object) -> None:
+        seen.append(prog.progress_line(self.label, self.stats))  # type: ignore[attr-defined]
+        self.lines += 1  # type: ignore[attr-defined]
+    return emit
+
+
 def test_every_long_verb_reports_progress_off_a_terminal(tmp_path, monkeypatch, llm):
     """judge, calibrate, moderate, dialogues and defend-eval feed the same reporter (interval 0.05 s;
     the scripted server answers after 100 ms so each verb runs long enough for a line)."""
@@ -446,7 +465,7 @@ def test_every_long_verb_reports_progress_off_a_terminal(tmp_path, monkeypatch, 
     from mmsafe.cli import progress as prog
     seen: list[str] = []
     monkeypatch.setenv("MMSAFE_PROGRESS_INTERVAL", "0.05")
-    monkeypatch.setattr(prog.Reporter, "emit", lambda self: seen.append(prog.progress_line(self.label, self.stats)))
+    monkeypatch.setattr(prog.Reporter, "emit", _capture(prog, seen))
     llm.latency_ms = 100
     bench = make_benchmark(tmp_path / "b", n=3, image=False)
     assert runner.invoke(app, ["run", str(bench), "-t", "mock/complier", "-o", str(tmp_path / "r")]).exit_code == 0
@@ -477,7 +496,7 @@ def test_build_reports_its_stage_progress_off_a_terminal(tmp_path, monkeypatch, 
     from mmsafe.cli import progress as prog
     seen: list[str] = []
     monkeypatch.setenv("MMSAFE_PROGRESS_INTERVAL", "0.01")
-    monkeypatch.setattr(prog.Reporter, "emit", lambda self: seen.append(prog.progress_line(self.label, self.stats)))
+    monkeypatch.setattr(prog.Reporter, "emit", _capture(prog, seen))
     cfg = _build_yaml(tmp_path, models={"generator": build_srv.spec("gen"), "scorer": build_srv.spec("scorer")},
                       stages=["generate"])
     r = runner.invoke(app, ["build", "--config", str(cfg), "--out", str(tmp_path / "b")])

@@ -42,6 +42,8 @@ def judge_cmd(
     from mmsafe import api
 
     j = api.make_judge(judge, models_file=models, options=pairs(judge_opt or [], "--judge-opt"))
+    from mmsafe.models.preflight import check_endpoints
+    check_endpoints(j)  # every juror's key before a session opens or a verdict is stored
     progress, update = progress_bar(None, f"judge {j.identity.name}")  # the total comes with the first stats
     with progress:
         res = api.judge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
@@ -115,6 +117,8 @@ def calibrate_cmd(
     from mmsafe.judges.calibrate import format_table
 
     j = api.make_judge(judge, models_file=models, options=pairs(judge_opt or [], "--judge-opt"))
+    from mmsafe.models.preflight import check_endpoints
+    check_endpoints(j)
     n_rows = _count_rows(data, format)
     reporter = Reporter(f"calibrate {j.identity.name}", min(n_rows, limit) if n_rows and limit else n_rows)
     _count_judgments(j, reporter)
