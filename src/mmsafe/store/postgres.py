@@ -9,10 +9,13 @@ round trip: a server-side function that locks the claim row with ``FOR UPDATE SK
 LOCKED``), so a sample is sent by one process only; a holder renews its leases while it
 runs, and the claims of a holder that died expire and are taken over.
 
-Sessions use ``synchronous_commit = off``: a commit returns before the server's WAL is on
-disk. A client killed at any point loses nothing committed; a *server* crash may lose the
-last fraction of a second of commits (those samples are sent again by the next run, as
-with SQLite's ``synchronous=NORMAL`` on a power cut).
+Writes are committed by a writer thread with its own connection, a batch per transaction
+(the run's event loop never waits for a round trip per reply); a run awaits
+:meth:`PostgresRunStore.durable` before it counts a sample as done. Sessions use
+``synchronous_commit = off``: a commit returns before the server's WAL is on disk. A
+client killed at any point loses nothing committed; a *server* crash may lose the last
+fraction of a second of commits (those samples are sent again by the next run, as with
+SQLite's ``synchronous=NORMAL`` on a power cut).
 
 Passwords never reach a file: the run directory's ``store.json`` holds the URL without
 it; libpq reads it from ``PGPASSWORD``, ``~/.pgpass`` or ``MMSAFE_STORE_URL``.
@@ -490,9 +493,9 @@ class PostgresRunStore(RunStore):
 class _Writer:
     """A thread with its own connection that commits queued statements in batches: all that
     queued while the previous batch was committing goes in one transaction (``executemany``
-    per statement, pipelined: one round trip). A SIGKILL loses what is queued (a few ms of
-    replies, sent again by the next run or taken over with the claims, which are not marked
-    finished either)."""
+    per statement, pipelined: one round trip). :meth:`durable` lets a coroutine wait for its
+    writes; a SIGKILL loses only what is queued, whose samples were not done yet (their claims
+    are not marked finished either, so they are sent again)."""
 
     MAX_QUEUED = 20000
 
@@ -510,7 +513,6 @@ class _Writer:
         self.ops: list[tuple[str, tuple[Any, ...]]] = []
         self.cv = threading.Condition()
         self.busy = False
-        self.waiting = 0
         self.closing = False
         self.put_seq = self.done_seq = 0  # ops queued / committed so far
         self.waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -536,13 +538,8 @@ class _Writer:
 
     def flush(self) -> None:
         with self.cv:
-            self.waiting += 1
-            self.cv.notify_all()
-            try:
-                while (self.ops or self.busy) and self.error is None:
-                    self.cv.wait()
-            finally:
-                self.waiting -= 1
+            while (self.ops or self.busy) and self.error is None:
+                self.cv.wait()
             self._raise()
 
     def _loop(self) -> None:
