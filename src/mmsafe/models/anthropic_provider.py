@@ -214,7 +214,8 @@ class AnthropicProvider(Provider):
     def _status_error(self, e: anthropic.APIStatusError) -> ProviderError:
         status = e.status_code
         body = e.body if isinstance(e.body, dict) else {}
-        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        raw_err = body.get("error")
+        err: dict[str, Any] = raw_err if isinstance(raw_err, dict) else {}
         # api_message / type exist on SDK 2.x errors; older SDKs only carry the body
         msg = str(getattr(e, "api_message", None) or err.get("message") or e.message or "")[:300]
         etype = str(getattr(e, "type", None) or err.get("type") or "")
