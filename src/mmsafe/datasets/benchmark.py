@@ -37,6 +37,7 @@ from mmsafe.types import (
     BenchmarkManifest,
     ImagePart,
     Sample,
+    VideoPart,
     asset_file,
     read_asset,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "open_benchmark",
     "inspect_image",
     "inspect_audio",
+    "inspect_video",
 ]
 
 MANIFEST_FILE = "benchmark.json"
@@ -113,6 +115,18 @@ def inspect_audio(data: bytes, name: str = "<bytes>") -> tuple[str, str]:
     if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
         return "mp3", "audio/mpeg"
     raise DatasetError(f"{name}: not a recognised audio file (wav, mp3, flac, ogg, m4a)")
+
+
+def inspect_video(data: bytes, name: str = "<bytes>") -> tuple[str, str]:
+    """Recognise an MP4, WebM or GIF video by its header; returns ``(extension, mime)``.
+    Decoding, frame count and duration are checked when a run starts (``mmsafe.media.video``)."""
+    if data[4:8] == b"ftyp":
+        return "mp4", "video/mp4"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "webm", "video/webm"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif", "image/gif"
+    raise DatasetError(f"{name}: not a recognised video file (mp4, webm, gif)")
 
 
 # --------------------------------------------------------------------------- atomic directories
@@ -302,6 +316,12 @@ class BenchmarkWriter:
         rel, sha, mime = self._add_asset(src, "audio", where, name)
         return AudioPart(path=rel, sha256=sha, mime=mime)
 
+    def add_video(self, src: Path | str | bytes, *, where: str | None = None,
+                  name: str | None = None) -> VideoPart:
+        """Copy a video (mp4, webm, gif) into ``assets/`` and return its part."""
+        rel, sha, mime = self._add_asset(src, "video", where, name)
+        return VideoPart(path=rel, sha256=sha, mime=mime)
+
     def _add_asset(self, src: Path | str | bytes, kind: str, where: str | None,
                    name: str | None) -> tuple[str, str, str]:
         tmp = self._require_open()
@@ -344,7 +364,7 @@ class BenchmarkWriter:
             if known_kind != kind:
                 raise DatasetError(f"{label}: same bytes already added as {known_kind}")
         else:
-            inspect = inspect_image if kind == "image" else inspect_audio
+            inspect = {"image": inspect_image, "video": inspect_video}.get(kind, inspect_audio)
             ext, mime = inspect(data, label)
             rel = f"{ASSETS_DIR}/{sha}.{ext}"
             (tmp / rel).write_bytes(data)
@@ -374,7 +394,7 @@ class BenchmarkWriter:
         for part in sample.assets():
             if part.path is not None and part.path not in self._asset_paths:
                 raise DatasetError(f"{loc}: {part.path}: asset was not added to this benchmark "
-                                   "(use add_image/add_audio)")
+                                   "(use add_image/add_audio/add_video)")
         assert self._fh is not None
         line = sample.model_dump_json(exclude_none=True).encode() + b"\n"
         self._fh.write(line)
@@ -459,14 +479,14 @@ class Benchmark:
                 if line.strip():
                     yield orjson.loads(line)
 
-    def asset_path(self, part: ImagePart | AudioPart) -> Path:
+    def asset_path(self, part: ImagePart | AudioPart | VideoPart) -> Path:
         """The file of a stored asset, refusing paths (symlinks included) outside the root."""
         try:
             return Path(asset_file(part, self.root, follow_links=True))
         except AssetError as e:
             raise DatasetError(f"{self.root}: {e}") from None
 
-    def read_asset(self, part: ImagePart | AudioPart, *, verify: bool = True) -> bytes:
+    def read_asset(self, part: ImagePart | AudioPart | VideoPart, *, verify: bool = True) -> bytes:
         """Read a stored asset's bytes (checking its sha256 unless ``verify=False``)."""
         try:
             return read_asset(part, self.root, verify=verify)
