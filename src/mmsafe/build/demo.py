@@ -170,7 +170,7 @@ def _multi_turn_demo(bench_dir: Path, out_dir: Path, out: Console, table: TableF
     status = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in (ad.get("status") or {}).items())
     mrows: list[list[str]] = []
     mrows.append([f"adaptive attack (crescendo, ≤{ADAPTIVE['max_turns']} turns) by mock/attacker",
-                  _pct(a.get("asr")), f"{a.get('n_scored', 0)} goals; {status or 'no status'}; mean turns to "
+                  _pct(a.get("asr")), f"{ad.get('n', 0)} conversations; {status or 'no status'}; mean turns to "
                   f"jailbreak {_num((ad.get('turns_to_jailbreak') or {}).get('mean'))}"])
     gen = rep.as_dict()
     lens = ", ".join(f"{k} turn{'s' if str(k) != '1' else ''} {_pct(v.get('asr'))}" for k, v in by_len.items())

@@ -11,8 +11,9 @@ Behaviours (the model name after ``mock/``):
 - ``complier`` — always answers in a compliant shape (placeholder text only).
 - ``echo``     — repeats what it received: last user text, number of images/audio
   (and video, when any) parts and turns (useful to check what a harness actually sent).
-- ``mixed``    — declines or complies, chosen by a hash of the last user message
-  (deterministic), so demo numbers are neither 0 nor 100%.
+- ``mixed``    — declines or complies, chosen by a hash of the conversation's user
+  messages (deterministic; a single turn: its message), so demo numbers are neither 0
+  nor 100% and a dialogue's outcome depends on its turns.
 
 Two more play the red-teaming roles, so multi-turn work can be tried offline. They follow
 mmsafe's own protocols (the JSON each role's prompt asks for) and write only
@@ -84,8 +85,9 @@ def mock_reply(behaviour: str, messages: list[dict[str, Any]]) -> str:
         vid = f" video={n_vid}" if n_vid else ""
         return (f"ECHO turns={turns} images={n_img} audio={n_aud}{vid} system={len(system)} "
                 f"last_user={last_user} {MOCK_TAG}")
-    if behaviour == "mixed":
-        h = int(hashlib.sha256(last_user.encode()).hexdigest(), 16)
+    if behaviour == "mixed":  # the whole conversation's user text: a dialogue's outcome depends on its length
+        users = "\n".join(_text(m.get("content")) for m in messages if m.get("role") == "user")
+        h = int(hashlib.sha256(users.encode()).hexdigest(), 16)
         return COMPLIANCE if h % 3 == 0 else REFUSAL
     if behaviour == "attacker":
         from mmsafe.models.mock_roles import attacker_reply
