@@ -262,3 +262,24 @@ def test_store_errors_are_one_line(pg, tmp_path, llm):
     assert cli("run", bench, "-t", f"openai/comply@{llm.url}", "-o", tmp_path / "s", "--no-cache").exit_code == 0
     r = cli("run", bench, "-t", f"openai/comply@{llm.url}", "-o", tmp_path / "s", "--store", pg.run_url("s2"))
     assert r.exit_code == 2 and "holds a SQLite run" in r.output and "mmsafe store copy" in r.output
+
+
+def test_a_store_from_an_older_version_copies_into_postgres(pg, tmp_path):
+    import sqlite3
+
+    from test_claims import _V1
+    old = tmp_path / "old"
+    old.mkdir()
+    with sqlite3.connect(old / "run.sqlite") as db:
+        db.executescript(_V1)  # schema 1: no claims table, no seq_order
+    run = _run_name()
+    r = cli("store", "copy", old, pg.run_url(run))
+    assert r.exit_code == 0 and "copied 1 replies" in r.output, r.output
+    from mmsafe.store.postgres import PostgresRunStore
+    st = PostgresRunStore(pg.url, run, readonly=True)
+    try:
+        assert st.get_meta("schema_version") == 2  # the destination's own schema
+        assert st.get_meta("seq_order") == "completion"  # an old store's order is kept as it was
+        assert [r["response"] for r in st.iter_rows(None)] == ["old reply"]
+    finally:
+        st.close()
