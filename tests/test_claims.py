@@ -159,6 +159,7 @@ def test_two_processes_on_one_run_directory_send_each_sample_once(llm, tmp_path)
     responses, target_rows, holders = _store_counts(out)
     assert (responses, target_rows) == (n, n)  # nothing written twice
     assert holders == 2  # both did part of the work
+    assert sum("done by another process working on this run" in o for o in r.outputs) >= 1, r.outputs
     rows = read_results(out)
     assert len(rows) == n and len({x["id"] for x in rows}) == n
 

@@ -214,6 +214,8 @@ def run(
             print_summary(outcome.summary, out)
         raise FatalProviderError(outcome.fatal_error or f"{tcfg.name}: fatal endpoint error")
     print_summary(outcome.summary, out, attacker=getattr(acfg, "display", None))
+    if outcome.stats.get("by_others"):  # several processes on this run (claims): say how it was shared
+        say(f"{outcome.stats['by_others']} of the samples were done by another process working on this run")
     if outcome.stopped == "max_cost":  # one figure: the summary's spent total (never above the budget)
         warn("stopped:", f"--max-cost ${max_cost:g} reached: ${outcome.run_summary.cost_usd:.4f} spent, "
              "as in the summary; re-run with a higher --max-cost to continue (finished requests come from "
