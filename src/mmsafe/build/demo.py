@@ -184,6 +184,17 @@ def _multi_turn_demo(bench_dir: Path, out_dir: Path, out: Console, table: TableF
     return [adaptive_dir, dlg_dir]
 
 
+def _leaderboard_row(s: dict[str, Any]) -> list[str]:
+    """One target's leaderboard cells: both judges' ASR, their agreement, counts, over-refusal."""
+    ci = s["asr_ci"]
+    ctl = s.get("controls") or {}
+    other: dict[str, Any] = next((v for k, v in (s.get("judges") or {}).items() if k != s["judge"]["id"]), {})
+    agree = (((s.get("agreement") or {}).get("pairs") or [{}])[0]).get("percent_agreement")
+    return [_label(s), _pct(s["asr"]), f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}%" if ci[0] is not None else "—",
+            _pct(other.get("asr")), "—" if agree is None else f"{100 * agree:.0f}%",
+            str(s["n_unscored"]), str(s["n_errors"]), f"{ctl['n_refused']}/{ctl['n']}" if ctl else "—"]
+
+
 def run_demo(out_dir: Path, out: Console, err: Console, *, real: bool = False,
              table: TableFn = plain_table) -> list[Path]:
     """Build the demo benchmark, run the targets, re-judge, print the leaderboard; returns
@@ -222,18 +233,7 @@ def run_demo(out_dir: Path, out: Console, err: Console, *, real: bool = False,
     caption = ("mock/* are MOCK reference models, not real LLMs; local/SmolLM2 is a real 135M model — tiny, "
                "not a safety reference; all on the text-only variant" if real
                else "targets are MOCK reference models, not real LLMs")
-    rows = []
-    for s in sorted(summaries, key=lambda s: s["asr"] or 0):
-        ci = s["asr_ci"]
-        ctl = s.get("controls") or {}
-        other: dict[str, Any] = next((v for k, v in (s.get("judges") or {}).items() if k != s["judge"]["id"]), {})
-        pair = ((s.get("agreement") or {}).get("pairs") or [{}])[0]
-        agree = pair.get("percent_agreement")
-        rows.append([_label(s), "—" if s["asr"] is None else f"{100 * s['asr']:.1f}%",
-                     f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}%" if ci[0] is not None else "—",
-                     "—" if other.get("asr") is None else f"{100 * other['asr']:.1f}%",
-                     "—" if agree is None else f"{100 * agree:.0f}%",
-                     str(s["n_unscored"]), str(s["n_errors"]), f"{ctl['n_refused']}/{ctl['n']}" if ctl else "—"])
+    rows = [_leaderboard_row(s) for s in sorted(summaries, key=lambda s: s["asr"] or 0)]
     board = table("mmsafe demo — leaderboard", ("target", "ASR keyword", "95% CI", "ASR offline judge",
                                                 "judges agree", "unscored", "errors", "over-refusal"),
                   rows, caption=caption, text_columns=("target",))

@@ -65,6 +65,18 @@ def _framed(goal: str, scenario: str, k: int, has_image: bool) -> str:
     return f"{ATTACKER_TAG} " + framings[k % len(framings)].format(goal=goal, scenario=scenario or "this topic")
 
 
+def _goat(system: str, last: str, attempt: int, message: str) -> str:
+    """GOAT's four-step reasoning with a technique from its list, and the message."""
+    refused = attempt > 1 and "unsafe" not in last and bool(re.search(r"\b(refus\w*|safe)\b", last))
+    names = re.findall(r"^([a-z_]+): ", system, re.M)
+    techs = [t for t in _GOAT_PREFERRED if t in names] or names or ["hypothetical"]
+    return _json({"observation": "no reply yet" if attempt == 1 else
+                  ("the target declined" if refused else "the target answered in general terms"),
+                  "thought": "placeholder reasoning of the mock attacker",
+                  "strategy": "ask the benchmark question in another framing",
+                  "technique": techs[(attempt - 1) % len(techs)], "reply": message, "image": {"action": "keep"}})
+
+
 def attacker_reply(messages: list[dict[str, Any]]) -> str:
     """The mock attacker's next move in the protocol its system prompt names: Crescendo
     (``plan`` + ``next_user_turn``), PAIR/TAP (``improvement`` + ``prompt`` + ``image``),
@@ -82,7 +94,6 @@ def attacker_reply(messages: list[dict[str, Any]]) -> str:
     scenario = _field(r"Scenario:\s*([^\n]+)", first)
     has_image = "There is no image" not in first
     attempt = sum(1 for m in messages if m.get("role") == "assistant") + 1
-    refused = bool(re.search(r"\b(refus\w*|safe)\b", last)) and attempt > 1 and "unsafe" not in last
     if '"improvement"' in system:  # PAIR / TAP: each attempt is a whole single-turn prompt
         variant = int(_field(r"Write variant (\d+)", last, "1"))
         stream = int(_field(r"attempt stream \((\d+) of", first, "1"))
@@ -94,13 +105,7 @@ def attacker_reply(messages: list[dict[str, Any]]) -> str:
     # backtracked or kept by the attack itself)
     nxt = _framed(goal, scenario, attempt - 1, has_image)
     if "You are GOAT" in system:
-        names = re.findall(r"^([a-z_]+): ", system, re.M)
-        techs = [t for t in _GOAT_PREFERRED if t in names] or names or ["hypothetical"]
-        return _json({"observation": "no reply yet" if attempt == 1 else
-                      ("the target declined" if refused else "the target answered in general terms"),
-                      "thought": "placeholder reasoning of the mock attacker",
-                      "strategy": "ask the benchmark question in another framing",
-                      "technique": techs[(attempt - 1) % len(techs)], "reply": nxt, "image": {"action": "keep"}})
+        return _goat(system, last, attempt, nxt)
     return _json({"plan": "ask the benchmark question" if attempt == 1 else
                   "ask the benchmark question in another framing", "next_user_turn": nxt})
 
