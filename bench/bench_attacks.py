@@ -19,14 +19,18 @@ retries, ledger; the response cache is off so every request goes over the wire):
 3. ``pair``, ``tap``, ``goat`` (``--only attacks`` runs the three): C samples with an image, all
    in flight at once (``mmsafe run --mode adaptive --attack NAME``), the rubric LLM judge on the
    loopback server, two attackers each: ``-text`` keeps the request in the text, so the
-   image-only target (``tgt-imgonly``) refuses until the budget is spent (PAIR 3 streams x 5
-   iterations; TAP width 2, branching 2, depth 4, on-topic checks; GOAT 5 turns); ``-img`` moves
+   image-only target (``tgt-imgonly``) refuses until the budget is spent (PAIR 3 streams x 3
+   iterations; TAP width 2, branching 2, depth 3, on-topic checks; GOAT 4 turns); ``-img`` moves
    the request into a FigStep image from the second attempt (images rendered and stored) and
-   succeeds. The endpoints' connection caps are C x the attack's fan-out, so only the
-   dependency chain limits a sample: each step's calls run concurrently, and a step costs at
-   least one LATENCY. Latency bound: ``max(max rounds, total rounds / C) x LATENCY`` with the
-   rounds (steps whose calls were made) read from the stored records; the ratio printed is
-   ``latency bound / measured wall`` (whole ``execute()``: store, judge, summary included).
+   succeeds. ``--attack-batches`` x C samples (default 3 x 64), C in flight
+   (``RunOptions.samples_in_flight``); the endpoints' connection caps are 4 x C x the attack's
+   fan-out (the engine's AIMD limiter starts at a quarter of the cap, so it starts at C x
+   fan-out: what is measured is the attack driver, not the limiter's ramp towards an unknown
+   rate limit), so only the dependency chain limits a sample: each step's calls run
+   concurrently, and a step costs at least one LATENCY. Latency bound: ``max(max rounds, total rounds / C) x
+   LATENCY`` with the rounds (steps whose calls were made) read from the stored records; the
+   ratio printed is ``latency bound / measured wall`` (whole ``execute()``: store, judge,
+   summary included).
 
 usage: python bench/bench_attacks.py [--concurrency 64] [--latency-ms 100]
                                      [--questions 800] [--samples 2560] [--judge rubric|keyword]
@@ -162,14 +166,14 @@ def bench_adaptive(url: str, work: Path, c: int, latency_s: float, samples: int,
 
 
 ATTACK_LOADS = {  # attack -> (--attack-opt options, fan-out: most concurrent calls per sample)
-    "pair": ({"n_streams": 3, "n_iterations": 5}, 3),
-    "tap": ({"width": 2, "branching": 2, "depth": 4}, 4),
-    "goat": ({"max_turns": 5}, 1),
+    "pair": ({"n_streams": 3, "n_iterations": 3}, 3),
+    "tap": ({"width": 2, "branching": 2, "depth": 3}, 4),
+    "goat": ({"max_turns": 4}, 1),
 }
 
 
-def bench_attack(url: str, work: Path, name: str, attacker: str, c: int, latency_s: float) -> dict:
-    """One attack on C samples all in flight; the latency bound from the rounds each sample made."""
+def bench_attack(url: str, work: Path, name: str, attacker: str, c: int, latency_s: float, batches: int = 3) -> dict:
+    """One attack on ``batches`` x C samples, C in flight; the latency bound from the rounds each sample made."""
     import sqlite3
 
     from mmsafe.judges import make_judge
@@ -177,19 +181,19 @@ def bench_attack(url: str, work: Path, name: str, attacker: str, c: int, latency
     from mmsafe.runner import RunOptions, execute
 
     options, fanout = ATTACK_LOADS[name]
-    src = work / "attack-src"
+    src = work / f"attack-src-{batches * c}"
     if not src.exists():  # questions with "harmful question" in them: what tgt-imgonly looks for in the text
-        make_source(src, c, question="Underlying harmful question {i}")
+        make_source(src, batches * c, question="Underlying harmful question {i}")
     models = work / f"models-{name}.yaml"
     models.write_text("models:\n" + "".join(
-        f"  {n}:\n    spec: openai/{m}@{url}\n    max_connections: {c * fanout}\n"
+        f"  {n}:\n    spec: openai/{m}@{url}\n    max_connections: {4 * c * fanout}\n"
         for n, m in (("tgt", "tgt-imgonly"), ("atk", attacker), ("jdg", "judge-auto"))))
     out = work / f"run-{name}-{attacker}"
     shutil.rmtree(out, ignore_errors=True)
     opts = RunOptions(benchmark=src, target=resolve_endpoint("tgt", "target", models_file=models),
                       judge=make_judge("rubric:jdg", models_file=models), out=out, mode="adaptive",
                       attacker=resolve_endpoint("atk", "attacker", models_file=models), attack=name,
-                      attack_options=dict(options), use_cache=False)
+                      attack_options=dict(options), use_cache=False, samples_in_flight=c)
     c0, t0 = cpu(), time.perf_counter()
     outcome = run_async(execute(opts))
     wall = time.perf_counter() - t0
@@ -202,7 +206,7 @@ def bench_attack(url: str, work: Path, name: str, attacker: str, c: int, latency
     reqs = sum(v["calls"] for v in s["ledger"].values())
     bound_wall = max(max(rounds), sum(rounds) / c) * latency_s
     return {"workload": f"{name}-{attacker.removeprefix('atk-')}", "samples": s["n_samples"], "requests": reqs,
-            "concurrency": c, "fanout_cap": c * fanout, "rounds_max": max(rounds), "rounds_total": sum(rounds),
+            "concurrency": c, "connection_cap": 4 * c * fanout, "rounds_max": max(rounds), "rounds_total": sum(rounds),
             "wall_s": round(wall, 3), "bound_wall_s": round(bound_wall, 3),
             "samples_per_s": round(s["n_samples"] / wall, 1),
             "bound_samples_per_s": round(s["n_samples"] / bound_wall, 1), "ratio": round(bound_wall / wall, 3),
@@ -253,6 +257,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2560, help="adaptive: samples")
     ap.add_argument("--only", choices=("dialogues", "adaptive", "attacks", "pair", "tap", "goat"))
     ap.add_argument("--server-processes", type=int, default=1)
+    ap.add_argument("--attack-batches", type=int, default=3, help="pair/tap/goat: samples = this x --concurrency")
     ap.add_argument("--attack-latency-ms", type=float, default=1000.0,
                     help="pair/tap/goat: the loopback latency (default 1 s, an LLM call's order: at 100 ms their "
                          "C x fan-out requests per step need ~2,000 requests/s, more than one process's CPU)")
@@ -289,7 +294,7 @@ def main() -> None:
                 if a.only in (None, "attacks", name):
                     for attacker in ("atk-text", "atk-img"):
                         results.append(bench_attack(url, work, name, attacker, a.concurrency,
-                                                    a.attack_latency_ms / 1000))
+                                                    a.attack_latency_ms / 1000, a.attack_batches))
     finally:
         for p in procs:
             p.terminate()

@@ -387,3 +387,24 @@ def test_rejudging_an_attack_run_judges_each_attempt_with_the_images_it_sent(srv
     moved = [shown(b) for b in reqs if "the activity shown in the image" in shown(b)[1]]
     assert len(moved) == 1 and moved[0][0], "the judge never saw the FigStep image the attack sent"
     assert all("Attempt 1" not in s for _, s in moved)  # the first attempt is not in the second's context
+
+
+def test_samples_in_flight_bounds_the_samples_driven_at_once_not_their_calls(srv, tmp_path):
+    """RunOptions.samples_in_flight: an attack's parallel streams stay concurrent while only that many
+    samples are driven at once (bench_attacks runs 64 samples in flight with caps above 64 x fan-out)."""
+    from mmsafe.judges import make_judge
+    from mmsafe.runner import RunOptions, execute
+
+    bench = make_benchmark(tmp_path / "b", n=3, turns=1)
+    out = tmp_path / "run"
+    opts = RunOptions(benchmark=bench, target=resolve_endpoint(f"openai/tgt-imgonly@{srv.url}", "target"),
+                      judge=make_judge("keyword"), out=out, mode="adaptive", attack="pair",
+                      attacker=resolve_endpoint(f"openai/atk-img@{srv.url}", "attacker"),
+                      attack_options={"n_streams": 3}, samples_in_flight=1, use_cache=False)
+    outcome = asyncio.run(execute(opts))
+    assert outcome.summary["asr"] == 1.0
+    db = sqlite3.connect(out / "run.sqlite")
+    order = [sid for (sid,) in db.execute("SELECT sample_id FROM requests ORDER BY id")]
+    blocks = [sid for i, sid in enumerate(order) if i == 0 or order[i - 1] != sid]
+    assert sorted(blocks) == ["s0", "s1", "s2"]  # one sample at a time: its requests form one block
+    assert order.count("s0") == 12  # 3 streams x (attacker, target) x 2 iterations, the streams concurrent

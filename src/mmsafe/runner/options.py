@@ -41,6 +41,8 @@ class RunOptions:
     max_backtracks: int = 3  # --mode adaptive: refused exchanges removed and retried at most
     attack: str = "crescendo"  # --mode adaptive: the registered attack (or module.path:Name)
     attack_options: dict[str, Any] = field(default_factory=dict)  # --attack-opt K=V (the attack's config)
+    samples_in_flight: int | None = None  # samples driven at once (default: the target's connection cap); an
+    # attack with parallel streams or branches makes several calls per sample, so its caps may be set above this
     si_grouping: str = "aligned"  # Safety Index across lengths: "aligned" (importer's alignment) | "id"
     store_url: str | None = None  # --store postgresql://…: a shared PostgreSQL run store (default: RUN_DIR/run.sqlite)
     name: str | None = None  # --name: the run's short display name in reports and the viewer (config "name")

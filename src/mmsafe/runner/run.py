@@ -329,7 +329,7 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
              "cost_usd": ledger.total_cost, "started": time.time()}
     stop: dict[str, Any] = {"reason": None, "error": None}
     root = bench.root
-    n_workers = max(1, provider.cfg.max_connections)  # a provider may force its own cap (hf: 1)
+    n_workers = max(1, opts.samples_in_flight or provider.cfg.max_connections)  # a provider may force its cap (hf: 1)
 
     def progress() -> None:
         if opts.on_progress:
