@@ -248,41 +248,53 @@ def write_benchmark(cfg: BuildConfig, wd: WorkDir, out: Path, stage_records: dic
     return w.manifest
 
 
-def _check_stage_settings(cfg: BuildConfig, stage: str, scenario_ids: set[str]) -> None:
-    """What ``stage`` would refuse only once running, checked from the config alone."""
-    if stage == "preprocess":
-        for pool in cfg.preprocess.pools:
-            p = cfg.path(pool.path)
-            if p is None or not p.exists():
-                raise BuildError(f"preprocess.pools: {pool.path}: not found")
-    elif stage == "generate":
-        g = cfg.generate
-        unknown = [x for x in g.scenarios or [] if x not in scenario_ids]
-        if unknown:
-            raise BuildError(f"generate.scenarios: {', '.join(unknown)} not in the taxonomy "
-                             f"(its scenarios: {', '.join(sorted(scenario_ids))})")
-        if "generator" not in cfg.models and not (g.include_pool and cfg.preprocess.pools):
-            raise BuildError("generate: needs models.generator (or preprocess pools with generate.include_pool)")
-        if "scorer" not in cfg.models and "generator" not in cfg.models:
-            raise BuildError("generate: needs models.scorer (or models.generator, used as the scorer)")
-    elif stage == "image":
-        t2i = cfg.image.t2i
-        if t2i is not None and t2i.kind == "openai" and not t2i.base_url:
-            raise BuildError("image.t2i.base_url is required for kind openai")
-    elif stage == "augment":
-        from .augment import _methods
-        _methods(cast(Any, SimpleNamespace(cfg=cfg)))  # transforms known, espeak there
-        if cfg.augment.audio.engine == "openai" and not cfg.augment.audio.base_url:
-            raise BuildError("augment.audio.base_url is required for engine openai")
-    elif stage == "select":
-        from .select import MIN_REFERENCE_MODELS
-        sc = cfg.select
-        if not sc.reference_models and sc.size is not None:
-            raise BuildError(f"select: needs select.reference_models (≥ {MIN_REFERENCE_MODELS}) to pick "
-                             f"{sc.size} items")
-        if sc.reference_models and len(sc.reference_models) < MIN_REFERENCE_MODELS:
-            raise BuildError(f"select.reference_models: needs at least {MIN_REFERENCE_MODELS} models, "
-                             f"got {len(sc.reference_models)}")
+def _check_preprocess(cfg: BuildConfig, scenario_ids: set[str]) -> None:
+    for pool in cfg.preprocess.pools:
+        p = cfg.path(pool.path)
+        if p is None or not p.exists():
+            raise BuildError(f"preprocess.pools: {pool.path}: not found")
+
+
+def _check_generate(cfg: BuildConfig, scenario_ids: set[str]) -> None:
+    g = cfg.generate
+    unknown = [x for x in g.scenarios or [] if x not in scenario_ids]
+    if unknown:
+        raise BuildError(f"generate.scenarios: {', '.join(unknown)} not in the taxonomy "
+                         f"(its scenarios: {', '.join(sorted(scenario_ids))})")
+    if "generator" not in cfg.models and not (g.include_pool and cfg.preprocess.pools):
+        raise BuildError("generate: needs models.generator (or preprocess pools with generate.include_pool)")
+    if "scorer" not in cfg.models and "generator" not in cfg.models:
+        raise BuildError("generate: needs models.scorer (or models.generator, used as the scorer)")
+
+
+def _check_image(cfg: BuildConfig, scenario_ids: set[str]) -> None:
+    t2i = cfg.image.t2i
+    if t2i is not None and t2i.kind == "openai" and not t2i.base_url:
+        raise BuildError("image.t2i.base_url is required for kind openai")
+
+
+def _check_augment(cfg: BuildConfig, scenario_ids: set[str]) -> None:
+    from .augment import _methods
+    _methods(cast(Any, SimpleNamespace(cfg=cfg)))  # transforms known, espeak there (it reads ctx.cfg only)
+    if cfg.augment.audio.engine == "openai" and not cfg.augment.audio.base_url:
+        raise BuildError("augment.audio.base_url is required for engine openai")
+
+
+def _check_select(cfg: BuildConfig, scenario_ids: set[str]) -> None:
+    from .select import MIN_REFERENCE_MODELS
+    sc = cfg.select
+    if not sc.reference_models and sc.size is not None:
+        raise BuildError(f"select: needs select.reference_models (≥ {MIN_REFERENCE_MODELS}) to pick "
+                         f"{sc.size} items")
+    if sc.reference_models and len(sc.reference_models) < MIN_REFERENCE_MODELS:
+        raise BuildError(f"select.reference_models: needs at least {MIN_REFERENCE_MODELS} models, "
+                         f"got {len(sc.reference_models)}")
+
+
+# what each stage would refuse only once running, checked from the config alone
+_STAGE_CHECKS: dict[str, Callable[[BuildConfig, set[str]], None]] = {
+    "preprocess": _check_preprocess, "generate": _check_generate, "image": _check_image,
+    "augment": _check_augment, "select": _check_select}
 
 
 def preflight(cfg: BuildConfig, stages: list[str] | None = None) -> None:
@@ -301,7 +313,7 @@ def preflight(cfg: BuildConfig, stages: list[str] | None = None) -> None:
     tax, _, _ = taxonomy_for(cfg)
     scenario_ids = {str(x["id"]) for x in tax.get("scenarios") or []}
     for stage in run:
-        _check_stage_settings(cfg, stage, scenario_ids)
+        _STAGE_CHECKS[stage](cfg, scenario_ids)
     refs: list[tuple[str, ModelRef]] = [(k, r) for k, r in cfg.models.items()]
     if "select" in run:
         refs += [("reference", r) for r in cfg.select.reference_models]
