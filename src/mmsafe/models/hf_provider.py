@@ -126,6 +126,31 @@ def _is_vision_config(config: Any) -> bool:
     return config.model_type in names or getattr(config, "vision_config", None) is not None
 
 
+def decode_wav(data: bytes, name: str) -> tuple[Any, int]:
+    """A WAV file as ``(float32 mono samples in [-1, 1], sampling rate)``: what transformers' audio
+    feature extractors take. PCM 8/16/32-bit; channels are averaged. AssetError naming the file otherwise."""
+    import wave
+
+    import numpy as np
+
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
+            raw = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as e:
+        raise AssetError(f"{name}: local models take audio as PCM WAV ({e})") from None
+    if width == 1:
+        x = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width in (2, 4):
+        dt = np.int16 if width == 2 else np.int32
+        x = np.frombuffer(raw, dtype=dt).astype(np.float32) / float(np.iinfo(dt).max + 1)
+    else:
+        raise AssetError(f"{name}: {8 * width}-bit WAV is not supported (8, 16 or 32-bit PCM)")
+    if channels > 1:
+        x = x.reshape(-1, channels).mean(axis=1)
+    return x, rate
+
+
 def detect_capabilities(cfg: EndpointConfig) -> Capabilities:
     """What the model can take, from its config and processor files alone (no weights
     loaded). Narrows ``cfg.capabilities``: it never claims more than they declare."""
@@ -218,7 +243,8 @@ class HFProvider(Provider):
     # ------------------------------------------------------------------ requests
 
     def encode(self, messages: list[Message], root: Path | None, system: str | None = None) -> Any:
-        """-> ``{"system": str | None, "turns": [(role, [("text", str) | ("image", PIL.Image)])]}``."""
+        """-> ``{"system": str | None, "turns": [(role, [("text", str) | ("image", PIL.Image)
+        | ("audio", (float32 samples, rate))])]}``; a video becomes ``video_frames`` images."""
         from PIL import Image, UnidentifiedImageError
 
         turns: list[tuple[str, list[tuple[str, Any]]]] = []
@@ -250,8 +276,10 @@ class HFProvider(Provider):
                         for b64 in video_frames_b64(p, root, n):
                             with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
                                 parts.append(("image", im.convert("RGB")))
-                    else:
-                        raise AssetError(f"{p.path or p.uri}: the hf provider does not take audio input")
+                    else:  # audio: decoded for an audio processor (generation with it is not wired yet)
+                        if p.path is None or root is None:
+                            raise AssetError(f"{p.uri}: the hf provider needs audio as local files")
+                        parts.append(("audio", decode_wav(read_asset(p, root, verify=True), p.path)))
             if turns and turns[-1][0] == m.role:
                 turns[-1][1].extend(parts)
             else:
@@ -283,6 +311,10 @@ class HFProvider(Provider):
     def _prompt(self, payload: dict[str, Any]) -> tuple[str, list[Any]]:
         system, turns = payload.get("system"), payload["turns"]
         images = [v for _, parts in turns for k, v in parts if k == "image"]
+        n_audio = sum(1 for _, parts in turns for k, _ in parts if k == "audio")
+        if n_audio:
+            raise ProviderError(f"hf/{self.cfg.model}: audio input is not wired into local generation yet "
+                                f"({n_audio} clip(s) sent)")
         if images and not self.supports_images:
             raise ProviderError(f"hf/{self.cfg.model} takes no image input ({len(images)} image(s) sent)")
         owner = self._template_owner()

@@ -63,7 +63,21 @@ def _mime(part: AssetPart) -> str:
         return _IMAGE_MIME.get(ext, "image/png")
     if isinstance(part, VideoPart):
         return VIDEO_MIME.get(ext, "video/mp4")
-    return "audio/wav" if ext not in ("mp3",) else "audio/mpeg"
+    return {"mp3": "audio/mpeg", "flac": "audio/flac", "ogg": "audio/ogg", "m4a": "audio/mp4"}.get(ext, "audio/wav")
+
+
+_AUDIO_FORMAT = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/vnd.wave": "wav",
+                 "audio/mpeg": "mp3", "audio/mp3": "mp3"}
+
+
+def _audio_format(part: AssetPart) -> str:
+    """``input_audio``'s ``format``: the chat-completions wire takes only wav and mp3; another
+    encoding (flac, ogg, m4a) is an AssetError naming the file rather than bytes mislabelled as wav."""
+    fmt = _AUDIO_FORMAT.get(_mime(part))
+    if fmt is None:
+        raise AssetError(f"{part.path or part.uri}: {_mime(part)} cannot be sent as input_audio "
+                         "(OpenAI-compatible targets take wav or mp3; convert it first)")
+    return fmt
 
 
 _B64_LOCK = threading.Lock()
@@ -200,8 +214,7 @@ def encode_openai_messages(messages: list[Message], root: Path | None,
                 else:
                     raise ProviderError(f"audio part without a local file ({p.uri}) cannot be sent",
                                         fatal=False)
-                fmt = "mp3" if _mime(p) == "audio/mpeg" else "wav"
-                parts.append({"type": "input_audio", "input_audio": {"data": data, "format": fmt}})
+                parts.append({"type": "input_audio", "input_audio": {"data": data, "format": _audio_format(p)}})
             elif p.type == "video":
                 parts.extend(_video_parts(p, root, video_frames))
         # assistant turns with only text are sent as plain strings (widest compatibility)
