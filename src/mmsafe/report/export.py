@@ -284,7 +284,8 @@ def leaderboard_markdown(run_dirs: list[Path | str]) -> str:
               "| scored | unscored | errors | over-refusal |\n")
     buf.write("|---:|---|---|---|---|---|---|---|---:|---:|---:|---|\n")
     for r in rows:
-        name = r["name"] + (" (mock)" if r["mock"] else "") + (f" + {r['defense']}" if r["defense"] else "")
+        name = r["name"] + (" (mock)" if r["mock"] else "") + (  # the display name may name the defense already
+            f" + {r['defense']}" if r["defense"] and f"+ {r['defense']}" not in r["name"] else "")
         buf.write("| " + " | ".join([
             "–" if r["rank"] is None else str(r["rank"]), _md(name), _md(r["benchmark"]),
             _md(f"{r['judge']} ({r['judge_id']})"), _ci(r["asr"]), _ci(r["safety_rate"]), _ci(r["sri"], "sri"),

@@ -65,7 +65,9 @@ def _ci(d: dict[str, Any] | None, key: str) -> dict[str, Any] | None:
 
 
 def leaderboard_rows(runs: list[RunInfo]) -> list[dict[str, Any]]:
-    """Leaderboard rows (ranked with :func:`mmsafe.metrics.leaderboard`), plain values."""
+    """Leaderboard rows (ranked with :func:`mmsafe.metrics.leaderboard`), plain values; ``name``
+    is the run's display name (:func:`~mmsafe.report.runs.display_names`), ``target`` its target's."""
+    names = display_names(runs)
     entries = []
     for i, r in enumerate(runs):
         s = r.summary
@@ -83,7 +85,8 @@ def leaderboard_rows(runs: list[RunInfo]) -> list[dict[str, Any]]:
             controls = {"over_refusal_rate": cmp_or["rate"], "ci": cmp_or.get("ci"), "n": cmp_or.get("n"),
                         "n_refused": cmp_or.get("n_refused")}
         rows.append({
-            "rank": e["rank"], "key": r.key, "index": e["_i"], "name": r.name, "display": r.display, "mock": r.mock,
+            "rank": e["rank"], "key": r.key, "index": e["_i"], "name": names[e["_i"]], "target": r.name,
+            "display": r.display, "mock": r.mock,
             "run_dir": str(r.run_dir), "benchmark": f"{r.benchmark.get('name')} v{r.benchmark.get('version')}",
             "judge": r.judge.get("name"), "judge_id": r.judge.get("id"), "judge_label": r.judge.get("label"),
             "mode": s.get("mode"), "defense": (r.defense or {}).get("name"),
@@ -331,8 +334,6 @@ def _report_warnings(runs: list[RunInfo]) -> list[str]:
 def render_report(runs: list[RunInfo], *, title: str | None = None, examples: int = 12) -> str:
     lb = leaderboard_rows(runs)
     labels = {r.key: n for r, n in zip(runs, display_names(runs), strict=True)}
-    for row in lb:  # the leaderboard shows the display name; the full spec is its tooltip
-        row["name"] = labels[row["key"]]
     ch = build_charts(runs, lb)
     mt, mt_charts = multiturn_blocks(runs, labels)
     ch.update(mt_charts)

@@ -169,7 +169,7 @@ def _qualifiers(r: RunInfo, same: list[RunInfo]) -> list[str]:
         bits.append(str(r.run_summary.target.provider))
     d = r.defense
     if d and d.get("name"):
-        bits.append("+" + str(d["name"]))
+        bits.append("+ " + str(d["name"]))
     if len({x.summary.get("mode") for x in same}) > 1 and r.summary.get("mode"):
         bits.append(str(r.summary.get("mode")))
     if len({x.judge.get("id") for x in same}) > 1 and r.judge.get("name"):
