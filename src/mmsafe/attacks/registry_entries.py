@@ -62,7 +62,7 @@ VISUAL = (
     ("blank", "transform_blank", "a plain white image instead of the item's", ("size",)),
     ("unrelated", "transform_unrelated", "a seeded abstract image unrelated to the request", ("size",)),
 )
-ADAPTIVE = (
+ADAPTIVE: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("crescendo", "mmsafe.attacks.adaptive:AdaptiveAttack",
      "Crescendo-style attacker LLM with images and backtracking (--mode adaptive)",
      ("max_turns", "max_backtracks", "attacker_retries")),
@@ -176,8 +176,8 @@ def register_attacks(reg: Registry) -> None:
         reg.add(name, f"{_V}:{attr}", type="visual", description=desc, options=opts)
     for name, desc in DIALOGUE_METHODS:
         reg.add(name, MethodPrompt(name), type="dialogue-method", description=desc)
-    for name, target, desc, opts in ADAPTIVE:
-        reg.add(name, target, type="adaptive", description=desc, options=opts)
+    for name, target, desc, fields in ADAPTIVE:
+        reg.add(name, target, type="adaptive", description=desc, options=fields)
 
 
 __all__ = ["ATTACK_TYPES", "MethodPrompt", "attack_names", "attack_type", "entry_type", "find_attack",

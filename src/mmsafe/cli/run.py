@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -100,11 +100,14 @@ def _run_name(name: str | None) -> str | None:
     return (name or "").strip() or None
 
 
-def _attack_options(items: list[str]) -> dict[str, Any]:
-    """``--attack-opt K=V`` items as a dict (V as JSON when it parses, else the text)."""
+def _attack_args(mode: str, attack: str | None, items: list[str] | None) -> tuple[str, dict[str, Any]]:
+    """``--attack`` (default crescendo) and the ``--attack-opt K=V`` items as a dict (V as JSON
+    when it parses, else the text); both only with ``--mode adaptive``."""
     import orjson
+    if (attack or items) and mode != "adaptive":
+        raise InputError(f"--attack/--attack-opt are used with --mode adaptive only (got --mode {mode})")
     out: dict[str, Any] = {}
-    for it in items:
+    for it in items or []:
         k, sep, v = it.partition("=")
         if not sep or not k.strip():
             raise InputError(f"--attack-opt {it!r}: expected KEY=VALUE")
@@ -112,7 +115,7 @@ def _attack_options(items: list[str]) -> dict[str, Any]:
             out[k.strip()] = orjson.loads(v)
         except orjson.JSONDecodeError:
             out[k.strip()] = v
-    return out
+    return attack or "crescendo", out
 
 
 @app.command()
@@ -185,9 +188,7 @@ def run(
     acfg = resolve_endpoint(attacker, "attacker", models_file=models) if attacker else None
     if acfg is not None and mode != "adaptive":
         raise InputError(f"--attacker is used with --mode adaptive only (got --mode {mode})")
-    if (attack or attack_opt) and mode != "adaptive":
-        raise InputError(f"--attack/--attack-opt are used with --mode adaptive only (got --mode {mode})")
-    attack_options = _attack_options(attack_opt or [])
+    attack_name, attack_options = _attack_args(mode, attack, attack_opt)
     dfn = None
     if defense:
         from mmsafe.defense import make_defense
@@ -202,22 +203,28 @@ def run(
                       seed=seed, epoch=epoch, use_cache=cache, system_prompt=system_prompt,
                       on_progress=update,  # a bar in a terminal, a line every interval otherwise
                       defense=dfn, attacker=acfg, max_turns=max_turns, max_backtracks=max_backtracks,
-                      attack=attack or "crescendo", attack_options=attack_options,
+                      attack=attack_name, attack_options=attack_options,
                       si_grouping=si_grouping_value(si_grouping) or "aligned", store_url=store or None,
                       name=_run_name(name))
     gc.freeze()  # the long-lived import-time objects leave the collector's scans: less CPU per request
     with progress:
         outcome = run_async(execute(opts))
+    _end_of_run(outcome, out, tcfg.name, getattr(acfg, "display", None), max_cost, fail_on_error)
+
+
+def _end_of_run(outcome: Any, out: Path, target_name: str, attacker: str | None, max_cost: float | None,
+                fail_on_error: float) -> NoReturn:
+    """The run's headline, then why it is incomplete (budget, nothing measured, failures), and its exit status."""
     if outcome.stopped == "fatal":  # the endpoint refuses every request: one line (errors.classify), exit 2
         from mmsafe.models import FatalProviderError
         if outcome.summary.get("n_scored"):  # what was measured before it is stored and worth showing
             print_summary(outcome.summary, out)
-        raise FatalProviderError(outcome.fatal_error or f"{tcfg.name}: fatal endpoint error")
-    print_summary(outcome.summary, out, attacker=getattr(acfg, "display", None))
+        raise FatalProviderError(outcome.fatal_error or f"{target_name}: fatal endpoint error")
+    print_summary(outcome.summary, out, attacker=attacker)
     if outcome.stats.get("by_others"):  # several processes on this run (claims): say how it was shared
         say(f"{outcome.stats['by_others']} of the samples were done by another process working on this run")
     if outcome.stopped == "max_cost":  # one figure: the summary's spent total (never above the budget)
-        warn("stopped:", f"--max-cost ${max_cost:g} reached: ${outcome.run_summary.cost_usd:.4f} spent, "
+        warn("stopped:", f"--max-cost ${max_cost or 0:g} reached: ${outcome.run_summary.cost_usd:.4f} spent, "
              "as in the summary; re-run with a higher --max-cost to continue (finished requests come from "
              "the cache)")
     unmeasured = outcome.run_summary.nothing_measured()
