@@ -175,3 +175,14 @@ def test_narrow_terminal_table_becomes_lines_with_every_figure() -> None:
     out = c.export_text()
     assert "100.0–100.0%" in out.replace("\n", "") and "over-refusal 0/4" in " ".join(out.split())
     assert "…" not in out
+
+
+def test_viewer_compare_list_names_the_benchmark_when_runs_differ(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import urllib.request
+
+    from browser_util import synthetic_runs
+    synth = synthetic_runs(tmp_path_factory.getbasetemp() / "synth")
+    with serve_viewer([synth["b"], synth["other"]]) as url:
+        html = urllib.request.urlopen(url + "/").read().decode()
+    options = re.findall(r'<option value="r\d"[^>]*>([^<]*)</option>', html)
+    assert options[:2] == ["mock/model-b (synth-safemt)", "mock/other (other-bench)"]
