@@ -276,3 +276,27 @@ def test_writer_refuses_a_file_that_is_not_a_video(tmp_path):
     with (pytest.raises(DatasetError, match=r"row 3: video .*x\.mp4: not a recognised video file"),
           BenchmarkWriter(tmp_path / "b", BenchmarkManifest(name="v")) as w):
         w.add_video(tmp_path / "x.mp4", where="row 3")
+
+
+# --------------------------------------------------------------------------- report and viewer
+
+
+def test_report_and_viewer_show_a_poster_frame(checker, tmp_path, monkeypatch):
+    from mmsafe.report.samples import SampleIndex, mime_of, render_messages
+    clip = make_gif(tmp_path / "c.gif")
+    bench = video_bench(tmp_path / "bench", [clip])
+    index = SampleIndex(bench)
+    part = render_messages(index.get("v0"), index)[0]["parts"][0]
+    assert part["type"] == "video" and part["available"] and part["mime"] == "image/gif"
+    head, _, b64 = part["poster"].partition(",")
+    assert head == "data:image/png;base64" and pixel(base64.b64decode(b64)) == COLOURS[0]
+    assert mime_of("assets/x.mp4") == "video/mp4"  # the viewer serves the clip itself
+
+    monkeypatch.setenv("MMSAFE_MODELS", str(models_file(tmp_path, checker.url, {"video": True})))
+    runner = CliRunner()
+    r = runner.invoke(app, ["run", str(bench), "-t", "vt", "-o", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["report", str(tmp_path / "run"), "-o", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "r.html").read_text()
+    assert 'alt="video assets/' in html and part["poster"] in html

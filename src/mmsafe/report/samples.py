@@ -23,6 +23,7 @@ IMAGE_MIMES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "g
                "webp": "image/webp", "bmp": "image/bmp"}
 AUDIO_MIMES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "ogg": "audio/ogg",
                "m4a": "audio/mp4"}
+VIDEO_MIMES = {"mp4": "video/mp4", "webm": "video/webm"}  # gif is served as an image
 
 
 class SampleIndex:
@@ -86,7 +87,7 @@ class SampleIndex:
         except ValueError:
             return None
         ext = rel.rsplit(".", 1)[-1].lower() if "." in rel else ""
-        if ext not in IMAGE_MIMES and ext not in AUDIO_MIMES:
+        if ext not in IMAGE_MIMES and ext not in AUDIO_MIMES and ext not in VIDEO_MIMES:
             return None
         try:
             p = self.bench.asset_path(part)
@@ -96,9 +97,9 @@ class SampleIndex:
 
 
 def mime_of(path: str) -> str | None:
-    """The image or audio MIME type of a file name, or None."""
+    """The image, audio or video MIME type of a file name, or None."""
     ext = path.rsplit(".", 1)[-1].lower() if "." in path else ""
-    return IMAGE_MIMES.get(ext) or AUDIO_MIMES.get(ext)
+    return IMAGE_MIMES.get(ext) or AUDIO_MIMES.get(ext) or VIDEO_MIMES.get(ext)
 
 
 def thumbnail_data_uri(path: Path, max_side: int = 320) -> str | None:
@@ -121,8 +122,28 @@ def thumbnail_data_uri(path: Path, max_side: int = 320) -> str | None:
     return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def poster_data_uri(path: Path, max_side: int = 320) -> str | None:
+    """A small PNG data URI of a video's poster frame (:func:`mmsafe.media.video.poster_frame`),
+    or None when the file cannot be read (or PyAV is missing for mp4/webm)."""
+    from PIL import Image
+
+    from mmsafe.media.video import poster_frame
+    from mmsafe.types import InputError
+
+    try:
+        png = poster_frame(str(path))
+        with Image.open(io.BytesIO(png)) as im:
+            im.thumbnail((max_side, max_side))
+            buf = io.BytesIO()
+            im.save(buf, format="PNG", optimize=True)
+    except (InputError, OSError, ValueError):
+        return None
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def render_messages(sample: Sample | None, index: SampleIndex | None) -> list[dict[str, Any]]:
-    """Messages as plain dicts ``{"role", "parts": [{"type": "text"|"image"|"audio", ...}]}``."""
+    """Messages as plain dicts ``{"role", "parts": [{"type": "text"|"image"|"audio"|"video", ...}]}``
+    (a video part also carries ``poster``: a PNG data URI of its poster frame, or None)."""
     if sample is None:
         return []
     out = []
@@ -135,9 +156,11 @@ def render_messages(sample: Sample | None, index: SampleIndex | None) -> list[di
                 if p.type == "text":
                     parts.append({"type": "text", "text": p.text})
                 else:
-                    ok = bool(p.path and index is not None and index.asset_file(p.path) is not None)
+                    f = index.asset_file(p.path) if p.path and index is not None else None
                     parts.append({"type": p.type, "path": p.path, "uri": p.uri, "sha256": p.sha256,
-                                  "mime": p.mime or (mime_of(p.path) if p.path else None), "available": ok})
+                                  "mime": p.mime or (mime_of(p.path) if p.path else None), "available": f is not None})
+                    if p.type == "video":  # a still that stands for the clip (report and viewer)
+                        parts[-1]["poster"] = poster_data_uri(f) if f is not None else None
         out.append({"role": m.role, "parts": parts})
     return out
 
@@ -152,4 +175,4 @@ def open_index(benchmark_path: Path | str | None) -> SampleIndex | None:
         return None
 
 
-__all__ = ["SampleIndex", "open_index", "render_messages", "thumbnail_data_uri", "mime_of"]
+__all__ = ["SampleIndex", "open_index", "render_messages", "thumbnail_data_uri", "poster_data_uri", "mime_of"]

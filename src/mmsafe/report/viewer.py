@@ -44,7 +44,7 @@ DISAGREE = ("judges", "jurors", "any")
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 VIEWER: web.AppKey[Viewer] = web.AppKey("viewer")
 ALLOWED_HOSTS: web.AppKey[set[str] | None] = web.AppKey("allowed_hosts")
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; media-src 'self'; "
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
