@@ -243,6 +243,10 @@ def test_image_actions_are_validated_and_images_are_content_addressed(tmp_path):
     assert "typography needs" in parse_image_action({"image": {"action": "typography"}})
     assert "image.action" in parse_image_action({"image": {"action": "explode"}})
     assert "move_keyword needs" in parse_image_action({"image": {"action": "move_keyword"}})
+    # an attacker's output never imports code or asks for a huge canvas
+    assert "not a registered" in parse_image_action({"image": {"action": "transform", "name": "os:system"}})
+    assert "out of range" in parse_image_action({"image": {"action": "transform", "name": "figstep",
+                                                           "options": {"size": 100000}}})
 
     async def go():
         ctx = SampleContext("how to do X", asset_root=tmp_path)

@@ -205,9 +205,9 @@ class ImageAction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     action: Literal["keep", "none", "typography", "transform", "move_keyword"] = "keep"
-    text: str | None = None
-    name: str | None = None
-    keyword: str | None = None
+    text: str | None = Field(None, max_length=1000)  # drawn on a canvas: bounded work
+    name: str | None = Field(None, max_length=100)
+    keyword: str | None = Field(None, max_length=1000)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -230,9 +230,20 @@ def parse_image_action(obj: dict[str, Any]) -> ImageAction | str:
         return "image.text: typography needs the text to draw"
     if act.action == "transform" and not act.name:
         return "image.name: transform needs a visual transform name"
+    if act.action == "transform" and (":" in (act.name or "") or "." in (act.name or "")):
+        # an LLM's output never names code to import: registered transforms only
+        return f"image.name: {act.name!r} is not a registered visual transform"
+    for k, v in act.options.items():
+        if not isinstance(v, (int, float, str, bool)):
+            return f"image.options.{k}: a number or a word"
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) > LIMITS.get(k, 10_000):
+            return f"image.options.{k}: {v} is out of range (at most {LIMITS.get(k, 10_000)})"
     if act.action == "move_keyword" and not (act.keyword or "").strip():
         return "image.keyword: move_keyword needs the keyword"
     return act
+
+
+LIMITS = {"size": 2048, "parts": 16}  # bounds on what an attacker's image options may ask for (memory, time)
 
 
 @dataclass
