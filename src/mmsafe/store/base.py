@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import socket
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from mmsafe.types import InputError, JudgeIdentity, Response, Sample, Verdict
@@ -68,12 +71,27 @@ class Holder:
     @staticmethod
     def here() -> Holder:
         """The current process."""
-        return Holder(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:12])
+        return Holder(this_host(), os.getpid(), uuid.uuid4().hex[:12])
+
+
+@functools.cache
+def this_host() -> str:
+    """This machine and process namespace: the host name, plus (on Linux) a short hash of the
+    boot id and the pid namespace, so two containers sharing a host name (``--network host``)
+    never take each other's pids for their own."""
+    parts = []
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(Path(path).read_text().strip() if "boot_id" in path else os.readlink(path))
+        except OSError:
+            pass
+    suffix = hashlib.sha256("|".join(parts).encode()).hexdigest()[:8] if parts else ""
+    return socket.gethostname() + (f"/{suffix}" if suffix else "")
 
 
 def holder_dead(host: str | None, pid: int | None) -> bool:
     """A holder on this host whose process is gone (its claims need not wait for the lease)."""
-    if host != socket.gethostname() or not pid or pid == os.getpid():
+    if host != this_host() or not pid or pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)
