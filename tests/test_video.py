@@ -300,3 +300,13 @@ def test_report_and_viewer_show_a_poster_frame(checker, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     html = (tmp_path / "r.html").read_text()
     assert 'alt="video assets/' in html and part["poster"] in html
+
+
+def test_anthropic_gets_sampled_frames_as_image_blocks(tmp_path):
+    pytest.importorskip("anthropic")
+    from mmsafe.models.anthropic_provider import encode_anthropic_messages
+    make_gif(tmp_path / "c.gif")
+    blocks = encode_anthropic_messages(video_message("c.gif"), tmp_path, video_frames=2)["messages"][0]["content"]
+    assert [b["type"] for b in blocks] == ["image", "image", "text"]
+    assert {b["source"]["media_type"] for b in blocks[:2]} == {"image/png"}
+    assert [pixel(base64.b64decode(b["source"]["data"])) for b in blocks[:2]] == [COLOURS[2], COLOURS[6]]

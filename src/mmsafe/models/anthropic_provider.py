@@ -23,7 +23,7 @@ from typing import Any
 import anthropic  # ImportError here becomes "pip install 'mmsafe[anthropic]'" in the registry
 
 from mmsafe.models.base import ChatResult, ConfigError, EndpointConfig, Provider, ProviderError
-from mmsafe.models.openai_compat import _mime, parse_retry_after
+from mmsafe.models.openai_compat import _mime, parse_retry_after, video_frames_b64
 from mmsafe.types import AssetError, ImagePart, Message, read_asset
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -71,8 +71,9 @@ def _to_png(data: bytes, p: ImagePart) -> bytes:
 
 
 def encode_anthropic_messages(messages: list[Message], root: Path | None,
-                              system: str | None = None) -> dict[str, Any]:
-    """-> ``{"system": str | None, "messages": [...]}`` (reads asset bytes now)."""
+                              system: str | None = None, *, video_frames: int = 8) -> dict[str, Any]:
+    """-> ``{"system": str | None, "messages": [...]}`` (reads asset bytes now); a video goes as
+    ``video_frames`` PNG frames sampled evenly from it (the API takes images, not video)."""
     sys_parts = [system] if system else []
     out: list[dict[str, Any]] = []
     for m in messages:
@@ -91,6 +92,11 @@ def encode_anthropic_messages(messages: list[Message], root: Path | None,
                         blocks.append({"type": "text", "text": p.text})
                 elif p.type == "image":
                     blocks.append(_image_block(p, root))
+                elif p.type == "video":
+                    if root is None:
+                        raise AssetError(f"{p.uri}: a video sent as frames must be a local file")
+                    blocks.extend({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b}}
+                                  for b in video_frames_b64(p, root, video_frames))
                 else:
                     raise AssetError(f"{p.path or p.uri}: the anthropic provider does not take audio input")
         if not blocks:
@@ -146,7 +152,7 @@ class AnthropicProvider(Provider):
         return {"provider": "anthropic", "base_url": self.base_url, "model": self.cfg.model}
 
     def encode(self, messages: list[Message], root: Path | None, system: str | None = None) -> Any:
-        return encode_anthropic_messages(messages, root, system)
+        return encode_anthropic_messages(messages, root, system, video_frames=self.capabilities.video_frames)
 
     async def complete(self, payload: Any, params: dict[str, Any], timeout_s: float) -> ChatResult:
         """One Messages API call -> ChatResult; every failure becomes a ProviderError (retryable or not)."""
