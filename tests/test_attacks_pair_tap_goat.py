@@ -412,3 +412,38 @@ def test_samples_in_flight_bounds_the_samples_driven_at_once_not_their_calls(srv
     blocks = [sid for i, sid in enumerate(order) if i == 0 or order[i - 1] != sid]
     assert sorted(blocks) == ["s0", "s1", "s2"]  # one sample at a time: its requests form one block
     assert order.count("s0") == 12  # 3 streams x (attacker, target) x 2 iterations, the streams concurrent
+
+
+@pytest.mark.parametrize("attack,opts,kill_at", [
+    ("crescendo", ["--max-turns", "3", "--max-backtracks", "1"], 5),
+    ("tap", ["--attack-opt", "branching=3", "--attack-opt", "width=2"], 6),
+    ("goat", ["--max-turns", "3"], 4),
+])
+def test_every_attack_resumes_where_it_was_killed(srv, tmp_path, monkeypatch, attack, opts, kill_at):
+    """Crescendo (moved onto the interface), TAP and GOAT resume mid-conversation too: a run killed at
+    step N and re-run makes exactly the requests of one whole run, with the same transcript."""
+    bench = make_benchmark(tmp_path / "b", n=1, turns=1)
+    args = ["run", bench, "-t", f"openai/tgt-imgonly@{srv.url}", "--mode", "adaptive", "--attack", attack,
+            "--attacker", f"openai/atk-img@{srv.url}", *opts, "--no-cache"]
+    assert cli(*args, "-o", tmp_path / "whole").exit_code == 0
+    whole = {m: srv.count(m) for m in ("atk-img", "tgt-imgonly")}
+    srv.reset()
+    real = Attack.execute
+    made = {"n": 0}
+
+    async def dies(self, calls, state, ctx, rows):
+        made["n"] += 1
+        if made["n"] == kill_at:
+            raise KeyboardInterrupt
+        return await real(self, calls, state, ctx, rows)
+
+    monkeypatch.setattr(Attack, "execute", dies)
+    assert cli(*args, "-o", tmp_path / "run").exit_code == 130
+    assert sum(srv.count(m) for m in whole) < sum(whole.values())  # killed part-way
+    monkeypatch.setattr(Attack, "execute", real)
+    assert cli(*args, "-o", tmp_path / "run").exit_code == 0
+    assert {m: srv.count(m) for m in whole} == whole
+    a, b = _extras(tmp_path / "whole")["s0"], _extras(tmp_path / "run")["s0"]
+    assert [(t["user"], t["reply"], t["label"]) for t in a["transcript"]] == \
+        [(t["user"], t["reply"], t["label"]) for t in b["transcript"]]
+    assert a["outcome"]["status"] == b["outcome"]["status"] and b["outcome"]["rounds"] == a["outcome"]["rounds"]

@@ -573,10 +573,10 @@ class Attack(Generic[C, S]):
                     on_step(state, rows, True)
                 return state
             state.pending = out
+            state.rounds += 1  # counted when stored: a resumed step is re-made, never counted twice
             if on_step is not None:
                 on_step(state, rows, False)
                 rows = []
-            state.rounds += 1
             replies = await self.execute(out, state, ctx, rows)
 
     def result(self, state: AttackState, ctx: SampleContext, requests: list[dict[str, Any]]) -> AttackResult:
