@@ -183,15 +183,15 @@ def test_build_taxonomy_discovery_cli_and_use(tmp_path, srv):
 
 def test_build_budget_stops_cleanly_and_resumes(tmp_path, srv):
     price = {"input": 10000.0, "output": 10000.0}  # USD per 1M tokens: a few calls spend the budget
-    cfg = write_config(tmp_path, srv, stages=["generate"], max_cost=0.5,
-                       models={"generator": {"spec": srv.spec("gen"), "price": price},
-                               "scorer": {"spec": srv.spec("scorer"), "price": price}})
+    # the budget is a ceiling: each call reserves its worst case (prompt + max_tokens) before it is sent,
+    # so max_tokens bounds it and a few calls fit under $50 before the stage stops
+    models = {"generator": {"spec": srv.spec("gen"), "price": price, "params": {"max_tokens": 512}},
+              "scorer": {"spec": srv.spec("scorer"), "price": price, "params": {"max_tokens": 512}}}
+    cfg = write_config(tmp_path, srv, stages=["generate"], max_cost=50.0, models=models)
     out = tmp_path / "bb"
     r = runner.invoke(app, ["build", "--config", str(cfg), "--out", str(out)])
     assert r.exit_code == 2 and "max_cost" in r.output and not out.exists()
-    cfg = write_config(tmp_path, srv, stages=["generate"], max_cost=1000.0,
-                       models={"generator": {"spec": srv.spec("gen"), "price": price},
-                               "scorer": {"spec": srv.spec("scorer"), "price": price}})
+    cfg = write_config(tmp_path, srv, stages=["generate"], max_cost=1000.0, models=models)
     r = runner.invoke(app, ["build", "--config", str(cfg), "--out", str(out)])
     assert r.exit_code == 0, r.output
     led = open_benchmark(out).manifest.ledger["agents"]["generate"]
