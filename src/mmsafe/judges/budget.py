@@ -49,7 +49,8 @@ def estimate_tokens(text: str | None) -> int:
     """A cheap upper-leaning token estimate of ``text`` (see the module docstring)."""
     if not text:
         return 0
-    n_ascii = sum(1 for c in text if ord(c) < 128)
+    # counted in C: a per-character generator cost ~1 ms per judged reply (2 s of CPU per 2,000-sample run)
+    n_ascii = len(text) if text.isascii() else len(text.encode("ascii", "ignore"))
     other = len(text) - n_ascii
     return math.ceil((n_ascii / CHARS_PER_TOKEN + other) * SAFETY_MARGIN)
 
