@@ -240,6 +240,9 @@ def test_safebench_audio(safebench_src, tmp_path):
     m2 = import_benchmark("safebench", safebench_src, tmp_path / "aud", modality="audio",
                           voices=["female"])
     assert m2.counts.n_samples == 1 and m2.counts.modalities == {"text": 1, "audio": 1}
+    # as the CLI passes it (--opt voices=female): one string, not a list of its letters
+    m3 = import_benchmark("safebench", safebench_src, tmp_path / "aud3", modality="audio", voices="female")
+    assert m3.counts.by_method == m2.counts.by_method
     s = samples(tmp_path / "all")["safebench/1/2/male"]
     assert s.method == "audio_male" and s.metadata["voice"] == "male"
     assert s.metadata["group"] == "1/2"

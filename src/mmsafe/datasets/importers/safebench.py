@@ -162,7 +162,8 @@ def import_safebench(src: Path, out: Path, *, name: str | None = None, overwrite
     want_audio = mode in ("audio", "all")
     layout = _find_layout(src, images_dir, audio_dir)
     categories = _read_categories(layout.cat_path) if layout.cat_path else {}
-    voices = list(voices)
+    # --opt voices=male or voices=male,female arrives as one string: a list of its characters would be wrong
+    voices = [v.strip() for v in voices.split(",") if v.strip()] if isinstance(voices, str) else list(voices)
     if want_audio:
         _require_some_audio(layout.aud_root, voices)
     manifest = _manifest(src, layout, name=name, modality=mode, voices=voices,
