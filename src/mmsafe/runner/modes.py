@@ -141,7 +141,6 @@ class ModeRunner:
         self.stats = stats
         self.attacker: ModelClient | None = None
         self.attack: tuple[type[Attack[Any, Any]], AttackConfig] | None = None
-        self.resumed = 0  # adaptive samples resumed from a stored state
         if self.mode == "adaptive":
             self.attack = resolve_attack(opts)
             acfg = opts.attacker
@@ -234,8 +233,6 @@ class ModeRunner:
         saved = self.store.get_meta(key)
         state = atk.load_state(saved["state"], ctx) if isinstance(saved, dict) and saved.get("attack") == atk.name \
             and isinstance(saved.get("state"), dict) else None
-        if state is not None:
-            self.resumed += 1
 
         def on_step(st: AttackState, rows: list[dict[str, Any]], final: bool) -> None:
             if rows:
