@@ -447,3 +447,26 @@ def test_every_attack_resumes_where_it_was_killed(srv, tmp_path, monkeypatch, at
     assert [(t["user"], t["reply"], t["label"]) for t in a["transcript"]] == \
         [(t["user"], t["reply"], t["label"]) for t in b["transcript"]]
     assert a["outcome"]["status"] == b["outcome"]["status"] and b["outcome"]["rounds"] == a["outcome"]["rounds"]
+
+
+def test_visual_transforms_of_the_sample_image_and_multi_part_figures(tmp_path):
+    (tmp_path / "img.png").write_bytes(make_png(size=(48, 48)))
+
+    async def go():
+        ctx = SampleContext("how to do X", image=ImagePart(path="img.png"), root=tmp_path, asset_root=tmp_path / "run")
+        blur = await ctx.prepare(ImageAction(action="transform", name="blur", options={"radius": 3}), "look")
+        pro = await ctx.prepare(ImageAction(action="transform", name="figstep_pro", text="how to do X",
+                                            options={"parts": 3}), "the pieces")
+        unknown = await ctx.prepare(ImageAction(action="transform", name="sepia"), "x")
+        return ctx, blur, pro, unknown
+
+    ctx, blur, pro, unknown = asyncio.run(go())
+    assert blur.text == "look" and len(blur.images) == 1 and blur.made[0]["how"] == "transform:blur"
+    assert blur.images[0] != SAMPLE_IMAGE and ctx.images[blur.images[0]].uri.startswith("data:image/png;base64,")
+    assert len(pro.images) == 3 and len(set(pro.images)) == 3  # three sub-figures, each its own asset
+    assert {p.name for p in (tmp_path / "run" / "assets").iterdir()} == {f"{k}.png" for k in
+                                                                          blur.images + pro.images}
+    assert isinstance(unknown, str) and "sepia" in unknown
+    # the transcript names each by sha256 and path; the sample's own image by its source
+    assert ctx.image_ref(blur.images[0])["path"] == f"assets/{blur.images[0]}.png"
+    assert ctx.image_ref(SAMPLE_IMAGE)["source"] == "sample"
