@@ -17,6 +17,14 @@ image tokens included) / generated tokens.
 Load options (consumed at load, never passed to ``generate``): ``device`` (default
 ``cuda`` when available, else ``cpu``) and ``dtype`` (default ``float32`` on CPU,
 ``auto`` on GPU), in the endpoint's ``params``.
+
+``hf/PATH.gguf`` (a local file whose name ends in ``.gguf``) loads a GGUF model through
+transformers' ``gguf_file=``: the model and its tokenizer come from the file (the
+``tokenizer`` load option, a local directory or cached hub id, takes the tokenizer from
+there instead). transformers de-quantises every tensor (to ``float32`` on CPU), so this
+is slow and memory-hungry next to llama.cpp (``local/PATH.gguf``), which keeps the
+weights quantised; it needs the ``gguf`` and ``accelerate`` packages (both in the ``hf``
+extra). GGUF models are text-only here.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import importlib.util
 import inspect
 import io
 import os
@@ -41,7 +50,9 @@ from mmsafe.models.openai_compat import video_frames_b64
 from mmsafe.types import AssetError, Message, read_asset
 
 DEFAULT_MAX_NEW_TOKENS = 512
-LOAD_PARAMS = ("device", "dtype")
+LOAD_PARAMS = ("device", "dtype", "tokenizer")
+# what transformers needs to read a GGUF file (gguf: the reader; accelerate: its model loading path)
+GGUF_MODULES = ("gguf", "accelerate")
 # settings this provider understands; anything else is reported in extra["ignored_params"]
 _GEN_PARAMS = {"max_tokens", "max_new_tokens", "max_completion_tokens", "min_new_tokens", "temperature", "top_p",
                "top_k", "seed", "stop", "repetition_penalty", "do_sample", "num_beams", "no_repeat_ngram_size"}
@@ -58,6 +69,47 @@ def _model_location(name: str) -> tuple[str, bool]:
     if name.startswith(("/", "./", "../", "~")):
         raise ConfigError(f"hf/{name}: no model directory at {p}")
     return name, False
+
+
+def _gguf_file(name: str) -> Path | None:
+    """``name`` as a local GGUF model file (checked: a regular file that starts with the GGUF
+    magic), or None when ``name`` does not end in ``.gguf``. ConfigError otherwise."""
+    if not name.lower().endswith(".gguf"):
+        return None
+    p = Path(os.path.expanduser(name)).resolve()
+    if not p.is_file():
+        raise ConfigError(f"hf/{name}: no GGUF file at {p} (mmsafe never downloads weights: "
+                          "give the path of a local .gguf file)")
+    try:
+        with p.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise ConfigError(f"hf/{name}: cannot read {p} ({e.strerror})") from None
+    if magic != b"GGUF":
+        raise ConfigError(f"hf/{name}: {p} is not a GGUF model file (it does not start with the GGUF magic)")
+    return p
+
+
+def _check_gguf_deps(name: str) -> None:
+    """One line naming the extra when transformers cannot read GGUF files here."""
+    missing = [m for m in GGUF_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"hf/{name}: reading a GGUF file with transformers needs the "
+                          f"{' and '.join(missing)} package{'s' if len(missing) > 1 else ''}: "
+                          "pip install 'mmsafe[hf]'")
+
+
+def _gguf_fingerprint(path: Path) -> str:
+    """A cheap stable identity of a (possibly multi-GB) model file: its size and the sha256
+    of its first and last 4 MiB (the same scheme as the ``local`` provider's)."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as fh:
+        h.update(fh.read(4 << 20))
+        if size > 8 << 20:
+            fh.seek(-(4 << 20), os.SEEK_END)
+            h.update(fh.read())
+    return "gguf:" + h.hexdigest()[:32]
 
 
 def _not_found(name: str, err: Exception) -> ConfigError:
@@ -117,6 +169,34 @@ def _load_model(name: str, loc: str, vision: bool, dtype: Any) -> Any:
     raise ConfigError(f"hf/{name}: not a generative text or image-text model ({'; '.join(errors)})")
 
 
+def _load_gguf(name: str, path: Path, tokenizer_from: Any, dtype: Any) -> tuple[Any, Any]:
+    """(tokenizer, causal LM) from a GGUF file via ``gguf_file=``; the weights are de-quantised
+    to ``dtype``. The tokenizer comes from the file unless ``tokenizer_from`` names a local
+    directory or cached hub id. Any failure to read the file is one ConfigError line."""
+    where, fname = str(path.parent), path.name
+    if tokenizer_from:
+        tloc, _ = _model_location(str(tokenizer_from))
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(tloc, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"hf/{name}: params.tokenizer {tokenizer_from!r}: no tokenizer found there "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    else:
+        tokenizer = None
+    try:
+        if tokenizer is None:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(where, gguf_file=fname, local_files_only=True)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            where, gguf_file=fname, local_files_only=True, **{_DTYPE_KW: dtype})
+    except ImportError as e:  # a GGUF reader or accelerate too old for this transformers
+        raise ConfigError(f"hf/{name}: {str(e).splitlines()[0][:200]} (pip install -U 'mmsafe[hf]')") from None
+    except Exception as e:  # struct.error, ValueError, KeyError ...: a truncated, corrupt or unsupported file
+        msg = (str(e).splitlines() or [""])[0][:200]
+        raise ConfigError(f"hf/{name}: transformers cannot load {path} as a GGUF model "
+                          f"({type(e).__name__}: {msg})") from None
+    return tokenizer, model
+
+
 def _is_vision_config(config: Any) -> bool:
     from transformers.models.auto import modeling_auto as ma
 
@@ -155,6 +235,9 @@ def detect_capabilities(cfg: EndpointConfig) -> Capabilities:
     """What the model can take, from its config and processor files alone (no weights
     loaded). Narrows ``cfg.capabilities``: it never claims more than they declare."""
     caps = cfg.capabilities.model_copy()
+    if _gguf_file(cfg.model) is not None:  # text-only here; reading its config would parse the whole file
+        caps.image = caps.audio = caps.video = False
+        return caps
     loc, _ = _model_location(cfg.model)
     try:
         config = transformers.AutoConfig.from_pretrained(loc, local_files_only=True)
@@ -172,7 +255,15 @@ class HFProvider(Provider):
     def __init__(self, cfg: EndpointConfig):
         # one generate at a time: the engine's limiter reads cfg.max_connections
         super().__init__(cfg.model_copy(update={"max_connections": 1}))
-        self.location, self.is_local = _model_location(cfg.model)
+        self.gguf = _gguf_file(cfg.model)
+        if self.gguf is not None:
+            _check_gguf_deps(cfg.model)
+            self.location, self.is_local = str(self.gguf), True
+        else:
+            if cfg.params.get("tokenizer"):
+                raise ConfigError(f"hf/{cfg.model}: params.tokenizer is for hf/PATH.gguf only "
+                                  "(a model directory brings its own tokenizer)")
+            self.location, self.is_local = _model_location(cfg.model)
         self.model: Any = None
         self.processor: Any = None
         self.tokenizer: Any = None
@@ -211,8 +302,14 @@ class HFProvider(Provider):
         mtimes for a local directory, the snapshot commit for a cached hub id), so that
         other weights at the same path never hit cached replies."""
         if self._fp is None:
-            self._fp = _fingerprint(self.location, self.is_local)
-        return {"provider": "hf", "base_url": None, "model": self.location, "fingerprint": self._fp}
+            self._fp = _gguf_fingerprint(self.gguf) if self.gguf is not None else \
+                _fingerprint(self.location, self.is_local)
+        ident: dict[str, Any] = {"provider": "hf", "base_url": None, "model": self.location, "fingerprint": self._fp}
+        tok = self.cfg.params.get("tokenizer")
+        if self.gguf is not None and tok:  # another tokenizer is another model as far as replies go
+            loc, local = _model_location(str(tok))
+            ident["tokenizer"] = {"location": loc, "fingerprint": _fingerprint(loc, local)}
+        return ident
 
     def _load(self) -> None:
         with self._lock:
@@ -221,13 +318,17 @@ class HFProvider(Provider):
             name, loc = self.cfg.model, self.location
             opts = {k: self.cfg.params[k] for k in LOAD_PARAMS if k in self.cfg.params}
             device, dtype = _device_and_dtype(name, opts)
-            try:
-                config = transformers.AutoConfig.from_pretrained(loc, local_files_only=True)
-            except (OSError, ValueError) as e:
-                raise _not_found(name, e) from None
-            vision = _is_vision_config(config)
-            processor, tokenizer = _load_processor_and_tokenizer(name, loc)
-            model = _load_model(name, loc, vision, dtype)
+            if self.gguf is not None:
+                vision, processor = False, None
+                tokenizer, model = _load_gguf(name, self.gguf, opts.get("tokenizer"), dtype)
+            else:
+                try:
+                    config = transformers.AutoConfig.from_pretrained(loc, local_files_only=True)
+                except (OSError, ValueError) as e:
+                    raise _not_found(name, e) from None
+                vision = _is_vision_config(config)
+                processor, tokenizer = _load_processor_and_tokenizer(name, loc)
+                model = _load_model(name, loc, vision, dtype)
             model.to(device)
             model.eval()
             self.device = device

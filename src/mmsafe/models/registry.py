@@ -109,6 +109,8 @@ def _endpoint_from_entry(name: str, entry: dict[str, Any], source: str) -> Endpo
     if "gguf" in e:  # a local GGUF model file: the llama.cpp-backed `local` provider
         e.setdefault("provider", "local")
         e["model"] = str(e.pop("gguf"))
+    if "tokenizer" in e and e.get("provider") == "hf":  # hf/PATH.gguf: its tokenizer from a directory
+        e["params"] = {**(e.get("params") or {}), "tokenizer": e.pop("tokenizer")}
     if "provider" not in e or "model" not in e:
         raise ConfigError(f"{source}: models.{name}: needs 'provider' and 'model' (or 'spec')")
     if not known_provider(str(e["provider"])):
