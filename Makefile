@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 # what `make test` installs: the dev tools plus every optional provider/extra, so CI tests them all
-TEST_EXTRAS ?= dev,hf,anthropic,google,offline,parquet,datasets,postgres,video
+TEST_EXTRAS ?= dev,hf,anthropic,google,offline,parquet,datasets,postgres,video,ray
 # postgresql: tests/test_store_postgres.py starts a throwaway PostgreSQL server (initdb + pg_ctl)
 APT_PACKAGES ?= chromium chromium-driver espeak-ng tesseract-ocr postgresql
 

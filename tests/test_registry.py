@@ -298,7 +298,9 @@ def test_plugin_exporters(plugin_site: Path, tmp_path: Path) -> None:
 
 def test_executors_are_the_run_modes() -> None:
     reg = registry("executors")
-    assert reg.names() == ["adaptive", "fixed", "live"]
-    specs = {n: reg.get(n) for n in reg.names()}
+    modes = [e.name for e in reg.entries() if e.meta.get("type") == "mode"]
+    assert modes == ["adaptive", "fixed", "live"]
+    assert reg.entry("ray") is not None and reg.entry("ray").meta.get("type") == "executor"  # --executor ray
+    specs = {n: reg.get(n) for n in modes}
     assert {n: (s.name, s.multi_turn, s.needs_attacker) for n, s in specs.items()} == {
         "adaptive": ("adaptive", True, True), "fixed": ("fixed", False, False), "live": ("live", True, False)}

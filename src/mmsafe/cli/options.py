@@ -86,6 +86,15 @@ Store = Annotated[str | None, typer.Option(
     help="a shared PostgreSQL run store, postgresql://USER@HOST[:PORT]/DB[#RUN] (RUN: the --out folder's "
          "name); several processes on one run send each sample once. The password comes from PGPASSWORD, "
          "~/.pgpass or MMSAFE_STORE_URL and is never written")]
+Executor = Annotated[str, typer.Option(
+    "--executor", metavar="NAME", help="local: this process; ray: shards on a Ray cluster (pip install "
+    "'mmsafe[ray]'; see --ray-address, --workers)")]
+RayAddress = Annotated[str | None, typer.Option(
+    "--ray-address", metavar="ADDR", show_default="RAY_ADDRESS, else a new local cluster",
+    help="--executor ray: the cluster to run on (HOST:PORT, ray://HOST:PORT or auto)")]
+RayWorkers = Annotated[int | None, typer.Option(
+    "--workers", min=1, metavar="N", show_default="the cluster's CPUs",
+    help="--executor ray: shards running at once; the connection caps are split between them")]
 
 # --------------------------------------------------------------------------- cache
 

@@ -18,11 +18,14 @@ from .options import (
     BaseUrl,
     Cache,
     Epoch,
+    Executor,
     Judge,
     MaxConnections,
     MaxCost,
     Models,
     Policies,
+    RayAddress,
+    RayWorkers,
     Retries,
     SiGrouping,
     Store,
@@ -169,12 +172,16 @@ def run(
     name: Annotated[str | None, name_option(
         "the run's short display name in reports and the viewer (kept in its config; a resume may rename it)",
         show_default="the model name")] = None,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    workers: RayWorkers = None,
 ) -> None:
     """Run a benchmark against a target, judge the replies, write RUN_DIR/{run.sqlite,results.jsonl,summary.json}."""
     from mmsafe.judges import make_judge
     from mmsafe.models import resolve_endpoint
     from mmsafe.runner import RunOptions, execute
     from mmsafe.runner.base import mode_spec
+    from mmsafe.runner.ray_exec import check_executor
     from mmsafe.runtime import run_async
 
     params: dict[str, Any] = {}
@@ -205,7 +212,8 @@ def run(
                       defense=dfn, attacker=acfg, max_turns=max_turns, max_backtracks=max_backtracks,
                       attack=attack_name, attack_options=attack_options,
                       si_grouping=si_grouping_value(si_grouping) or "aligned", store_url=store or None,
-                      name=_run_name(name))
+                      name=_run_name(name), ray_address=ray_address, workers=workers,
+                      executor=check_executor(executor))
     gc.freeze()  # the long-lived import-time objects leave the collector's scans: less CPU per request
     with progress:
         outcome = run_async(execute(opts))

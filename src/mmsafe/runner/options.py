@@ -46,6 +46,10 @@ class RunOptions:
     si_grouping: str = "aligned"  # Safety Index across lengths: "aligned" (importer's alignment) | "id"
     store_url: str | None = None  # --store postgresql://…: a shared PostgreSQL run store (default: RUN_DIR/run.sqlite)
     name: str | None = None  # --name: the run's short display name in reports and the viewer (config "name")
+    executor: str = "local"  # --executor: "local" (this process) or "ray" (mmsafe.runner.ray_exec)
+    ray_address: str | None = None  # --ray-address: the Ray cluster (default: RAY_ADDRESS, else a local one)
+    workers: int | None = None  # --workers: Ray workers (default: the cluster's CPUs)
+    sample_ids: frozenset[str] | None = None  # only these samples (a Ray worker's shard); None: all selected
 
 
 @dataclass

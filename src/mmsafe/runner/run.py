@@ -290,6 +290,9 @@ async def execute(opts: RunOptions) -> RunOutcome:
             store.set_meta("last_resume", {"at": time.time(), "limit": opts.limit})
         judge_id = store.register_judge(opts.judge.identity)
         store.set_meta("primary_judge", judge_id)
+        if opts.executor == "ray":  # the shards run on a Ray cluster; this process drives and merges
+            from mmsafe.runner.ray_exec import drive_run
+            return await drive_run(opts, bench, store, pre, judge_id)
         return await _execute(opts, bench, store, pre, judge_id, provider)
     finally:
         store.close()
@@ -403,6 +406,8 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
         for i, s in enumerate(iter_selected(bench, opts.limit)):
             if stop["reason"]:
                 return
+            if opts.sample_ids is not None and s.id not in opts.sample_ids:
+                continue  # another shard's (--executor ray)
             if s.id in done_ok and s.id in judged:
                 stats["done"] += 1
                 stats["skipped_done"] += 1

@@ -1,0 +1,291 @@
+"""``--executor ray``: a run spread over a Ray cluster's workers (``pip install 'mmsafe[ray]'``).
+
+The driver (the ``mmsafe run`` process) validates the run as a single-process run does,
+then streams the selected samples that are not done yet in shards to Ray tasks. Each task
+runs mmsafe's own async engine (:func:`mmsafe.runner.run.execute`: limiter, retries,
+cache, claims) over its shard only:
+
+- with ``--store postgresql://…`` every worker writes into the shared PostgreSQL run;
+- otherwise each shard is its own SQLite store (``RUN_DIR/ray-shards/…``; a worker on
+  another node sends its store file back) and the driver merges it into ``RUN_DIR/run.sqlite``
+  once the shard is over, in one transaction that also records the merge (a merge is never
+  applied twice).
+
+A target's connection cap (``--max-connections``, else the endpoint's) is split between the
+workers (``cap // workers``, at least 1), so the cap stays global. A worker that dies
+mid-shard (SIGKILL, a lost node) has its task retried by Ray into the same shard store: what
+the dead worker stored is kept and its claims are taken over, so at most the requests it
+had in flight are sent again and no sample is lost or stored twice. The driver then writes
+``results.jsonl`` and ``summary.json`` from the run's store exactly as a single-process run.
+
+Local ``hf`` models: each shard task asks Ray for one GPU (``num_gpus=1``) when the cluster
+has GPUs, so the shards of one evaluation spread over the cluster's GPUs, one model copy per
+running shard. This path is untested here (no GPU on the development machines).
+
+``ray`` is imported only here, and only when the executor is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mmsafe.datasets.benchmark import Benchmark
+from mmsafe.runner.options import RunOptions, RunOutcome
+from mmsafe.store.base import RunStore
+from mmsafe.types import ConfigError
+
+SHARDS_DIR = "ray-shards"
+MAX_SHARD = 5000  # samples per shard at most (a retried shard redoes no more than this many)
+_BY_OPTION = ("ray",)  # the registry's executors that --executor names (batch is --batch)
+_MERGED_KEY = "ray_merged:"  # meta key prefix: a shard store already merged into the run's store
+
+__all__ = ["SHARDS_DIR", "check_executor", "connect", "drive_run", "merge_shard", "shard_size"]
+
+
+def check_executor(name: str) -> str:
+    """``--executor NAME``: ``local`` or an executor the registry lists (``type="executor"``);
+    anything else is an :class:`~mmsafe.types.InputError` naming the choices."""
+    from mmsafe.registry import registry
+    from mmsafe.types import InputError
+
+    names = ["local"] + [e.name for e in registry("executors").entries()
+                         if e.meta.get("type") == "executor" and e.name in _BY_OPTION]
+    if name not in names:
+        raise InputError(f"--executor {name!r}: choose one of {', '.join(names)}")
+    return name
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--executor ray: the ray package is not installed (pip install 'mmsafe[ray]')") from None
+    return ray
+
+
+def connect(address: str | None) -> Any:
+    """The ``ray`` module, connected to ``address`` (default: ``RAY_ADDRESS``, else a new local
+    cluster). A cluster that cannot be reached is a one-line :class:`ConfigError`."""
+    ray = _ray()
+    if ray.is_initialized():
+        return ray
+    addr = address or os.environ.get("RAY_ADDRESS") or "local"
+    try:
+        ray.init(address=addr, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except Exception as e:  # ConnectionError, ValueError, RuntimeError: ray's own wording, one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ConfigError(f"--ray-address {addr}: cannot connect to a Ray cluster: {first}") from None
+    return ray
+
+
+def shard_size(n: int, workers: int) -> int:
+    """Samples per shard: about two shards per worker (so a slow shard does not leave a worker
+    idle), at most :data:`MAX_SHARD`."""
+    return max(1, min(MAX_SHARD, math.ceil(n / max(1, 2 * workers))))
+
+
+def _split(cap: int | None, workers: int) -> int | None:
+    return None if cap is None else max(1, cap // workers)
+
+
+def merge_shard(store: RunStore, shard_file: Path, tag: str) -> int:
+    """Merge a shard's SQLite store into the run's SQLite ``store`` (one transaction, recorded
+    under ``tag``: merging the same shard again does nothing). A successful reply in the run
+    is kept; the shard's reply replaces a failed one. Returns the responses merged."""
+    db = getattr(store, "db", None)
+    if db is None:
+        raise ConfigError("--executor ray: shard stores merge into a SQLite run store only")
+    key = _MERGED_KEY + tag
+    if db.execute("SELECT 1 FROM meta WHERE key=?", (key,)).fetchone():
+        return 0
+    db.execute("ATTACH DATABASE ? AS shard", (str(shard_file),))
+    try:
+        def cols(table: str) -> list[str]:
+            mine = [r[1] for r in db.execute(f"PRAGMA main.table_info({table})")]
+            theirs = {r[1] for r in db.execute(f"PRAGMA shard.table_info({table})")}
+            return [c for c in mine if c in theirs]
+
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rc = ", ".join(cols("responses"))
+            n = db.execute(f"INSERT OR REPLACE INTO main.responses ({rc}) SELECT {rc} FROM shard.responses s "
+                           "WHERE NOT EXISTS (SELECT 1 FROM main.responses m WHERE m.sample_id = s.sample_id "
+                           "AND m.status = 'ok')").rowcount
+            jc = ", ".join(cols("judges"))
+            db.execute(f"INSERT OR IGNORE INTO main.judges ({jc}) SELECT {jc} FROM shard.judges")
+            vc = ", ".join(cols("verdicts"))
+            db.execute(f"INSERT OR REPLACE INTO main.verdicts ({vc}) SELECT {vc} FROM shard.verdicts")
+            qc = ", ".join(c for c in cols("requests") if c != "id")  # the run numbers its own requests
+            db.execute(f"INSERT INTO main.requests ({qc}) SELECT {qc} FROM shard.requests ORDER BY id")
+            db.execute("INSERT INTO main.meta (key, value) VALUES (?, ?)",
+                       (key, orjson.dumps({"at": time.time(), "responses": n}).decode()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    finally:
+        db.execute("DETACH DATABASE shard")
+    return n
+
+
+def _run_shard(opts: RunOptions, ids: list[str], shard_dir: str, driver_node: str) -> dict[str, Any]:
+    """A Ray task: run one shard with mmsafe's own engine; its outcome (and, from another node
+    without a shared store, its SQLite store file)."""
+    import ray
+
+    from mmsafe.runner.run import execute
+
+    o = dataclasses.replace(opts, executor="local", sample_ids=frozenset(ids), out=Path(shard_dir), on_progress=None)
+    outcome = asyncio.run(execute(o))
+    res: dict[str, Any] = {"stats": {k: v for k, v in outcome.stats.items() if isinstance(v, (int, float))},
+                           "stopped": outcome.stopped, "error": outcome.fatal_error, "pid": os.getpid(),
+                           "n": len(ids)}
+    if opts.store_url is None and ray.get_runtime_context().get_node_id() != driver_node:
+        from mmsafe.store.sqlite import STORE_FILE
+        res["store"] = (Path(shard_dir) / STORE_FILE).read_bytes()
+    return res
+
+
+def _shared_url(opts: RunOptions) -> str | None:
+    """The PostgreSQL URL every worker writes to, naming the driver's run (``#RUN``)."""
+    if opts.store_url is None:
+        return None
+    from mmsafe.store.locate import read_pointer
+
+    pointer = read_pointer(opts.out)
+    base = opts.store_url.split("#", 1)[0]
+    return f"{base}#{pointer['run']}" if pointer else opts.store_url
+
+
+async def drive_run(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, Any],
+                    judge_id: str) -> RunOutcome:
+    """Drive ``opts`` (already validated, its config stored in ``store``) over a Ray cluster and
+    write results and summary as :func:`mmsafe.runner.run.execute` does."""
+    return _drive(opts, bench, store, pre, judge_id)  # the store's connection belongs to this thread
+
+
+def _drive(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, Any], judge_id: str) -> RunOutcome:
+    from mmsafe.runner.run import _exit_code, iter_selected
+    from mmsafe.runner.summary import compute_summary, write_results, write_summary
+    from mmsafe.store.sqlite import STORE_FILE
+
+    if opts.workers is not None and opts.workers < 1:
+        raise ConfigError(f"--workers {opts.workers}: must be at least 1")
+    ray = connect(opts.ray_address)
+    workers = opts.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    shared = _shared_url(opts)
+    shards_root = opts.out / SHARDS_DIR
+    if shared is None and shards_root.is_dir():  # an interrupted driver's shards: what they stored counts
+        for d in sorted(shards_root.iterdir()):
+            if (d / STORE_FILE).is_file():
+                merge_shard(store, d / STORE_FILE, d.name)
+            shutil.rmtree(d, ignore_errors=True)
+
+    total = pre["n"]
+    done_ok, judged = store.ok_sample_ids(), store.judged_sample_ids(judge_id)
+    stats: dict[str, Any] = {"total": total, "done": 0, "errors": 0, "skipped_done": 0, "sent": 0, "judged": 0,
+                             "by_others": 0, "cost_usd": 0.0, "started": time.time(), "workers": workers,
+                             "shards": 0, "retried_workers": 0}
+    stop: dict[str, Any] = {"reason": None, "error": None}
+    cap = opts.max_connections or opts.target.max_connections
+    spent = sum(d["cost_usd"] for d in store.ledger().values())
+    base = dataclasses.replace(
+        opts, max_connections=_split(cap, workers), store_url=shared, on_progress=None,
+        judge_max_connections=_split(opts.judge_max_connections, workers),
+        samples_in_flight=_split(opts.samples_in_flight, workers))
+    gpus = 1 if opts.target.provider == "hf" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(_run_shard).options(max_retries=3, retry_exceptions=False, num_cpus=1, num_gpus=gpus)
+    base_ref = ray.put(base)
+    node = ray.get_runtime_context().get_node_id()
+
+    def progress() -> None:
+        if opts.on_progress:
+            opts.on_progress(stats)
+
+    def shards() -> Iterator[list[str]]:
+        size, chunk = shard_size(total, workers), []
+        for s in iter_selected(bench, opts.limit):
+            if s.id in done_ok and s.id in judged:
+                stats["done"] += 1
+                stats["skipped_done"] += 1
+                continue
+            chunk.append(s.id)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    in_flight: dict[Any, tuple[Path, str]] = {}
+
+    def submit(ids: list[str]) -> None:
+        tag = f"shard-{stats['shards']:05d}-{uuid.uuid4().hex[:8]}"
+        d = shards_root / tag
+        d.mkdir(parents=True, exist_ok=True)
+        o = base_ref
+        if opts.max_cost is not None:  # the budget left, shared by the shards running at once
+            o = ray.put(dataclasses.replace(base, max_cost=max(0.0, (opts.max_cost - spent) / workers)))
+        in_flight[task.remote(o, ids, str(d), node)] = (d, tag)
+        stats["shards"] += 1
+
+    def finish(ref: Any) -> None:
+        nonlocal spent
+        d, tag = in_flight.pop(ref)
+        try:
+            res = ray.get(ref)
+        except Exception as e:  # retries exhausted: what the shard stored is kept, the run stops
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            stop["reason"], stop["error"] = stop["reason"] or "crash", f"Ray shard {tag}: {first}"
+            res = None
+        if res is not None:
+            for k, v in res["stats"].items():
+                if k in ("done", "errors", "skipped_done", "sent", "judged", "by_others"):
+                    stats[k] += v
+            spent += res["stats"].get("cost_usd", 0.0)
+            if res.get("store") is not None:  # a worker on another node: its store came back
+                (d / STORE_FILE).write_bytes(res["store"])
+            if res["stopped"] and not stop["reason"]:
+                stop["reason"], stop["error"] = res["stopped"], res["error"]
+        if shared is None and (d / STORE_FILE).is_file():
+            merge_shard(store, d / STORE_FILE, tag)
+        shutil.rmtree(d, ignore_errors=True)
+        stats["cost_usd"] = spent
+        progress()
+
+    try:
+        for ids in shards():
+            while len(in_flight) >= 2 * workers:
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                finish(ready[0])
+            if stop["reason"]:
+                break
+            submit(ids)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            finish(ready[0])
+    except BaseException:
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+        raise
+    if shards_root.is_dir() and not any(shards_root.iterdir()):
+        shards_root.rmdir()
+    progress()
+
+    selected = None if opts.limit is None else {s.id for s in iter_selected(bench, opts.limit)}
+    summary = compute_summary(store, judge_id, bench_manifest=bench.manifest, limit_total=total,
+                              stopped=stop["reason"], si_grouping=opts.si_grouping, sample_ids=selected)
+    write_results(store, judge_id, opts.out, sample_ids=selected)
+    write_summary(summary, opts.out)
+    return RunOutcome(run_summary=summary, run_dir=opts.out, stopped=stop["reason"], fatal_error=stop["error"],
+                      stats=stats, exit_code=_exit_code(summary, stop["reason"], opts.fail_on_error))
