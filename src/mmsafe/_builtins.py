@@ -145,6 +145,8 @@ def _executors(r: Registry) -> None:
           description="the target answers every user turn itself; each turn judged")
     r.add("adaptive", "mmsafe.runner.base:ADAPTIVE_MODE", type="mode",
           description="an attacker LLM drives the conversation (needs --attacker)")
+    r.add("batch", "mmsafe.runner.batch:run_batch", type="executor",
+          description="--batch: fixed-mode replies through the OpenAI / Anthropic batch APIs at batch prices")
     r.add("ray", "mmsafe.runner.ray_exec:drive_run", type="executor",
           description="--executor ray: shards of a run on a Ray cluster (mmsafe[ray])")
 

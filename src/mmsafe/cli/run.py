@@ -175,6 +175,13 @@ def run(
     executor: Executor = "local",
     ray_address: RayAddress = None,
     workers: RayWorkers = None,
+    batch: Annotated[bool, typer.Option(
+        "--batch", help="--mode fixed: the target's replies through its provider's batch API (OpenAI Batch, "
+        "Anthropic Message Batches) at batch prices; a killed command resumes the same batches")] = False,
+    batch_fallback: Annotated[str, typer.Option(
+        metavar="batch|live", help="--batch: failed lines retried as a new batch, or sent as live calls")] = "batch",
+    batch_poll: Annotated[float, typer.Option(
+        min=0.01, metavar="SECONDS", help="--batch: seconds between batch status polls")] = 30.0,
 ) -> None:
     """Run a benchmark against a target, judge the replies, write RUN_DIR/{run.sqlite,results.jsonl,summary.json}."""
     from mmsafe.judges import make_judge
@@ -213,6 +220,7 @@ def run(
                       attack=attack_name, attack_options=attack_options,
                       si_grouping=si_grouping_value(si_grouping) or "aligned", store_url=store or None,
                       name=_run_name(name), ray_address=ray_address, workers=workers,
+                      batch=batch, batch_fallback=batch_fallback, batch_poll_s=batch_poll,
                       executor=check_executor(executor))
     gc.freeze()  # the long-lived import-time objects leave the collector's scans: less CPU per request
     with progress:
@@ -229,6 +237,10 @@ def _end_of_run(outcome: Any, out: Path, target_name: str, attacker: str | None,
             print_summary(outcome.summary, out)
         raise FatalProviderError(outcome.fatal_error or f"{target_name}: fatal endpoint error")
     print_summary(outcome.summary, out, attacker=attacker)
+    if outcome.stats.get("batch"):  # --batch: what went through the batch API, and how it was priced
+        b = outcome.stats["batch"]
+        say(f"batch: {b['replies']} replies from {b['jobs'] + b['resumed']} batch(es), {b['failed_lines']} failed "
+            f"line(s), ${b['cost_usd']:.4f} at batch prices ({b['pricing']})")
     if outcome.stats.get("by_others"):  # several processes on this run (claims): say how it was shared
         say(f"{outcome.stats['by_others']} of the samples were done by another process working on this run")
     if outcome.stopped == "max_cost":  # one figure: the summary's spent total (never above the budget)

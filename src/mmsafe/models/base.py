@@ -44,10 +44,18 @@ class Price(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input: float = 0.0  # USD per 1M input tokens
     output: float = 0.0  # USD per 1M output tokens
+    batch_input: float | None = None  # through a provider batch API (--batch); None: half of ``input``
+    batch_output: float | None = None  # through a provider batch API (--batch); None: half of ``output``
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         """USD for one call with these token counts."""
         return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
+
+    def batch_cost(self, input_tokens: int, output_tokens: int) -> float:
+        """USD for one batch-API line: the batch prices, or 50% of the live ones where they are absent."""
+        bi = self.input * 0.5 if self.batch_input is None else self.batch_input
+        bo = self.output * 0.5 if self.batch_output is None else self.batch_output
+        return (input_tokens * bi + output_tokens * bo) / 1_000_000
 
 
 class EndpointConfig(BaseModel):

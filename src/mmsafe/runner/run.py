@@ -263,6 +263,9 @@ async def execute(opts: RunOptions) -> RunOutcome:
     provider = build_provider(target)  # its capabilities may be narrower than declared (e.g. a local text-only model)
     pre = preflight(bench, target, opts.limit, provider.capabilities)
     check_mode(opts, pre)
+    if opts.batch:  # fixed mode only, no defense (one-line error before --out is created)
+        from mmsafe.runner.batch import check_batch
+        check_batch(opts)
     # every key, spec and extra of every role, before --out is created (a failed start claims nothing)
     check_endpoints(target, opts.judge, opts.attacker, opts.defense)
 
@@ -290,6 +293,12 @@ async def execute(opts: RunOptions) -> RunOutcome:
             store.set_meta("last_resume", {"at": time.time(), "limit": opts.limit})
         judge_id = store.register_judge(opts.judge.identity)
         store.set_meta("primary_judge", judge_id)
+        if opts.batch:  # the replies through the provider's batch API, then judged as in a live run
+            from mmsafe.runner.batch import run_batch
+            batch_stats = await run_batch(opts, bench, store, provider)
+            outcome = await _execute(opts, bench, store, pre, judge_id, provider)
+            outcome.stats["batch"] = batch_stats
+            return outcome
         if opts.executor == "ray":  # the shards run on a Ray cluster; this process drives and merges
             from mmsafe.runner.ray_exec import drive_run
             return await drive_run(opts, bench, store, pre, judge_id)
