@@ -143,3 +143,38 @@ def test_a_ray_worker_killed_mid_shard_is_retried_with_nothing_lost_or_duplicate
         == (n, n)
     db.close()
     assert json.loads((out / "summary.json").read_text())["n_samples"] == n
+
+
+def test_mmsafe_judge_on_ray_stores_the_verdicts_of_a_single_process_rejudge(tmp_path, llm, cluster):
+    import shutil
+
+    bench = make_benchmark(tmp_path / "b", n=16, image=False)
+    run = tmp_path / "run"
+    p = subprocess.run(_cmd(bench, llm.url, run, "comply"), env=_env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    one, two = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(run, one)
+    shutil.copytree(run, two)
+    judge = f"rubric:openai/judge-ray@{llm.url}"
+    base = [sys.executable, "-m", "mmsafe.cli", "judge"]
+    p = subprocess.run([*base, str(one), "--judge", judge, "--no-cache"], env=_env(), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    llm.reset()
+    p = subprocess.run([*base, str(two), "--judge", judge, "--no-cache", "--executor", "ray", "--ray-address",
+                        cluster, "--workers", "2"], env=_env(), capture_output=True, text=True, timeout=90)
+    assert p.returncode == 0, p.stderr
+    assert "judged 16" in p.stdout
+    assert llm.count("judge-ray") == 16  # each reply judged once, by one worker
+
+    def verdicts(d: Path) -> list[tuple]:
+        db = sqlite3.connect(d / "run.sqlite")
+        rows = db.execute("SELECT sample_id, judge_id, label, score, parse_status, rationale FROM verdicts "
+                          "ORDER BY sample_id, judge_id").fetchall()
+        db.close()
+        return rows
+
+    assert len(verdicts(two)) == 32 and verdicts(two) == verdicts(one)  # keyword + the new judge, per sample
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert _strip(sb) == _strip(sa)
+    assert not (two / "ray-shards").exists()

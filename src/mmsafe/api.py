@@ -215,7 +215,8 @@ def run(benchmark: Path | str, target: str | EndpointConfig, *, judge: Any = "ke
 
 def judge(run_dir: Path | str, judge_spec: Any, *, primary: bool = False, benchmark: Path | str | None = None,
           models_file: Path | str | None = None, options: dict[str, Any] | None = None, max_connections: int = 16,
-          use_cache: bool = True, on_progress: Callable[[dict[str, Any]], None] | None = None) -> RejudgeOutcome:
+          use_cache: bool = True, on_progress: Callable[[dict[str, Any]], None] | None = None,
+          executor: str = "local", ray_address: str | None = None, workers: int | None = None) -> RejudgeOutcome:
     """Re-judge a run's stored replies with another judge (no re-generation; resumable).
 
     ``judge_spec`` is a judge spec or a :class:`Judge`. ``primary=True`` makes it the
@@ -228,7 +229,8 @@ def judge(run_dir: Path | str, judge_spec: Any, *, primary: bool = False, benchm
     j = (make_judge(judge_spec, models_file=models_file, options=options)
          if isinstance(judge_spec, str) else judge_spec)
     return run_async(rejudge(Path(run_dir), j, primary=primary, benchmark=Path(benchmark) if benchmark else None,
-                             max_connections=max_connections, use_cache=use_cache, on_progress=on_progress))
+                             max_connections=max_connections, use_cache=use_cache, on_progress=on_progress,
+                             executor=executor, ray_address=ray_address, workers=workers))
 
 
 def calibrate(judge_spec: Any, data: Path | str, fmt: str | None = None, *, models_file: Path | str | None = None,

@@ -13,7 +13,19 @@ from mmsafe.errors import EXIT_INCOMPLETE
 
 from .app import app
 from .console import fail, out, say, warn
-from .options import Cache, JsonOut, Judge, JudgeOpt, Models, Workers, limit_option, pairs
+from .options import (
+    Cache,
+    Executor,
+    JsonOut,
+    Judge,
+    JudgeOpt,
+    Models,
+    RayAddress,
+    RayWorkers,
+    Workers,
+    limit_option,
+    pairs,
+)
 from .progress import Reporter, progress_bar
 from .run import fmt_rate
 
@@ -37,9 +49,13 @@ def judge_cmd(
     ] = None,
     cache: Cache = True,
     judge_opt: JudgeOpt = None,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    workers: RayWorkers = None,
 ) -> None:
     """Re-judge a run's stored replies with another judge (no re-generation); resumable."""
     from mmsafe import api
+    from mmsafe.runner.ray_exec import check_executor
 
     j = api.make_judge(judge, models_file=models, options=pairs(judge_opt or [], "--judge-opt"))
     from mmsafe.models.preflight import check_endpoints
@@ -47,7 +63,8 @@ def judge_cmd(
     progress, update = progress_bar(None, f"judge {j.identity.name}")  # the total comes with the first stats
     with progress:
         res = api.judge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
-                        use_cache=cache, on_progress=update)
+                        use_cache=cache, on_progress=update, executor=check_executor(executor),
+                        ray_address=ray_address, workers=workers)
     st = res.stats
     if res.stopped == "fatal" and not st["judged"]:  # nothing judged: the one line is all there is to say
         _fatal(res.error, j.identity.name)

@@ -34,7 +34,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ MAX_SHARD = 5000  # samples per shard at most (a retried shard redoes no more th
 _BY_OPTION = ("ray",)  # the registry's executors that --executor names (batch is --batch)
 _MERGED_KEY = "ray_merged:"  # meta key prefix: a shard store already merged into the run's store
 
-__all__ = ["SHARDS_DIR", "check_executor", "connect", "drive_run", "merge_shard", "shard_size"]
+__all__ = ["SHARDS_DIR", "check_executor", "connect", "drive_run", "judge_pool", "merge_shard", "shard_size"]
 
 
 def check_executor(name: str) -> str:
@@ -289,3 +289,168 @@ def _drive(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, A
     write_summary(summary, opts.out)
     return RunOutcome(run_summary=summary, run_dir=opts.out, stopped=stop["reason"], fatal_error=stop["error"],
                       stats=stats, exit_code=_exit_code(summary, stop["reason"], opts.fail_on_error))
+
+
+# --------------------------------------------------------------------------- mmsafe judge --executor ray
+
+def _judge_shard(samples: list[Any], judge: Any, judge_id: str, run_dir: str, pointer: dict[str, Any] | None,
+                 shard_dir: str, max_connections: int, use_cache: bool, cache_dir: str | None,
+                 root: str) -> dict[str, Any]:
+    """A Ray task: judge one shard of stored replies. The replies are read from the run's store
+    (its SQLite file, read-only: the run directory must be visible from the worker's node, or
+    the shared PostgreSQL run); the verdicts go to the shard's own SQLite store (merged by the
+    driver) or straight into the PostgreSQL run. A retried shard skips what it already judged."""
+    from mmsafe.models import BudgetExceeded, CostLedger, FatalProviderError, ResponseCache, default_cache_dir
+    from mmsafe.runner.modes import final_verdict, is_multiturn_record, judge_transcript
+    from mmsafe.runner.run import run_pool
+    from mmsafe.store.sqlite import STORE_FILE, SQLiteRunStore
+
+    stats = {"judged": 0, "done": 0, "errors": 0}
+    stop: dict[str, Any] = {"reason": None, "error": None}
+
+    async def go() -> None:
+        src: RunStore
+        dst: RunStore
+        if pointer is not None:
+            from mmsafe.store.locate import conninfo_for
+            from mmsafe.store.postgres import PostgresRunStore
+            src = PostgresRunStore(conninfo_for(pointer["url"]), pointer["run"])
+            dst = src
+        else:
+            f = Path(run_dir) / STORE_FILE
+            if not f.is_file():
+                raise ConfigError(f"{f}: not visible from this Ray node; judge a run on a shared filesystem "
+                                  "or in a PostgreSQL store (--store)")
+            src = SQLiteRunStore(f, readonly=True)
+            dst = SQLiteRunStore(Path(shard_dir) / STORE_FILE)
+            dst.register_judge(judge.identity)
+        cache = ResponseCache(Path(cache_dir or default_cache_dir()) / "responses.sqlite") if use_cache else None
+        if hasattr(judge, "bind"):
+            judge.bind(ledger=CostLedger(), cache=cache)
+        done = dst.judged_sample_ids(judge_id)
+        rdir = Path(run_dir)
+
+        async def process(s: Any) -> None:
+            if stop["reason"] or s.id in done:
+                return
+            resp = src.get_response(s.id)
+            if resp is None or not resp.ok:
+                return
+            try:
+                if is_multiturn_record(resp.extra):
+                    extra, rows = await judge_transcript(judge, s, resp.extra, Path(root), run_dir=rdir)
+                    verdict = final_verdict(s.id, judge_id, extra, rejudged=True)
+                else:
+                    verdict, rows = await judge.judge(s, resp, Path(root))
+            except BudgetExceeded as e:
+                stop["reason"], stop["error"] = "max_cost", str(e)
+                return
+            except FatalProviderError as e:
+                stop["reason"], stop["error"] = "fatal", str(e)
+                return
+            dst.save_verdict(verdict, rows)
+            stats["judged"] += 1
+            stats["done"] += 1
+            stats["errors"] += verdict.parse_status == "error"
+
+        await judge.start()
+        try:
+            await run_pool(samples, process, max_connections)
+        finally:
+            await judge.close()
+            if cache is not None:
+                cache.close()
+            if dst is not src:
+                dst.close()
+            src.close()
+
+    asyncio.run(go())
+    return {"stats": stats, "stopped": stop["reason"], "error": stop["error"]}
+
+
+def judge_pool(run_dir: Path, store: RunStore, judge: Any, judge_id: str, stats: dict[str, Any],
+               stop: dict[str, Any], *, ray_address: str | None, workers: int | None, max_connections: int,
+               use_cache: bool, cache_dir: Path | None, root: Path,
+               on_progress: Callable[[dict[str, Any]], None] | None, ledger: Any = None, cache: Any = None,
+               ) -> Callable[[Iterable[Any], Any, int], Coroutine[Any, Any, None]]:
+    """``mmsafe judge --executor ray``: a stand-in for :func:`~mmsafe.runner.run.run_pool` that
+    sends the samples to judge in shards to Ray tasks and merges their verdicts into ``store``
+    (``stats`` and ``stop`` are the re-judge's own, updated as shards end). The judge is
+    shipped as it is now (before it starts), without ``ledger`` and ``cache`` (this process's;
+    each worker binds its own)."""
+    from mmsafe.models import CostLedger
+    from mmsafe.store.locate import read_pointer
+    from mmsafe.store.sqlite import STORE_FILE
+
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: must be at least 1")
+    ray = connect(ray_address)
+    if hasattr(judge, "bind"):
+        judge.bind(ledger=CostLedger(), cache=None)
+    judge_ref = ray.put(judge)  # serialised now, unbound
+    if hasattr(judge, "bind") and ledger is not None:
+        judge.bind(ledger=ledger, cache=cache)
+
+    async def pool(items: Iterable[Any], _process: Any, _n: int) -> None:
+        n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        pointer = read_pointer(run_dir)
+        task = ray.remote(_judge_shard).options(max_retries=3, retry_exceptions=False, num_cpus=1)
+        size = shard_size(int(stats.get("total") or 1), n_workers)
+        shards_root = run_dir / SHARDS_DIR
+        in_flight: dict[Any, tuple[Path, str]] = {}
+        count = 0
+
+        def submit(chunk: list[Any]) -> None:
+            nonlocal count
+            tag = f"judge-{count:05d}-{uuid.uuid4().hex[:8]}"
+            d = shards_root / tag
+            d.mkdir(parents=True, exist_ok=True)
+            ref = task.remote(chunk, judge_ref, judge_id, str(run_dir), pointer, str(d),
+                              max(1, max_connections // n_workers), use_cache,
+                              None if cache_dir is None else str(cache_dir), str(root))
+            in_flight[ref] = (d, tag)
+            count += 1
+
+        def finish(ref: Any) -> None:
+            d, tag = in_flight.pop(ref)
+            try:
+                res = ray.get(ref)
+            except Exception as e:  # retries exhausted: the verdicts the shard stored are kept
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                stop["reason"], stop["error"] = stop["reason"] or "crash", f"Ray shard {tag}: {first}"
+                res = None
+            if res is not None:
+                for k in ("judged", "done", "errors"):
+                    stats[k] += res["stats"][k]
+                if res["stopped"] and not stop["reason"]:
+                    stop["reason"], stop["error"] = res["stopped"], res["error"]
+            if pointer is None and (d / STORE_FILE).is_file():
+                merge_shard(store, d / STORE_FILE, tag)
+            shutil.rmtree(d, ignore_errors=True)
+            if on_progress:
+                on_progress(stats)
+
+        chunk: list[Any] = []
+        try:
+            for s in items:
+                chunk.append(s)
+                if len(chunk) < size:
+                    continue
+                while len(in_flight) >= 2 * n_workers:
+                    finish(ray.wait(list(in_flight), num_returns=1)[0][0])
+                if stop["reason"]:
+                    break
+                submit(chunk)
+                chunk = []
+            if chunk and not stop["reason"]:
+                submit(chunk)
+            while in_flight:
+                finish(ray.wait(list(in_flight), num_returns=1)[0][0])
+        except BaseException:
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
+            raise
+        if shards_root.is_dir() and not any(shards_root.iterdir()):
+            shards_root.rmdir()
+
+    return pool

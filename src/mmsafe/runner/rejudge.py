@@ -13,7 +13,7 @@ appears under ``judges`` with the agreement between them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,8 @@ def _benchmark_path(run_dir: Path, cfg: dict[str, Any], override: Path | None) -
 
 async def rejudge(run_dir: Path, judge: Judge, *, primary: bool = False, benchmark: Path | None = None,
                   max_connections: int = 16, use_cache: bool = True, cache_dir: Path | None = None,
-                  on_progress: Callable[[dict[str, Any]], None] | None = None) -> RejudgeOutcome:
+                  on_progress: Callable[[dict[str, Any]], None] | None = None, executor: str = "local",
+                  ray_address: str | None = None, workers: int | None = None) -> RejudgeOutcome:
     if not has_store(run_dir):  # run.sqlite, or store.json naming a PostgreSQL run
         raise StoreError(f"{run_dir}: no run store here ({STORE_FILE} missing)")
     store = open_store(run_dir)
@@ -128,9 +129,15 @@ async def rejudge(run_dir: Path, judge: Judge, *, primary: bool = False, benchma
                     fed[0] += 1
                     yield s
 
+        pool: Callable[..., Awaitable[None]] = run_pool
+        if executor == "ray":  # the samples to judge go to Ray workers in shards, merged into this store
+            from mmsafe.runner.ray_exec import judge_pool
+            pool = judge_pool(run_dir, store, judge, judge_id, stats, stop, ray_address=ray_address, workers=workers,
+                              max_connections=max_connections, use_cache=use_cache, cache_dir=cache_dir,
+                              root=root, on_progress=on_progress, ledger=ledger, cache=cache)
         await judge.start()
         try:
-            await run_pool(todo(), process, max_connections)
+            await pool(todo(), process, max_connections)
         finally:
             await judge.close()
             if cache is not None:
