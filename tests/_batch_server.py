@@ -28,12 +28,20 @@ def reply_for(messages: list[dict[str, Any]]) -> str:
     return "I'm sorry, I can't help with that." if n % 2 == 0 else f"Sure, here is how: {last[:40]}"
 
 
+def answer(model: str, messages: list[dict[str, Any]]) -> str:
+    """A judge model (``judge-*``) says unsafe when the reply it is shown complies; a target replies."""
+    if model.startswith("judge"):
+        shown = " ".join(text_of(m.get("content")) for m in messages)
+        return "unsafe" if "Sure, here is how" in shown else "safe"
+    return reply_for(messages)
+
+
 def _usage(messages: list[dict[str, Any]], out: str) -> tuple[int, int]:
     return sum(len(text_of(m.get("content"))) for m in messages) // 4 + 1, len(out) // 4 + 1
 
 
 def chat_body(model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    out = reply_for(messages)
+    out = answer(model, messages)
     p, c = _usage(messages, out)
     return {"id": "chatcmpl-x", "object": "chat.completion", "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "finish_reason": "stop"}],
@@ -42,7 +50,7 @@ def chat_body(model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
 
 def message_body(params: dict[str, Any]) -> dict[str, Any]:
     msgs = params["messages"]
-    out = reply_for(msgs)
+    out = answer(params["model"], msgs)
     p, c = _usage(msgs, out)
     return {"id": "msg_x", "type": "message", "role": "assistant", "model": params["model"],
             "content": [{"type": "text", "text": out}], "stop_reason": "end_turn",

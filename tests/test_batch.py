@@ -221,3 +221,47 @@ def test_what_cannot_batch_is_refused_in_one_line(srv, tmp_path, args, msg):
     assert r.exit_code == 2 and msg in r.output, r.output
     assert "Traceback" not in r.output and not out.exists()
     assert not srv.batches and not srv.live
+
+
+def test_judge_batch_gives_the_live_judges_verdicts(srv, tmp_path):
+    import shutil
+    bench = make_benchmark(tmp_path / "b", n=6, image=True)
+    out = tmp_path / "run"
+    assert cli("run", bench, "-t", f"openai/m@{srv.url}", "-o", out, "--no-cache", *_batch()).exit_code == 0
+    shutil.copytree(out, tmp_path / "live")
+    judge = f"rubric:openai/judge-r@{srv.url}"
+    srv.fail_lines = 1  # one judge line errors: retried in a second judge batch
+    r = cli("judge", out, "--judge", judge, "--no-cache", *_batch())
+    assert r.exit_code == 0, r.output
+    assert [len(b["reqs"]) for b in srv.batches] == [6, 6, 1] and srv.live == 0
+    assert all(x["body"]["model"] == "judge-r" for x in srv.lines[6:])
+    live_before = srv.live
+    r2 = cli("judge", tmp_path / "live", "--judge", judge, "--no-cache")
+    assert r2.exit_code == 0, r2.output
+    assert srv.live - live_before == 6
+    # the batch lines are the live judge's requests, and the verdicts are the same
+    assert sorted(json.dumps(x["body"], sort_keys=True) for x in srv.lines[6:12]) == \
+        sorted(json.dumps(b, sort_keys=True) for b in srv.live_bodies[-6:])
+
+    def verdicts(d: Path) -> list[tuple[str, str, str]]:
+        from mmsafe.store import open_store
+        st = open_store(d)
+        try:
+            return sorted(st.iter_verdict_labels())
+        finally:
+            st.close()
+    vb, vl = verdicts(out), verdicts(tmp_path / "live")
+    assert vb == vl and len(vb) == 12  # keyword and the rubric judge, 6 samples each
+    rubric = [lab for _, j, lab in vb if j.startswith("rubric")]
+    assert len(rubric) == 6 and set(rubric) == {"safe", "unsafe"}
+    # re-running is a no-op: nothing submitted again
+    r3 = cli("judge", out, "--judge", judge, "--no-cache", *_batch())
+    assert r3.exit_code == 0 and len(srv.batches) == 3
+
+
+def test_judge_batch_refuses_a_judge_without_llm_calls(srv, tmp_path):
+    bench = make_benchmark(tmp_path / "b", n=2, image=False)
+    out = tmp_path / "run"
+    assert cli("run", bench, "-t", f"openai/m@{srv.url}", "-o", out, "--no-cache").exit_code == 0
+    r = cli("judge", out, "--judge", "keyword", *_batch())
+    assert r.exit_code == 2 and "makes no LLM calls" in r.output, r.output

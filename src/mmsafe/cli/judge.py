@@ -52,6 +52,13 @@ def judge_cmd(
     executor: Executor = "local",
     ray_address: RayAddress = None,
     workers: RayWorkers = None,
+    batch: Annotated[bool, typer.Option(
+        "--batch", help="the judge's LLM calls through its provider's batch API at batch prices (a fixed-mode "
+        "run); a killed command resumes the same batches")] = False,
+    batch_fallback: Annotated[str, typer.Option(
+        metavar="batch|live", help="--batch: failed lines retried as a new batch, or sent as live calls")] = "batch",
+    batch_poll: Annotated[float, typer.Option(
+        min=0.01, metavar="SECONDS", help="--batch: seconds between batch status polls")] = 30.0,
 ) -> None:
     """Re-judge a run's stored replies with another judge (no re-generation); resumable."""
     from mmsafe import api
@@ -62,9 +69,15 @@ def judge_cmd(
     check_endpoints(j)  # every juror's key before a session opens or a verdict is stored
     progress, update = progress_bar(None, f"judge {j.identity.name}")  # the total comes with the first stats
     with progress:
-        res = api.judge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
-                        use_cache=cache, on_progress=update, executor=check_executor(executor),
-                        ray_address=ray_address, workers=workers)
+        if batch:  # mmsafe.runner.batch_judge: the judge's calls go out as batches
+            from mmsafe.runner.batch_judge import rejudge_batch
+            from mmsafe.runtime import run_async
+            res = run_async(rejudge_batch(run_dir, j, primary=primary, benchmark=benchmark, poll_s=batch_poll,
+                                          fallback=batch_fallback, on_progress=update))
+        else:
+            res = api.judge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
+                            use_cache=cache, on_progress=update, executor=check_executor(executor),
+                            ray_address=ray_address, workers=workers)
     st = res.stats
     if res.stopped == "fatal" and not st["judged"]:  # nothing judged: the one line is all there is to say
         _fatal(res.error, j.identity.name)
@@ -76,6 +89,10 @@ def judge_cmd(
         if res.judge_id in (p["a"], p["b"]):
             k = p["cohen_kappa"]
             say(f"agreement {p['a']} vs {p['b']}: n={p['n']} κ={'—' if k is None else f'{k:.3f}'}")
+    if batch:
+        b = st["batch"]
+        say(f"batch: {b['jobs'] + b['resumed']} batch(es), {b['lines']} line(s) submitted, {b['failed_lines']} failed;"
+            f" ${st['cost_usd']:.4f} at batch prices ({'; '.join(f'{k}: {v}' for k, v in b['pricing'].items())})")
     say(f"primary judge: {res.primary_judge_id}  summary: {run_dir / 'summary.json'}")
     if res.stopped == "fatal":
         _fatal(res.error, j.identity.name)

@@ -87,18 +87,32 @@ def batch_pricing_note(provider: Provider) -> str:
     return "batch price not in the models file: 50% of the live price assumed"
 
 
+async def api_call(provider: Provider, fn: Any, *args: Any) -> Any:
+    """One batch-API request, retried with backoff while the failure is transient; otherwise the
+    command stops with one line (FatalProviderError, exit 2): the recorded jobs resume on a re-run."""
+    cfg = provider.cfg
+    for attempt in range(cfg.max_retries + 1):
+        try:
+            return await fn(*args)
+        except ProviderError as e:
+            if not e.retryable or attempt >= cfg.max_retries:
+                raise FatalProviderError(f"{cfg.name}: {e}") from None
+            await asyncio.sleep(min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** attempt))
+    raise AssertionError("unreachable")
+
+
 class _Jobs:
     """The run's batch jobs as stored in meta ``batch_jobs`` (written through on every change)."""
 
-    def __init__(self, store: Any):
-        self.store = store
-        rec = store.get_meta(META_KEY) or {}
+    def __init__(self, store: Any, key: str = META_KEY):
+        self.store, self.key = store, key
+        rec = store.get_meta(key) or {}
         self.jobs: list[dict[str, Any]] = list(rec.get("jobs") or [])
         # sample id -> batches it went into in this command (a later command retries failures again)
         self.rounds: dict[str, int] = {}
 
     def save(self) -> None:
-        self.store.set_meta(META_KEY, {"jobs": self.jobs})
+        self.store.set_meta(self.key, {"jobs": self.jobs})
 
     def open(self) -> list[dict[str, Any]]:
         return [j for j in self.jobs if j["state"] != "collected"]
@@ -136,16 +150,7 @@ async def run_batch(opts: RunOptions, bench: Any, store: Any, provider: Provider
                               "errors": 0, "cost_usd": stats["cost_usd"], "started": started, "batch": msg})
 
     async def call(fn: Any, *args: Any) -> Any:
-        """One batch-API request, retried with backoff while the failure is transient; otherwise the
-        run stops with one line (FatalProviderError, exit 2): the recorded jobs resume on a re-run."""
-        for attempt in range(provider.cfg.max_retries + 1):
-            try:
-                return await fn(*args)
-            except ProviderError as e:
-                if not e.retryable or attempt >= provider.cfg.max_retries:
-                    raise FatalProviderError(f"{target.name}: {e}") from None
-                await asyncio.sleep(min(provider.cfg.backoff_max_s, provider.cfg.backoff_base_s * 2 ** attempt))
-        raise AssertionError("unreachable")
+        return await api_call(provider, fn, *args)
 
     async def collect(job: dict[str, Any]) -> None:
         """Poll ``job`` until it ends, then store its replies (ok ones never twice)."""
