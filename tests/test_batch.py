@@ -265,3 +265,36 @@ def test_judge_batch_refuses_a_judge_without_llm_calls(srv, tmp_path):
     assert cli("run", bench, "-t", f"openai/m@{srv.url}", "-o", out, "--no-cache").exit_code == 0
     r = cli("judge", out, "--judge", "keyword", *_batch())
     assert r.exit_code == 2 and "makes no LLM calls" in r.output, r.output
+
+
+def test_judge_batch_killed_and_resumed(tmp_path):
+    """SIGKILL of `mmsafe judge --batch` once its batch is submitted; the re-run polls that batch."""
+    srv = BatchServer().start()
+    try:
+        bench = make_benchmark(tmp_path / "b", n=4, image=False)
+        out = tmp_path / "run"
+        assert cli("run", bench, "-t", f"openai/m@{srv.url}", "-o", out, "--no-cache", *_batch()).exit_code == 0
+        srv.delay_s = 3.0
+        cmd = [MMSAFE, "judge", str(out), "--judge", f"rubric:openai/judge-r@{srv.url}", "--no-cache", *_batch()]
+        env = {**os.environ, "MMSAFE_PROGRESS_INTERVAL": "0"}
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            _wait(lambda: len(srv.batches) == 2)
+            time.sleep(0.5)  # the id is written right after the POST returns
+            p.send_signal(signal.SIGKILL)
+            p.wait(10)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert len(srv.batches) == 2 and len(srv.lines) == 8 and srv.live == 0
+        from mmsafe.store import open_store
+        st = open_store(out)
+        try:
+            labels = [lab for _, j, lab in st.iter_verdict_labels() if j.startswith("rubric")]
+        finally:
+            st.close()
+        assert len(labels) == 4 and set(labels) <= {"safe", "unsafe"}
+    finally:
+        srv.stop()
