@@ -212,12 +212,14 @@ def test_anthropic_message_batches(srv, tmp_path, monkeypatch):
     assert "sk-ant-test" not in (out / "run.sqlite").read_bytes().decode("latin-1")
 
 
-@pytest.mark.parametrize("args, msg", [(("--mode", "live"), "only --mode fixed"),
-                                       (("--batch-fallback", "never"), "--batch-fallback")])
-def test_what_cannot_batch_is_refused_in_one_line(srv, tmp_path, args, msg):
+@pytest.mark.parametrize("target, args, msg", [("openai", ("--mode", "live"), "only --mode fixed"),
+                                               ("openai", ("--batch-fallback", "never"), "--batch-fallback"),
+                                               ("mock", (), "has no batch API")])
+def test_what_cannot_batch_is_refused_in_one_line(srv, tmp_path, target, args, msg):
     bench = make_benchmark(tmp_path / "b", n=2, image=False)
     out = tmp_path / "run"
-    r = cli("run", bench, "-t", f"openai/m@{srv.url}", "-o", out, *_batch(*args))
+    spec = f"openai/m@{srv.url}" if target == "openai" else "mock/refuser"
+    r = cli("run", bench, "-t", spec, "-o", out, *_batch(*args))
     assert r.exit_code == 2 and msg in r.output, r.output
     assert "Traceback" not in r.output and not out.exists()
     assert not srv.batches and not srv.live

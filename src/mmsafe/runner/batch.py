@@ -33,6 +33,7 @@ from mmsafe.types import Response, Sample, Usage
 MAX_ROUNDS = 3  # batches a sample goes through at most (the first and two retries)
 META_KEY = "batch_jobs"
 FALLBACKS = ("batch", "live")
+BATCH_PROVIDERS = ("openai", "anthropic")
 
 
 class BatchBackend(Protocol):
@@ -67,6 +68,9 @@ def check_batch(opts: RunOptions) -> None:
     if opts.mode != "fixed":
         raise ConfigError(f"--batch: only --mode fixed (one reply per sample) goes through a batch API, "
                           f"not --mode {opts.mode}")
+    if opts.target.provider not in BATCH_PROVIDERS:
+        raise ConfigError(f"--batch: provider {opts.target.provider!r} of {opts.target.name} has no batch API "
+                          f"({' and '.join(BATCH_PROVIDERS)} do); run without --batch")
     if opts.executor != "local":
         raise ConfigError(f"--batch: the provider runs the batch; --executor {opts.executor} has nothing to do")
     if opts.defense is not None:
