@@ -151,6 +151,19 @@ def test_killed_after_submission_resumes_the_same_batch(tmp_path, lost_id):
         srv.stop()
 
 
+def test_a_large_selection_goes_out_as_several_batches(srv, tmp_path, monkeypatch):
+    import mmsafe.runner.batch as batch_mod
+    monkeypatch.setattr(batch_mod, "MAX_LINES", 3)
+    bench = make_benchmark(tmp_path / "b", n=7, image=False)
+    srv.fail_lines = 1
+    out = tmp_path / "run"
+    r = cli("run", bench, "-t", f"openai/m@{srv.url}", "-o", out, "--no-cache", *_batch())
+    assert r.exit_code == 0, r.output
+    assert [len(b["reqs"]) for b in srv.batches] == [3, 3, 1, 1] and srv.live == 0
+    assert len({x["custom_id"] for x in srv.lines}) == 8
+    assert [x["id"] for x in rows(out)] == [f"s{i}" for i in range(7)] and all(x["error"] is None for x in rows(out))
+
+
 def test_partial_failures_are_retried_as_a_new_batch(srv, tmp_path):
     bench = make_benchmark(tmp_path / "b", n=6, image=False)
     srv.fail_lines = 2

@@ -34,6 +34,9 @@ MAX_ROUNDS = 3  # batches a sample goes through at most (the first and two retri
 META_KEY = "batch_jobs"
 FALLBACKS = ("batch", "live")
 BATCH_PROVIDERS = ("openai", "anthropic")
+# lines per batch at most: well under both APIs' caps (OpenAI 50,000 lines / 200 MB a file, Anthropic
+# 100,000 requests / 256 MB), and what one process encodes and holds in memory at once (images in base64)
+MAX_LINES = 2000
 
 
 class BatchBackend(Protocol):
@@ -210,11 +213,13 @@ async def run_batch(opts: RunOptions, bench: Any, store: Any, provider: Provider
 
     await backend.start()
     try:
-        for job in jobs.open():  # a killed command's jobs: resume, never resubmit
+        resumed = jobs.open()  # a killed command's jobs: resume, never resubmit
+        for job in resumed:
             stats["resumed"] += 1
             for sid in job["lines"].values():
                 jobs.rounds[sid] = jobs.rounds.get(sid, 0) + 1
             await submit(job)
+        for job in resumed:
             await collect(job)
         while True:
             ok = store.ok_sample_ids()
@@ -223,16 +228,21 @@ async def run_batch(opts: RunOptions, bench: Any, store: Any, provider: Provider
                     and jobs.rounds.get(sid, 0) < (MAX_ROUNDS if opts.batch_fallback == "batch" else 1)]
             if not todo:
                 break
-            tag = uuid.uuid4().hex[:16]
-            job = {"tag": tag, "remote": None, "state": "submitting", "created": time.time(),
-                   "lines": {f"m{tag[:6]}-{selected[sid][0]}": sid for sid in todo}}
-            for sid in todo:
-                jobs.rounds[sid] = jobs.rounds.get(sid, 0) + 1
-            jobs.jobs.append(job)
-            jobs.save()  # recorded before the POST: a kill after it finds the batch by its tag
-            stats["jobs"] += 1
-            await submit(job)
-            await collect(job)
+            new = []
+            for i in range(0, len(todo), MAX_LINES):  # every batch submitted first: they run side by side
+                part = todo[i:i + MAX_LINES]
+                tag = uuid.uuid4().hex[:16]
+                job = {"tag": tag, "remote": None, "state": "submitting", "created": time.time(),
+                       "lines": {f"m{tag[:6]}-{selected[sid][0]}": sid for sid in part}}
+                for sid in part:
+                    jobs.rounds[sid] = jobs.rounds.get(sid, 0) + 1
+                jobs.jobs.append(job)
+                jobs.save()  # recorded before the POST: a kill after it finds the batch by its tag
+                stats["jobs"] += 1
+                await submit(job)
+                new.append(job)
+            for job in new:
+                await collect(job)
     finally:
         await backend.close()
     ok = store.ok_sample_ids()
