@@ -194,7 +194,10 @@ async def rejudge_batch(run_dir: Path, judge: Judge, *, primary: bool = False, b
                 for key, (name, *_rest) in pending.items():
                     if key not in answers and key not in go_live:
                         by_client.setdefault(name, []).append(key)
-                for name, keys in by_client.items():
+                from mmsafe.runner import batch as _batch
+                parts = [(name, keys[i:i + _batch.MAX_LINES]) for name, keys in by_client.items()
+                         for i in range(0, len(keys), _batch.MAX_LINES)]
+                for name, keys in parts:
                     for key in keys:
                         tries[key] = tries.get(key, 0) + 1
                     tag = uuid.uuid4().hex[:16]
