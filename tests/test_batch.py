@@ -164,6 +164,28 @@ def test_a_large_selection_goes_out_as_several_batches(srv, tmp_path, monkeypatc
     assert [x["id"] for x in rows(out)] == [f"s{i}" for i in range(7)] and all(x["error"] is None for x in rows(out))
 
 
+def test_a_second_batch_command_on_the_same_run_is_refused(srv, tmp_path):
+    from mmsafe.store import open_store
+    from mmsafe.store.base import this_host
+    bench = make_benchmark(tmp_path / "b", n=2, image=False)
+    out = tmp_path / "run"
+    assert cli("run", bench, "-t", f"openai/m@{srv.url}", "-o", out, "--limit", "1", *_batch()).exit_code == 0
+    other = subprocess.Popen(["sleep", "30"])  # a live process of this host stands for the other driver
+    try:
+        st = open_store(out)
+        st.set_meta("batch_owner", {"host": this_host(), "pid": other.pid, "beat": time.time(), "poll_s": 30})
+        st.close()
+        r = cli("run", bench, "-t", f"openai/m@{srv.url}", "-o", out, *_batch())
+        assert r.exit_code == 2 and f"pid {other.pid}" in r.output, r.output
+        assert len(srv.batches) == 1
+    finally:
+        other.kill()
+        other.wait()
+    r = cli("run", bench, "-t", f"openai/m@{srv.url}", "-o", out, *_batch())  # its process is gone: taken over
+    assert r.exit_code == 0, r.output
+    assert len(srv.batches) == 2 and [len(b["reqs"]) for b in srv.batches] == [1, 1]
+
+
 def test_partial_failures_are_retried_as_a_new_batch(srv, tmp_path):
     bench = make_benchmark(tmp_path / "b", n=6, image=False)
     srv.fail_lines = 2

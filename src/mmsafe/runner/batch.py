@@ -19,6 +19,7 @@ batch``, up to :data:`MAX_ROUNDS` batches per sample) or left to the live pass t
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -94,6 +95,26 @@ def batch_pricing_note(provider: Provider) -> str:
     return "batch price not in the models file: 50% of the live price assumed"
 
 
+OWNER_KEY = "batch_owner"
+
+
+def take_batch_run(store: Any, where: Any, poll_s: float) -> None:
+    """Mark this process as the run's batch driver, or refuse (StoreError, exit 2) while another live
+    one is: two drivers would each submit the same samples. A driver that was killed (its process
+    gone on this host, or no heartbeat for a while from another host) is taken over."""
+    from mmsafe.store import StoreError
+    from mmsafe.store.base import holder_dead, this_host
+
+    rec = store.get_meta(OWNER_KEY)
+    now = time.time()
+    if rec and not (rec.get("host") == this_host() and rec.get("pid") == os.getpid()):
+        quiet = now - float(rec.get("beat") or 0) > max(120.0, 3 * float(rec.get("poll_s") or 30))
+        if not quiet and not holder_dead(rec.get("host"), rec.get("pid")):
+            raise StoreError(f"{where}: a --batch command (pid {rec.get('pid')} on {rec.get('host')}) is working on "
+                             "this run; wait for it to finish (or stop it) before starting another")
+    store.set_meta(OWNER_KEY, {"host": this_host(), "pid": os.getpid(), "beat": now, "poll_s": poll_s})
+
+
 async def api_call(provider: Provider, fn: Any, *args: Any) -> Any:
     """One batch-API request, retried with backoff while the failure is transient; otherwise the
     command stops with one line (FatalProviderError, exit 2): the recorded jobs resume on a re-run."""
@@ -167,6 +188,7 @@ async def run_batch(opts: RunOptions, bench: Any, store: Any, provider: Provider
             note(f"batch {job['remote']}: {st.status} {counts}".strip())
             if st.terminal:
                 break
+            take_batch_run(store, opts.out, opts.batch_poll_s)  # the heartbeat another host's process reads
             await asyncio.sleep(opts.batch_poll_s)
         results = await call(backend.results, st)
         ok_ids = store.ok_sample_ids()
@@ -211,6 +233,7 @@ async def run_batch(opts: RunOptions, bench: Any, store: Any, provider: Provider
             job["remote"], job["state"] = found, "submitted"
             jobs.save()
 
+    take_batch_run(store, opts.out, opts.batch_poll_s)
     await backend.start()
     try:
         resumed = jobs.open()  # a killed command's jobs: resume, never resubmit
@@ -245,6 +268,7 @@ async def run_batch(opts: RunOptions, bench: Any, store: Any, provider: Provider
                 await collect(job)
     finally:
         await backend.close()
+        store.set_meta(OWNER_KEY, None)
     ok = store.ok_sample_ids()
     failed = [sid for sid in selected if sid not in ok]
     if failed and opts.batch_fallback == "batch":
