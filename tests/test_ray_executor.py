@@ -178,3 +178,23 @@ def test_mmsafe_judge_on_ray_stores_the_verdicts_of_a_single_process_rejudge(tmp
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (one, two))
     assert _strip(sb) == _strip(sa)
     assert not (two / "ray-shards").exists()
+
+
+def test_a_ray_run_on_a_postgresql_store_writes_every_sample_once(tmp_path, llm, cluster):
+    import _pg
+
+    try:
+        pg = _pg.server()
+    except _pg.Unavailable as e:
+        pytest.skip(f"no PostgreSQL server for the tests: {e}")
+    n = 20
+    bench = make_benchmark(tmp_path / "b", n=n, image=False)
+    out = tmp_path / "ray-pg"
+    p = subprocess.run(_cmd(bench, llm.url, out, "slow-5", "--max-connections", "4", "--executor", "ray",
+                            "--ray-address", cluster, "--workers", "2", "--store", pg.run_url(f"ray{os.getpid()}")),
+                       env=_env(), capture_output=True, text=True, timeout=90)
+    assert p.returncode == 0, p.stderr
+    assert sorted(_sent(llm, "slow-5").values()) == [1] * n  # every sample sent once, by one worker
+    assert [r["id"] for r in _results(out)] == [f"s{i}" for i in range(n)]
+    assert not (out / "run.sqlite").exists()  # the workers wrote to the shared PostgreSQL run
+    assert json.loads((out / "summary.json").read_text())["n_samples"] == n
