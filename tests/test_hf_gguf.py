@@ -217,3 +217,14 @@ def test_tokenizer_option_is_for_gguf_files_only(tmp_path: Path) -> None:
     cfg = EndpointConfig(name="x", provider="hf", model=str(d), params={"tokenizer": str(tmp_path)})
     with pytest.raises(ConfigError, match=r"params\.tokenizer is for hf/PATH\.gguf only"):
         hf_provider.HFProvider(cfg)
+
+
+@needs_file
+def test_gguf_is_text_only_image_benchmark_refused_before_loading(tmp_path: Path) -> None:
+    """The capability check reads nothing from the file: an image benchmark is refused at once."""
+    from conftest import make_benchmark
+
+    bench = make_benchmark(tmp_path / "img", n=2, image=True)
+    r = cli("run", bench, "--target", f"hf/{GGUF}", "--judge", "keyword", "--out", tmp_path / "o")
+    assert r.exit_code == 2
+    assert "takes no image input" in one_error_line(r.output), r.output
