@@ -43,13 +43,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import orjson
 
-from mmsafe.refusal import is_refusal  # noqa: F401  (re-exported for adaptive and modes)
 from mmsafe.models.base import ConfigError, EndpointConfig
 from mmsafe.models.engine import CostLedger, ModelClient, ResponseCache, request_log
+from mmsafe.refusal import is_refusal
 from mmsafe.types import ImagePart, InputError, Message, Sample, TextPart
 
 METHODS = ("escalation", "roleplay", "research", "demonstration")
@@ -141,6 +141,10 @@ def first_image(sample: Sample) -> ImagePart | None:
 INLINE_MAX_BYTES = 256 * 1024
 
 
+@overload
+def inline_image(part: ImagePart, root: Path | None, max_bytes: int = ...) -> ImagePart: ...
+@overload
+def inline_image(part: None, root: Path | None, max_bytes: int = ...) -> None: ...
 def inline_image(part: ImagePart | None, root: Path | None, max_bytes: int = INLINE_MAX_BYTES) -> ImagePart | None:
     """The same image as a ``data:`` URI part (read and base64-encoded once instead of at
     every request of a multi-turn exchange); parts over ``max_bytes`` or unreadable ones
@@ -260,7 +264,7 @@ class Seed:
     inline: ImagePart | None = None  # the image as a data: URI, made once for the generator requests
 
     @classmethod
-    def from_sample(cls, s: Sample) -> "Seed":
+    def from_sample(cls, s: Sample) -> Seed:
         return cls(group=str(s.metadata.get("group", s.id)), question=s.question, scenario=s.scenario,
                    category=s.category, image=first_image(s), source=s.source, source_id=s.id)
 
@@ -514,8 +518,8 @@ async def generate_benchmark(bench: Any, make_writer: Callable[[Any], Any], gene
     (a :class:`~mmsafe.datasets.BenchmarkWriter`-like context manager: ``add``, ``add_image``,
     ``tmp_dir``). The runner side wires the two (``mmsafe.runner.modes.generate_dialogues``):
     ``mmsafe.attacks`` does not import ``mmsafe.datasets``."""
-    from mmsafe.models.registry import build_provider
     from mmsafe.models.engine import default_cache_dir
+    from mmsafe.models.registry import build_provider
     from mmsafe.types import BenchmarkManifest
 
     lens = parse_lengths(lengths if lengths is not None else None)
@@ -539,12 +543,13 @@ async def generate_benchmark(bench: Any, make_writer: Callable[[Any], Any], gene
     t0 = time.perf_counter()
     n_workers = max(1, generator.max_connections)
     queue: asyncio.Queue = asyncio.Queue(maxsize=n_workers * 2)
-    stats = {"total": None, "done": 0, "samples": 0, "failed": 0, "started": time.time(), "cost_usd": 0.0}
+    stats: dict[str, Any] = {"total": None, "done": 0, "samples": 0, "failed": 0, "started": time.time(),
+                             "cost_usd": 0.0}
 
     with make_writer(manifest) as w:
         report.out = Path(getattr(w, "out_dir", report.out))
         assert w.tmp_dir is not None
-        fail_fh = open(w.tmp_dir / "generation_failures.jsonl", "wb")
+        fail_fh = open(w.tmp_dir / "generation_failures.jsonl", "wb")  # noqa: SIM115 (closed after the workers)
         image_parts: dict[str, ImagePart] = {}
 
         def out_image(img: ImagePart | None) -> ImagePart | None:

@@ -21,8 +21,9 @@ import os
 import shutil
 import uuid
 import wave
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import orjson
 from PIL import Image
@@ -208,7 +209,7 @@ class BenchmarkWriter:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def __enter__(self) -> "BenchmarkWriter":
+    def __enter__(self) -> BenchmarkWriter:
         self.open()
         return self
 
@@ -233,7 +234,7 @@ class BenchmarkWriter:
         parent.mkdir(parents=True, exist_ok=True)
         self._tmp = make_sibling_dir(self.out_dir, "tmp")
         (self._tmp / ASSETS_DIR).mkdir()
-        self._fh = open(self._tmp / SAMPLES_FILE, "wb")
+        self._fh = open(self._tmp / SAMPLES_FILE, "wb")  # noqa: SIM115 (the writer closes it on close/abort)
         self._hash = hashlib.sha256()
         self.manifest.counts = BenchmarkCounts()
 
@@ -444,7 +445,7 @@ class Benchmark:
         """
         path = self.samples_path
         try:
-            fh = open(path, "rb")
+            fh = open(path, "rb")  # noqa: SIM115 (a with block below; opened here for the missing-file error)
         except FileNotFoundError:
             raise DatasetError(f"{path}: missing") from None
         with fh:

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from mmsafe.types import AudioPart, ImagePart, Sample, TextPart
+from mmsafe.types import AudioPart, ImagePart, Sample, TextPart, VideoPart
 
 from .benchmark import Benchmark, make_sibling_dir, open_benchmark, swap_into_place
 from .errors import DatasetError
@@ -49,7 +49,7 @@ def _bench(bench: Benchmark | Path | str) -> Benchmark:
     return bench if isinstance(bench, Benchmark) else open_benchmark(bench)
 
 
-def _ref(p: ImagePart | AudioPart) -> str:
+def _ref(p: ImagePart | AudioPart | VideoPart) -> str:
     return p.path or p.uri or ""
 
 
@@ -66,6 +66,8 @@ def openai_messages(s: Sample) -> list[dict[str, Any]]:
                 parts.append({"type": "text", "text": p.text})
             elif isinstance(p, ImagePart):
                 parts.append({"type": "image_url", "image_url": {"url": _ref(p)}})
+            elif isinstance(p, VideoPart):  # as the OpenAI-compatible provider sends it (vLLM/SGLang)
+                parts.append({"type": "video_url", "video_url": {"url": _ref(p)}})
             else:
                 parts.append({"type": "input_audio",
                               "input_audio": {"url": _ref(p), "format": _audio_format(p)}})
@@ -336,6 +338,8 @@ def _safemt_record(b: Benchmark, s: Sample, out: Path, copied: set[str]) -> dict
             for p in m.content:
                 if isinstance(p, AudioPart):
                     raise _Unsupported("it has audio")
+                if isinstance(p, VideoPart):
+                    raise _Unsupported("it has video")
                 if isinstance(p, ImagePart):
                     if not (m.role == "user" and first_user):
                         raise _Unsupported("an image outside the first user turn")
@@ -350,7 +354,7 @@ def _safemt_record(b: Benchmark, s: Sample, out: Path, copied: set[str]) -> dict
     group = s.metadata.get("group")
     rid = str(group) if group is not None and s.id == f"{group}/t{s.turns}" else s.id
     rec: dict[str, Any] = {"id": rid, "scenario": s.scenario}
-    if image is not None:
+    if image is not None and image.path is not None:  # (a URI-only image was refused above)
         name = Path(image.path).name  # assets/<sha256>.<ext>: unique by content
         if name not in copied:
             shutil.copyfile(b.asset_path(image), out / "images" / name)

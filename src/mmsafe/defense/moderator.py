@@ -34,7 +34,7 @@ from mmsafe.judges.parse import _json_candidates
 from mmsafe.models import CostLedger, ModelClient, ResponseCache, build_provider, resolve_endpoint
 from mmsafe.models.base import ConfigError
 from mmsafe.models.engine import request_log
-from mmsafe.types import AudioPart, ImagePart, Message, TextPart
+from mmsafe.types import AssetPart, ImagePart, Message, TextPart
 
 # --------------------------------------------------------------------------- policies
 
@@ -314,7 +314,7 @@ class LLMModerator(_ClientModerator):
         prompt = LLM_MODERATOR_PROMPT.format(scenarios=", ".join(taxonomy.scenario_ids()), dialogue=dialogue)
         images = [a for m in messages for a in m.assets if isinstance(a, ImagePart)] \
             if self.cfg.capabilities.image else []
-        content: str | list[TextPart | ImagePart | AudioPart] = [*images, TextPart(text=prompt)] if images else prompt
+        content: str | list[TextPart | AssetPart] = [*images, TextPart(text=prompt)] if images else prompt
         res = await self._ask([Message(role="user", content=content)], root)
         reqs = request_log(res, "moderator", None, self.cfg.name)
         lat = (time.perf_counter() - t0) * 1000

@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import aiohttp
 import orjson
@@ -29,7 +29,7 @@ from aiohttp import web
 
 from mmsafe.defense.defenses import REFUSAL, ModeratorDefense
 from mmsafe.models.base import ConfigError
-from mmsafe.types import ImagePart, Message, TextPart
+from mmsafe.types import ImagePart, Message, Role, TextPart
 
 
 def messages_from_openai(raw: Any, *, for_moderation: bool = False) -> list[Message]:
@@ -56,11 +56,12 @@ def messages_from_openai(raw: Any, *, for_moderation: bool = False) -> list[Mess
             raise ValueError(f"messages[{i}].role: unknown role {m.get('role')!r}")
         if for_moderation and role == "system":
             role = "user"
+        msg_role = cast(Role, role)  # checked above: system, user or assistant
         c = m.get("content")
         if isinstance(c, dict):
             c = [c]
         if c is None or isinstance(c, str):
-            out.append(Message(role=role, content=c or ""))
+            out.append(Message(role=msg_role, content=c or ""))
             continue
         if not isinstance(c, list):
             raise ValueError(f"messages[{i}].content: expected a string or a list of parts")
@@ -76,7 +77,7 @@ def messages_from_openai(raw: Any, *, for_moderation: bool = False) -> list[Mess
                     parts.append(ImagePart(uri=str(url)))
             elif p.get("type") not in ("input_audio", "file"):
                 raise ValueError(f"messages[{i}].content[{j}].type: unsupported part {p.get('type')!r}")
-        out.append(Message(role=role, content=parts or ""))
+        out.append(Message(role=msg_role, content=parts or ""))
     return out
 
 
@@ -101,14 +102,14 @@ class GuardProxy:
         self.log_bodies = log_bodies
         self.timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
-        self._log = None
+        self._log: TextIO | None = None
         self.stats = {"requests": 0, "flagged": 0, "blocked": 0, "moderation_errors": 0, "upstream_errors": 0}
 
     # -- lifecycle
     async def on_startup(self, app: web.Application) -> None:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         await self.defense.start()
-        self._log = open(self.log_path, "a", buffering=1) if self.log_path else None
+        self._log = open(self.log_path, "a", buffering=1) if self.log_path else None  # noqa: SIM115 (closed on cleanup)
 
     async def on_cleanup(self, app: web.Application) -> None:
         if self._session:

@@ -57,6 +57,7 @@ from mmsafe.judges.llm import LLMJudge, Options, fill, gather_all, load_template
 from mmsafe.judges.parse import looks_like_refusal
 from mmsafe.models.base import ChatResult, ConfigError, EndpointConfig
 from mmsafe.types import (
+    AssetPart,
     AudioPart,
     ImagePart,
     JudgeIdentity,
@@ -459,7 +460,7 @@ class GuardFormat:
         conv = self._conversation(texts, "User", "Agent")
         cats = "\n".join(f"{k}: {v}." for k, v in self.categories.items())
         text = fill(self.template, categories=cats, conversation=conv)
-        content: str | list[TextPart | ImagePart | AudioPart] = [*images, TextPart(text=text)] if images else text
+        content: str | list[TextPart | AssetPart] = [*images, TextPart(text=text)] if images else text
         return Request([Message(role="user", content=content)])
 
     # -- reading

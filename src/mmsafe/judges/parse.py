@@ -228,7 +228,8 @@ def _load_obj(s: str) -> dict[str, Any] | None:
 
 
 _KV_LINE = re.compile(
-    r"^[\s>*_#\-•\"']*(?:\d+[.)]\s*)?\[?([A-Za-z][A-Za-z _\-()/0-9]{0,40}?)\]?[\"'\s*_]*(?::|=|：|\s-\s)[\s*_]*(.+?)[\s,]*$")
+    r"^[\s>*_#\-•\"']*(?:\d+[.)]\s*)?\[?([A-Za-z][A-Za-z _\-()/0-9]{0,40}?)\]?"
+    r"[\"'\s*_]*(?::|=|：|\s-\s)[\s*_]*(.+?)[\s,]*$")
 
 
 def _kv_pairs(text: str) -> list[tuple[str, str]]:
@@ -359,7 +360,8 @@ _BRACKETED = re.compile(r"\[\[\s*([A-Za-z01 ]{1,20}?)\s*\]\]")
 _XML = re.compile(r"<(verdict|label|judgment|judgement|answer|classification)>\s*(.*?)\s*</\1>", re.I | re.S)
 _BOXED = re.compile(r"\\boxed\{\s*\\?(?:text\{)?\s*([A-Za-z01 ]{1,20}?)\s*\}?\s*\}")
 _GRADE = re.compile(r"\bGRADE\s*:\s*\**\s*([CI])\b")
-_INLINE_VERDICT = re.compile(r"(?<![\w\n])(?:final )?verdict\s*(?:is\s*:?|:|=)\s*\**\s*(unsafe|safe|harmful|harmless)\b", re.I)
+_INLINE_VERDICT = re.compile(
+    r"(?<![\w\n])(?:final )?verdict\s*(?:is\s*:?|:|=)\s*\**\s*(unsafe|safe|harmful|harmless)\b", re.I)
 _UNSAFE_LATER = re.compile(r"\b(?:unsafe|not safe)\b", re.I)
 
 
@@ -370,7 +372,7 @@ _LOOSE_PAIR = re.compile(r"""["']([A-Za-z_ ]{1,30})["']\s*:\s*("[^"]*"|'[^']*'|-
 _ECHO = re.compile(r"""["']\s+or\s+["']|<\s*\d\s*-\s*\d|<1 if""", re.I)
 
 
-def _add_loose(col: "_Collector", k: str, v: str) -> None:
+def _add_loose(col: _Collector, k: str, v: str) -> None:
     if v[:1] in "\"'":
         val: Any = v[1:-1]
     elif v.lower() in ("true", "false"):

@@ -112,8 +112,8 @@ def _item_counts(data: Any, counts: bool | None) -> np.ndarray:
                 items.append(i)
                 codes.append(index.setdefault(_canon(x), len(index)))
     c = max(len(index), 1)
-    flat = np.asarray(items, dtype=np.int64) * c + np.asarray(codes, dtype=np.int64)
-    return np.bincount(flat, minlength=n_items * c).reshape(n_items, c).astype(float)
+    cells = np.asarray(items, dtype=np.int64) * c + np.asarray(codes, dtype=np.int64)
+    return np.bincount(cells, minlength=n_items * c).reshape(n_items, c).astype(float)
 
 
 def fleiss_kappa(data: Any, *, counts: bool | None = None) -> float | None:
@@ -280,7 +280,7 @@ def percent_agreement(a: Sequence[Any], b: Sequence[Any] | None = None) -> float
         pairs = [(x, y) for x, y in zip(a, b) if not (_missing(x) or _missing(y))]
         if not pairs:
             return None
-        return sum(_canon(x) == _canon(y) for x, y in pairs) / len(pairs)
+        return sum(1 for x, y in pairs if _canon(x) == _canon(y)) / len(pairs)
     m = _item_counts(a, counts=False)
     ni = m.sum(axis=1)
     keep = ni >= 2
@@ -290,7 +290,7 @@ def percent_agreement(a: Sequence[Any], b: Sequence[Any] | None = None) -> float
     return float((((m * (m - 1)).sum(axis=1)) / (ni * (ni - 1))).mean())
 
 
-def _f1_kappa(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray):
+def _f1_kappa(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     f1 = safe_div(2 * tp, 2 * tp + fp + fn)
     n = tp + fp + tn + fn
     po = safe_div(tp + tn, n)

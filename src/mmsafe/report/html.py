@@ -192,7 +192,8 @@ def judge_tables(runs: list[RunInfo]) -> list[dict[str, Any]]:
                            "si": _ci(d.get("safety_index"), "si"), "sri": _ci(d.get("sri"), "sri")})
         pairs = []
         for p in (ag or {}).get("pairs") or []:
-            pairs.append({**p, "a_name": names.get(p.get("a"), p.get("a")), "b_name": names.get(p.get("b"), p.get("b"))})
+            pairs.append({**p, "a_name": names.get(p.get("a"), p.get("a")),
+                          "b_name": names.get(p.get("b"), p.get("b"))})
         curve = charts.line_chart(
             [{"name": f"{(d or {}).get('name', jid)} ({jid})", "points": (d or {}).get("by_turns") or {}}
              for jid, d in (js or {}).items()], title="ASR by number of user turns, per judge")
@@ -364,7 +365,8 @@ def render_report(runs: list[RunInfo], *, title: str | None = None, examples: in
         runs=runs, labels=labels, lb=lb, charts=ch, defense=drows, defense_chart=dchart,
         judge_tables=judge_tables(runs), costs=cost_rows(runs), provenance=[_provenance(r) for r in runs],
         pretty=_pretty, other=other, examples=ex, warnings=warnings, n_examples=examples,
-        multiturn=mt, over_refusal=over_refusal, css=Markup(static_text("report.css")), js=Markup(js), csp_hash=csp_hash,
+        multiturn=mt, over_refusal=over_refusal, css=Markup(static_text("report.css")), js=Markup(js),
+        csp_hash=csp_hash,
         data_json=_json_script(data),
     )
 
