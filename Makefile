@@ -52,12 +52,12 @@ demo: setup
 	$(VENV)/bin/mmsafe demo
 
 # ruff and mypy (their settings are in pyproject.toml: mypy's default mode on src/mmsafe,
-# the strict flags on types, metrics, store and the registries)
+# the strict flags on types, metrics, store and the registries); `make test` runs it first
 lint: setup-test
 	$(VENV)/bin/ruff check src/mmsafe
 	$(VENV)/bin/mypy
 
-test: setup-test sysdeps
+test: setup-test sysdeps lint
 	$(VENV)/bin/pytest -q
 
 bench: setup
