@@ -38,6 +38,8 @@ class _Model(BaseModel):
 
 
 class TextPart(_Model):
+    """A text part of a message."""
+
     type: Literal["text"] = "text"
     text: str
 
@@ -66,10 +68,14 @@ class _AssetPart(_Model):
 
 
 class ImagePart(_AssetPart):
+    """An image in a message: a file under the benchmark root (``path``) or a ``uri``, with its sha256."""
+
     type: Literal["image"] = "image"
 
 
 class AudioPart(_AssetPart):
+    """An audio clip in a message: a file under the benchmark root (``path``) or a ``uri``, with its sha256."""
+
     type: Literal["audio"] = "audio"
 
 
@@ -93,17 +99,21 @@ ContentPart = Annotated[TextPart | ImagePart | AudioPart | VideoPart, Field(disc
 
 
 class Message(_Model):
+    """One turn of a conversation: a role and plain text or a list of text/image/audio/video parts."""
+
     role: Role
     content: str | list[ContentPart]
 
     @property
     def text(self) -> str:
+        """The message's text (text parts joined by newlines)."""
         if isinstance(self.content, str):
             return self.content
         return "\n".join(p.text for p in self.content if isinstance(p, TextPart))
 
     @property
     def assets(self) -> list[AssetPart]:
+        """The message's image, audio and video parts, in order."""
         if isinstance(self.content, str):
             return []
         return [p for p in self.content if not isinstance(p, TextPart)]
@@ -120,6 +130,11 @@ class Conversation(_Model):
 
 
 class Sample(_Model):
+    """One benchmark item: a conversation ending in a user turn, the request it pursues, and its labels.
+
+    ``turns`` (user turns) is computed when left at 0 and checked otherwise.
+    """
+
     id: str
     question: str  # the underlying harmful request the conversation pursues
     messages: list[Message]  # the conversation; ends with a user turn
@@ -152,10 +167,12 @@ class Sample(_Model):
         return self
 
     def assets(self) -> list[AssetPart]:
+        """Every image, audio and video part of the conversation, in order."""
         return [a for m in self.messages for a in m.assets]
 
     @property
     def modalities(self) -> set[str]:
+        """The modalities the sample carries: always ``text``, plus ``image`` / ``audio`` / ``video`` when present."""
         mods = {"text"}
         for a in self.assets():
             mods.add(a.type)
@@ -163,6 +180,8 @@ class Sample(_Model):
 
 
 class BenchmarkCounts(_Model):
+    """Sample counts of a benchmark: by scenario, turns, method and modality."""
+
     n_samples: int = 0
     by_scenario: dict[str, int] = Field(default_factory=dict)
     by_turns: dict[str, int] = Field(default_factory=dict)
@@ -172,6 +191,7 @@ class BenchmarkCounts(_Model):
     n_assets: int = 0
 
     def add(self, s: Sample) -> None:
+        """Count one more sample."""
         self.n_samples += 1
         self.by_scenario[s.scenario] = self.by_scenario.get(s.scenario, 0) + 1
         k = str(s.turns)
@@ -184,6 +204,8 @@ class BenchmarkCounts(_Model):
 
 
 class BenchmarkManifest(_Model):
+    """A benchmark's ``manifest.json``: name, version, format, taxonomy, counts, licence and provenance."""
+
     name: str
     version: str = "1"
     format_version: int = FORMAT_VERSION
@@ -203,6 +225,8 @@ class BenchmarkManifest(_Model):
 
 
 class Usage(_Model):
+    """Token counts of one or more model calls (they add up with ``+``)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
 
@@ -229,6 +253,7 @@ class Response(_Model):
 
     @property
     def ok(self) -> bool:
+        """True when the model replied (no error, text present)."""
         return self.error is None and self.text is not None
 
 
@@ -243,6 +268,7 @@ class JudgeIdentity(_Model):
 
     @property
     def id(self) -> str:
+        """The judge id: ``KIND-`` and a hash of kind, models, prompt hash and settings."""
         h = hashlib.sha256(
             self.model_dump_json(include={"kind", "models", "prompt_hash", "settings"}).encode()
         ).hexdigest()[:12]
@@ -250,10 +276,13 @@ class JudgeIdentity(_Model):
 
     @property
     def name(self) -> str:
+        """A readable name: ``kind:model1,model2``."""
         return self.kind + (":" + ",".join(self.models) if self.models else "")
 
 
 class Verdict(_Model):
+    """A judge's verdict on one response: label, optional score/rating, rationale and how it was parsed."""
+
     sample_id: str
     judge_id: str
     label: Label
@@ -357,4 +386,5 @@ def verify_asset(part: AssetPart, root: Path) -> None:
 
 
 def sha256_bytes(data: bytes) -> str:
+    """The hex sha256 of some bytes."""
     return hashlib.sha256(data).hexdigest()
