@@ -98,6 +98,19 @@ def test_an_unknown_executor_is_one_line_and_exit_2(tmp_path, llm):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--executor 'dask': choose one of local, ray" in p.stderr
     assert "Traceback" not in p.stderr
+    p = subprocess.run(_cmd(bench, llm.url, tmp_path / "o", "slow-5", "--workers", "2"), env=_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--workers is used with --executor ray only" in p.stderr
+    import socket
+    with socket.socket() as sk:  # a port nothing listens on
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    t0 = time.monotonic()
+    p = subprocess.run(_cmd(bench, llm.url, tmp_path / "o", "slow-5", "--executor", "ray", "--ray-address",
+                            f"127.0.0.1:{port}"), env=_env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and f"--ray-address 127.0.0.1:{port}: no Ray cluster answers there" in p.stderr
+    assert time.monotonic() - t0 < 30 and "Traceback" not in p.stderr
+    assert not (tmp_path / "o").exists()  # found before --out is created
 
 
 def _worker_pids(run_dir: Path) -> set[int]:

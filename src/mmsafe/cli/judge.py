@@ -76,7 +76,8 @@ def judge_cmd(
                                           fallback=batch_fallback, on_progress=update))
         else:
             res = api.judge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
-                            use_cache=cache, on_progress=update, executor=check_executor(executor),
+                            use_cache=cache, on_progress=update,
+                        executor=check_executor(executor, ray_address=ray_address, workers=workers),
                             ray_address=ray_address, workers=workers)
     st = res.stats
     if res.stopped == "fatal" and not st["judged"]:  # nothing judged: the one line is all there is to say

@@ -221,7 +221,7 @@ def run(
                       si_grouping=si_grouping_value(si_grouping) or "aligned", store_url=store or None,
                       name=_run_name(name), ray_address=ray_address, workers=workers,
                       batch=batch, batch_fallback=batch_fallback, batch_poll_s=batch_poll,
-                      executor=check_executor(executor))
+                      executor=check_executor(executor, ray_address=ray_address, workers=workers))
     gc.freeze()  # the long-lived import-time objects leave the collector's scans: less CPU per request
     with progress:
         outcome = run_async(execute(opts))

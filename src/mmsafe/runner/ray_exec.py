@@ -53,9 +53,11 @@ _MERGED_KEY = "ray_merged:"  # meta key prefix: a shard store already merged int
 __all__ = ["SHARDS_DIR", "check_executor", "connect", "drive_run", "judge_pool", "merge_shard", "shard_size"]
 
 
-def check_executor(name: str) -> str:
+def check_executor(name: str, *, ray_address: str | None = None, workers: int | None = None) -> str:
     """``--executor NAME``: ``local`` or an executor the registry lists (``type="executor"``);
-    anything else is an :class:`~mmsafe.types.InputError` naming the choices."""
+    anything else, ``--ray-address``/``--workers`` without ``--executor ray``, or a cluster
+    address nothing answers on is an :class:`~mmsafe.types.InputError` (one line, exit 2),
+    found before ``--out`` is created."""
     from mmsafe.registry import registry
     from mmsafe.types import InputError
 
@@ -63,7 +65,30 @@ def check_executor(name: str) -> str:
                          if e.meta.get("type") == "executor" and e.name in _BY_OPTION]
     if name not in names:
         raise InputError(f"--executor {name!r}: choose one of {', '.join(names)}")
+    if name != "ray" and (ray_address is not None or workers is not None):
+        raise InputError(f"--{'ray-address' if ray_address is not None else 'workers'} is used with "
+                         f"--executor ray only (got --executor {name})")
+    addr = ray_address or os.environ.get("RAY_ADDRESS")
+    if name == "ray" and addr and addr not in ("auto", "local"):
+        _probe(addr)
     return name
+
+
+def _probe(addr: str) -> None:
+    """A cluster address (``HOST:PORT`` or ``ray://HOST:PORT``) must accept a TCP connection
+    within 5 s: ray itself waits minutes for a head node that is not there."""
+    import socket
+
+    from mmsafe.types import InputError
+
+    hostport = addr.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise InputError(f"--ray-address {addr}: expected HOST:PORT, ray://HOST:PORT, auto or local")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise InputError(f"--ray-address {addr}: no Ray cluster answers there ({e.strerror or e})") from None
 
 
 def _ray() -> Any:
