@@ -211,3 +211,26 @@ def test_a_ray_run_on_a_postgresql_store_writes_every_sample_once(tmp_path, llm,
     assert [r["id"] for r in _results(out)] == [f"s{i}" for i in range(n)]
     assert not (out / "run.sqlite").exists()  # the workers wrote to the shared PostgreSQL run
     assert json.loads((out / "summary.json").read_text())["n_samples"] == n
+
+
+def test_a_killed_ray_driver_is_resumed_by_rerunning_the_command_with_nothing_lost(tmp_path, llm, cluster):
+    n, model = 40, "slow-100"
+    bench = make_benchmark(tmp_path / "b", n=n, image=False)
+    out = tmp_path / "ray"
+    cmd = _cmd(bench, llm.url, out, model, "--max-connections", "4", "--executor", "ray", "--ray-address", cluster,
+               "--workers", "2")
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 40
+    while sum(_sent(llm, model).values()) < 10 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.kill()  # SIGKILL of the driver: Ray ends its tasks; the shard stores stay in RUN_DIR/ray-shards
+    proc.wait()
+    time.sleep(1.0)  # Ray reaps the dead driver's workers
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=90)
+    assert p.returncode == 0, p.stderr
+    sent = _sent(llm, model)
+    assert set(sent) == {f"s{i}" for i in range(n)}  # 0 lost
+    assert sum(sent.values()) - n <= 4  # at most what the two workers had in flight (2 each)
+    assert [r["id"] for r in _results(out)] == [f"s{i}" for i in range(n)]
+    assert not (out / "ray-shards").exists()
