@@ -21,6 +21,7 @@ import hashlib
 import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -32,7 +33,7 @@ import yaml
 from mmsafe import taxonomy
 from mmsafe.judges.parse import _json_candidates
 from mmsafe.models import CostLedger, ModelClient, ResponseCache, build_provider, resolve_endpoint
-from mmsafe.models.base import ConfigError
+from mmsafe.models.base import ChatResult, ConfigError
 from mmsafe.models.engine import request_log
 from mmsafe.types import AssetPart, ImagePart, Message, TextPart
 
@@ -41,6 +42,8 @@ from mmsafe.types import AssetPart, ImagePart, Message, TextPart
 
 @dataclass
 class Policy:
+    """One safety policy: an id, the scenario it belongs to (None = general) and its text."""
+
     id: str
     scenario: str | None
     text: str
@@ -58,6 +61,7 @@ class PolicyLibrary:
 
     @classmethod
     def load(cls, extra: Path | None = None) -> PolicyLibrary:
+        """The shipped policies, with a user's YAML file merged over them (same ids replace)."""
         text = resources.files("mmsafe").joinpath("data/policies/policies.yaml").read_text()
         lib = cls._from_yaml(text, "builtin")
         if extra is not None:
@@ -98,6 +102,7 @@ class PolicyLibrary:
         return cls(str(data.get("preamble") or "").strip(), general, by, source)
 
     def merge(self, other: PolicyLibrary) -> None:
+        """Merge another library in: its preamble and policies replace those with the same id."""
         if other.preamble:
             self.preamble = other.preamble
         ids = {p.id: i for i, p in enumerate(self.general)}
@@ -125,6 +130,7 @@ class PolicyLibrary:
         return out
 
     def system_prompt(self, policies: list[Policy]) -> str:
+        """The system-prompt text: the preamble, then the policies as a bullet list."""
         return self.preamble + "\n" + "\n".join(f"- {p.text}" for p in policies)
 
 
@@ -133,6 +139,8 @@ class PolicyLibrary:
 
 @dataclass
 class Moderation:
+    """One moderation: flagged (None when the moderation failed), score, scenario, cost and requests."""
+
     flagged: bool | None  # None = the moderation itself failed
     score: float | None
     scenario: str | None  # taxonomy id, or None
@@ -146,6 +154,7 @@ class Moderation:
     cost_usd: float = 0.0
 
     def public(self) -> dict[str, Any]:
+        """What is stored with a response: flagged, score, scenario, categories, error, latency."""
         return {"flagged": self.flagged, "score": self.score, "scenario": self.scenario,
                 "categories": self.categories, "error": self.error, "latency_ms": round(self.latency_ms, 3)}
 
@@ -157,15 +166,23 @@ class Moderator:
     identity: dict[str, Any]
 
     def bind(self, *, ledger: CostLedger | None = None, cache: ResponseCache | None = None) -> None:
+        """Share the runner's cost ledger and response cache with the moderator's model calls."""
         return None
 
     async def start(self) -> None:
+        """Open what the moderator needs; a no-op by default."""
         return None
 
     async def close(self) -> None:
+        """Release what ``start`` opened; a no-op by default."""
         return None
 
     async def assess(self, messages: list[Message], root: Path | None = None) -> Moderation:
+        """Moderate a dialogue (user and assistant turns so far).
+
+        A failed call gives ``flagged=None`` with ``error`` set; a fatal endpoint error or a spent
+        budget raises.
+        """
         raise NotImplementedError
 
 
@@ -225,6 +242,7 @@ class OfflineModerator(Moderator):
             return self.model.assess(turns)
 
     async def assess(self, messages: list[Message], root: Path | None = None) -> Moderation:
+        """Assess the user turns with the CPU model (no API call)."""
         t0 = time.perf_counter()
         if self._serial is None:
             r = self.model.assess(_turns(messages))
@@ -293,12 +311,15 @@ class _ClientModerator(Moderator):
         if self.client is not None:
             await self.client.close()
 
-    async def _ask(self, msgs: list[Message], root: Path | None, params: dict[str, Any] | None = None):
+    async def _ask(self, msgs: list[Message], root: Path | None, params: dict[str, Any] | None = None,
+                   ) -> ChatResult:
         assert self.client is not None, "moderator not started"
         return await self.client.chat(msgs, root=root, params=params)
 
 
 class LLMModerator(_ClientModerator):
+    """``moderator:llm:MODEL``: an LLM asked for a JSON harm judgement and scenario of the dialogue."""
+
     kind = "llm"
 
     def __init__(self, model_spec: str, models_file: Path | None = None, threshold: float = 0.5):
@@ -308,6 +329,7 @@ class LLMModerator(_ClientModerator):
                          "prompt_hash": hashlib.sha256(LLM_MODERATOR_PROMPT.encode()).hexdigest()[:16]}
 
     async def assess(self, messages: list[Message], root: Path | None = None) -> Moderation:
+        """Ask the LLM; a failed call or an unparsable reply gives ``flagged=None`` with ``error`` set."""
         t0 = time.perf_counter()
         dialogue = "\n".join(f"{m.role.upper()}: {m.text}" + (" [image attached]" if m.assets else "")
                              for m in messages if m.role in ("user", "assistant"))
@@ -380,6 +402,7 @@ class GuardModerator(_ClientModerator):
             self.identity.update(format=fmt.name, send=fmt.send, prompt_hash=fmt.prompt_hash())
 
     def prompt(self, messages: list[Message]) -> str:
+        """The Llama Guard 3 prompt for the dialogue (S1-S14 categories, User/Agent turns)."""
         cats = "\n".join(f"{k}: {v}." for k, v in self._g.LLAMA_GUARD3_CATEGORIES.items())
         conv = "\n\n".join(f"{'User' if r == 'user' else 'Agent'}: {t}" for r, t in _turns(messages))
         return GUARD_USER_PROMPT.format(categories=cats, conversation=conv)
@@ -407,6 +430,7 @@ class GuardModerator(_ClientModerator):
                           raw=raw, latency_ms=lat, requests=reqs_log, cost_usd=cost)
 
     async def assess(self, messages: list[Message], root: Path | None = None) -> Moderation:
+        """Ask the guard model; its S-category maps to a taxonomy scenario."""
         t0 = time.perf_counter()
         if self.guard is not None:
             return await self._assess_format(messages, root, t0)
@@ -454,11 +478,12 @@ def make_moderator(spec: str, models_file: Path | None = None) -> Moderator:
     return m
 
 
-async def moderate_all(moderator: Moderator, convs, root: Path | None, concurrency: int = 16):
+async def moderate_all(moderator: Moderator, convs: Iterable[tuple[Any, list[Message]]], root: Path | None,
+                       concurrency: int = 16) -> list[tuple[Any, Moderation]]:
     """Moderate many conversations concurrently, yielding (id, Moderation) in input order."""
     sem = asyncio.Semaphore(concurrency)
 
-    async def one(cid, msgs):
+    async def one(cid: Any, msgs: list[Message]) -> tuple[Any, Moderation]:
         async with sem:
             return cid, await moderator.assess(msgs, root)
 
