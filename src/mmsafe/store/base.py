@@ -66,6 +66,7 @@ class Holder:
 
     @property
     def id(self) -> str:
+        """``host:pid:token``, as stored with each claim."""
         return f"{self.host}:{self.pid}:{self.token}"
 
     @staticmethod

@@ -302,6 +302,7 @@ class SQLiteRunStore(RunStore):
 
     # -- claims (BEGIN IMMEDIATE: the claim is decided and written under the file's write lock)
     def begin_claims(self, lease_s: float | None = None) -> Holder:
+        """Start claiming as this process (the lease defaults to :func:`mmsafe.store.base.lease_seconds`)."""
         self._holder = Holder.here()
         self._lease = lease_s if lease_s is not None else lease_seconds()
         self._started = time.time()
@@ -313,6 +314,7 @@ class SQLiteRunStore(RunStore):
         return self._holder
 
     def claim_many(self, sample_ids: list[str], judge_id: str) -> dict[str, Claim]:
+        """Claim several samples in one transaction (see :func:`mmsafe.store.base.decide_claim`)."""
         me = self._me()
         now = time.time()
         out: dict[str, Claim] = {}
@@ -338,14 +340,17 @@ class SQLiteRunStore(RunStore):
         return out
 
     def finish_claim(self, sample_id: str) -> None:
+        """This process is done with the sample (its reply and verdict, or its failure, are stored)."""
         self.db.execute("UPDATE claims SET done_at=? WHERE sample_id=? AND holder=?",
                         (time.time(), sample_id, self._me().id))
 
     def renew_claims(self) -> int:
+        """Extend the lease of every unfinished claim this process holds; returns how many."""
         return self.db.execute("UPDATE claims SET expires=? WHERE holder=? AND done_at IS NULL",
                                (time.time() + self._lease, self._me().id)).rowcount
 
     def release_claims(self) -> None:
+        """Give up the unfinished claims of this process: others may take them at once."""
         if self._holder is not None:
             self.db.execute("DELETE FROM claims WHERE holder=? AND done_at IS NULL", (self._holder.id,))
 
