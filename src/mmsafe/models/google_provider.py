@@ -91,7 +91,7 @@ def encode_gemini_contents(messages: list[Message], root: Path | None,
             continue
         role = "model" if m.role == "assistant" else "user"
         if contents and contents[-1].role == role:
-            contents[-1].parts.extend(parts)  # type: ignore[union-attr]
+            contents[-1].parts.extend(parts)  # type: ignore[union-attr]  # set: every Content here is built with parts
         else:
             contents.append(gt.Content(role=role, parts=parts))
     return {"system": "\n\n".join(sys_parts) or None, "contents": contents}

@@ -158,7 +158,7 @@ class LoopbackServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
+        sock = site._server.sockets[0]  # type: ignore[union-attr]  # the server exists once start() returned
         self.port = sock.getsockname()[1]
         return f"http://127.0.0.1:{self.port}/v1"
 
