@@ -132,7 +132,8 @@ def test_a_ray_worker_killed_mid_shard_is_retried_with_nothing_lost_or_duplicate
     out = tmp_path / "ray"
     proc = subprocess.Popen(_cmd(bench, llm.url, out, model, "--max-connections", "4", "--executor", "ray",
                                  "--ray-address", cluster, "--workers", "2"),
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env={**_env(), "MMSAFE_PROGRESS_INTERVAL": "0.3"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     victim = None
     deadline = time.monotonic() + 40
     while victim is None and time.monotonic() < deadline and proc.poll() is None:
@@ -151,6 +152,9 @@ def test_a_ray_worker_killed_mid_shard_is_retried_with_nothing_lost_or_duplicate
     assert 0 <= resent <= 2  # at most the killed worker's requests in flight (its cap: 4 // 2)
     rows = _results(out)
     assert [r["id"] for r in rows] == [f"s{i}" for i in range(n)]  # each once, in order
+    # one progress line that moves while shards run (not only as they end: 4 shards of 15 here)
+    counts = {int(m) for m in re.findall(r": (\d+)/60 ", stderr)}
+    assert len(counts - {0, 15, 30, 45, 60}) >= 2, stderr[-2000:]
     db = sqlite3.connect(out / "run.sqlite")
     assert db.execute("SELECT COUNT(*), COUNT(DISTINCT sample_id) FROM responses WHERE status='ok'").fetchone() \
         == (n, n)

@@ -124,6 +124,47 @@ def _split(cap: int | None, workers: int) -> int | None:
     return None if cap is None else max(1, cap // workers)
 
 
+class _Tally:
+    """A Ray actor: samples done per running shard, as its worker reports them (a retried
+    shard's count replaces its own), so the driver's one progress line moves between shards."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, int] = {}
+
+    def report(self, tag: str, n: int) -> None:
+        """Shard ``tag`` has done ``n`` samples."""
+        self.done[tag] = n
+
+    def total(self, tags: list[str]) -> int:
+        """Samples done by the shards ``tags``."""
+        return sum(self.done.get(t, 0) for t in tags)
+
+
+def _reporter(tally: Any, tag: str) -> Callable[[dict[str, Any]], None]:
+    """A worker's ``on_progress``: the shard's done count to the tally, at most twice a second."""
+    last = [0.0]
+
+    def report(stats: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if tally is not None and now - last[0] >= 0.5:
+            last[0] = now
+            tally.report.remote(tag, int(stats.get("done", 0)))
+
+    return report
+
+
+def _wait_one(ray: Any, in_flight: dict[Any, tuple[Path, str]], tally: Any, stats: dict[str, Any],
+              on_progress: Callable[[dict[str, Any]], None] | None) -> Any:
+    """The next shard to end; meanwhile the progress line shows the running shards' counts."""
+    while True:
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+        if ready:
+            return ready[0]
+        if on_progress is not None:
+            live = ray.get(tally.total.remote([t for _, t in in_flight.values()]))
+            on_progress({**stats, "done": stats["done"] + live})
+
+
 def merge_shard(store: RunStore, shard_file: Path, tag: str) -> int:
     """Merge a shard's SQLite store into the run's SQLite ``store`` (one transaction, recorded
     under ``tag``: merging the same shard again does nothing). A successful reply in the run
@@ -164,14 +205,16 @@ def merge_shard(store: RunStore, shard_file: Path, tag: str) -> int:
     return n
 
 
-def _run_shard(opts: RunOptions, ids: list[str], shard_dir: str, driver_node: str) -> dict[str, Any]:
+def _run_shard(opts: RunOptions, ids: list[str], shard_dir: str, driver_node: str, tally: Any = None,
+               tag: str = "") -> dict[str, Any]:
     """A Ray task: run one shard with mmsafe's own engine; its outcome (and, from another node
     without a shared store, its SQLite store file)."""
     import ray
 
     from mmsafe.runner.run import execute
 
-    o = dataclasses.replace(opts, executor="local", sample_ids=frozenset(ids), out=Path(shard_dir), on_progress=None)
+    o = dataclasses.replace(opts, executor="local", sample_ids=frozenset(ids), out=Path(shard_dir),
+                            on_progress=_reporter(tally, tag))
     outcome = asyncio.run(execute(o))
     res: dict[str, Any] = {"stats": {k: v for k, v in outcome.stats.items() if isinstance(v, (int, float))},
                            "stopped": outcome.stopped, "error": outcome.fatal_error, "pid": os.getpid(),
@@ -233,6 +276,7 @@ def _drive(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, A
     task = ray.remote(_run_shard).options(max_retries=3, retry_exceptions=False, num_cpus=1, num_gpus=gpus)
     base_ref = ray.put(base)
     node = ray.get_runtime_context().get_node_id()
+    tally = ray.remote(_Tally).options(num_cpus=0).remote()
 
     def progress() -> None:
         if opts.on_progress:
@@ -261,7 +305,7 @@ def _drive(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, A
         o = base_ref
         if opts.max_cost is not None:  # the budget left, shared by the shards running at once
             o = ray.put(dataclasses.replace(base, max_cost=max(0.0, (opts.max_cost - spent) / workers)))
-        in_flight[task.remote(o, ids, str(d), node)] = (d, tag)
+        in_flight[task.remote(o, ids, str(d), node, tally, tag)] = (d, tag)
         stats["shards"] += 1
 
     def finish(ref: Any) -> None:
@@ -291,14 +335,12 @@ def _drive(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, A
     try:
         for ids in shards():
             while len(in_flight) >= 2 * workers:
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                finish(ready[0])
+                finish(_wait_one(ray, in_flight, tally, stats, opts.on_progress))
             if stop["reason"]:
                 break
             submit(ids)
         while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            finish(ready[0])
+            finish(_wait_one(ray, in_flight, tally, stats, opts.on_progress))
     except BaseException:
         for ref in in_flight:
             ray.cancel(ref, force=True)
@@ -320,7 +362,7 @@ def _drive(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, A
 
 def _judge_shard(samples: list[Any], judge: Any, judge_id: str, run_dir: str, pointer: dict[str, Any] | None,
                  shard_dir: str, max_connections: int, use_cache: bool, cache_dir: str | None,
-                 root: str) -> dict[str, Any]:
+                 root: str, tally: Any = None, tag: str = "") -> dict[str, Any]:
     """A Ray task: judge one shard of stored replies. The replies are read from the run's store
     (its SQLite file, read-only: the run directory must be visible from the worker's node, or
     the shared PostgreSQL run); the verdicts go to the shard's own SQLite store (merged by the
@@ -332,6 +374,7 @@ def _judge_shard(samples: list[Any], judge: Any, judge_id: str, run_dir: str, po
 
     stats = {"judged": 0, "done": 0, "errors": 0}
     stop: dict[str, Any] = {"reason": None, "error": None}
+    report = _reporter(tally, tag)
 
     async def go() -> None:
         src: RunStore
@@ -377,6 +420,7 @@ def _judge_shard(samples: list[Any], judge: Any, judge_id: str, run_dir: str, po
             stats["judged"] += 1
             stats["done"] += 1
             stats["errors"] += verdict.parse_status == "error"
+            report(stats)
 
         await judge.start()
         try:
@@ -424,6 +468,7 @@ def judge_pool(run_dir: Path, store: RunStore, judge: Any, judge_id: str, stats:
         shards_root = run_dir / SHARDS_DIR
         in_flight: dict[Any, tuple[Path, str]] = {}
         count = 0
+        tally = ray.remote(_Tally).options(num_cpus=0).remote()
 
         def submit(chunk: list[Any]) -> None:
             nonlocal count
@@ -432,7 +477,7 @@ def judge_pool(run_dir: Path, store: RunStore, judge: Any, judge_id: str, stats:
             d.mkdir(parents=True, exist_ok=True)
             ref = task.remote(chunk, judge_ref, judge_id, str(run_dir), pointer, str(d),
                               max(1, max_connections // n_workers), use_cache,
-                              None if cache_dir is None else str(cache_dir), str(root))
+                              None if cache_dir is None else str(cache_dir), str(root), tally, tag)
             in_flight[ref] = (d, tag)
             count += 1
 
@@ -462,7 +507,7 @@ def judge_pool(run_dir: Path, store: RunStore, judge: Any, judge_id: str, stats:
                 if len(chunk) < size:
                     continue
                 while len(in_flight) >= 2 * n_workers:
-                    finish(ray.wait(list(in_flight), num_returns=1)[0][0])
+                    finish(_wait_one(ray, in_flight, tally, stats, on_progress))
                 if stop["reason"]:
                     break
                 submit(chunk)
@@ -470,7 +515,7 @@ def judge_pool(run_dir: Path, store: RunStore, judge: Any, judge_id: str, stats:
             if chunk and not stop["reason"]:
                 submit(chunk)
             while in_flight:
-                finish(ray.wait(list(in_flight), num_returns=1)[0][0])
+                finish(_wait_one(ray, in_flight, tally, stats, on_progress))
         except BaseException:
             for ref in in_flight:
                 ray.cancel(ref, force=True)
