@@ -55,15 +55,173 @@ def _dump(r: ChatResult) -> dict[str, Any]:
             "output_tokens": r.output_tokens, "model": r.model, "cost_usd": r.cost_usd, "error": r.error}
 
 
-async def rejudge_batch(run_dir: Path, judge: Judge, *, primary: bool = False, benchmark: Path | None = None,
-                        poll_s: float = 30.0, fallback: str = "batch",
-                        on_progress: Callable[[dict[str, Any]], None] | None = None) -> RejudgeOutcome:
-    """Judge a stored fixed-mode run's replies with ``judge``, its LLM calls through batch APIs."""
+def _check_judge(judge: Judge, fallback: str) -> Callable[[], dict[str, ModelClient]]:
     if fallback not in FALLBACKS:
         raise ConfigError(f"--batch-fallback: {fallback!r} is not one of {', '.join(FALLBACKS)}")
     build = getattr(judge, "_build_clients", None)
     if build is None:
         raise ConfigError(f"--batch: judge {judge.identity.name} makes no LLM calls to batch; run it without --batch")
+    return build
+
+
+def _todo(store: Any, bench: Any, run_dir: Path, ok_ids: set[str], done: set[str]) -> list[tuple[Sample, Any]]:
+    """The stored fixed-mode replies not judged yet; a live/adaptive run is refused."""
+    todo: list[tuple[Sample, Any]] = []
+    for s in bench.iter_samples():
+        if s.id in ok_ids and s.id not in done:
+            resp = store.get_response(s.id)
+            if resp is None or not resp.ok:
+                continue
+            if is_multiturn_record(resp.extra):
+                raise ConfigError(f"--batch: {run_dir} holds live/adaptive conversations; only a fixed-mode "
+                                  "run's replies (one per sample) are judged through a batch API")
+            todo.append((s, resp))
+    return todo
+
+
+class _BatchJudging:
+    """One ``mmsafe judge --batch``: rounds of judging, deferred calls sent as batches, replies kept."""
+
+    def __init__(self, store: Any, judge: Judge, judge_id: str, bench: Any, clients: dict[str, ModelClient],
+                 ledger: CostLedger, *, poll_s: float, fallback: str,
+                 on_progress: Callable[[dict[str, Any]], None] | None, n_todo: int, n_skipped: int):
+        self.store, self.judge, self.bench, self.clients, self.ledger = store, judge, bench, clients, ledger
+        self.poll_s, self.fallback, self.on_progress = poll_s, fallback, on_progress
+        self.answers_key = f"batch_answers:{judge_id}"
+        self.answers: dict[str, dict[str, Any]] = dict(store.get_meta(self.answers_key) or {})
+        self.pending: dict[str, tuple[str, list[Message], Path | None, str | None, dict[str, Any]]] = {}
+        self.tries: dict[str, int] = {}
+        self.go_live: set[str] = set()
+        self.stats: dict[str, Any] = {"total": n_todo, "done": 0, "judged": 0, "skipped_done": n_skipped,
+                                      "errors": 0, "sent": 0, "missing_in_benchmark": 0, "cost_usd": 0.0,
+                                      "started": time.time(), "batch": {"jobs": 0, "resumed": 0, "lines": 0,
+                                                                        "failed_lines": 0, "pricing": {}}}
+        self.bstats: dict[str, Any] = self.stats["batch"]
+        for name, c in clients.items():
+            self.bstats["pricing"][name] = batch_pricing_note(c.provider)
+            batch_backend(c.provider)  # a provider without a batch API: one line before anything is sent
+            _wrap(c, name, self.answers, self.pending, self.go_live)
+        self.jobs = _Jobs(store, f"batch_jobs:judge:{judge_id}")
+
+    def note(self, msg: str) -> None:
+        print(f"judge {self.judge.identity.name}: {msg}", file=sys.stderr, flush=True)
+        if self.on_progress:
+            self.stats["cost_usd"] = self.ledger.total_cost
+            self.on_progress(self.stats)
+
+    async def _submit_or_find(self, c: ModelClient, backend: Any, job: dict[str, Any]) -> None:
+        found = await api_call(c.provider, backend.find, job["tag"], len(job["lines"]), job["created"])
+        if found is None:
+            lines = []
+            for cid, key in job["lines"].items():
+                _, msgs, root, system, params = self.pending[key]
+                lines.append(backend.request_line(cid, c.provider.encode(msgs, root, system), params))
+            found = await api_call(c.provider, backend.submit, lines, job["tag"])
+            self.bstats["lines"] += len(lines)
+        job["remote"], job["state"] = found, "submitted"
+        self.jobs.save()
+
+    async def _poll(self, c: ModelClient, backend: Any, job: dict[str, Any]) -> Any:
+        last = ""
+        while True:
+            st = await api_call(c.provider, backend.state, job["remote"])
+            msg = f"batch {job['remote']}: {st.status} " + " ".join(f"{k}={v}" for k, v in st.counts.items() if v)
+            if msg != last:
+                self.note(msg.strip())
+                last = msg
+            if st.terminal:
+                return st
+            await asyncio.sleep(self.poll_s)
+
+    def _collect(self, c: ModelClient, job: dict[str, Any], st: Any, results: dict[str, ChatResult]) -> None:
+        for cid, key in job["lines"].items():
+            res = results.get(cid) or ChatResult(text=None, error=f"batch {job['remote']} {st.status}: no result")
+            if res.ok:
+                res.cost_usd = c.cfg.price.batch_cost(res.input_tokens, res.output_tokens)
+                self.answers[key] = _dump(res)
+            else:
+                self.bstats["failed_lines"] += 1
+                if self.fallback == "live":
+                    self.go_live.add(key)
+                elif self.tries.get(key, 0) >= MAX_ROUNDS:
+                    self.answers[key] = _dump(res)  # the judge sees the failure (an error verdict)
+        self.store.set_meta(self.answers_key, self.answers)  # before the job is marked: a kill re-reads them
+        job["state"] = "collected"
+        self.jobs.save()
+
+    async def run_job(self, job: dict[str, Any]) -> None:
+        c = self.clients[job["client"]]
+        backend = batch_backend(c.provider)
+        await backend.start()
+        try:
+            if job.get("remote") is None:
+                await self._submit_or_find(c, backend, job)
+            st = await self._poll(c, backend, job)
+            results = await api_call(c.provider, backend.results, st)
+        finally:
+            await backend.close()
+        self._collect(c, job, st, results)
+
+    async def judge_one(self, s: Sample, resp: Any) -> bool:
+        """True when the sample's verdict was stored; False when a call was deferred to a batch."""
+        try:
+            verdict, rows = await self.judge.judge(s, resp, self.bench.root)
+        except _Deferred:
+            return False
+        self.store.save_verdict(verdict, rows)
+        self.stats["judged"] += 1
+        self.stats["done"] += 1
+        self.stats["errors"] += verdict.parse_status == "error"
+        return True
+
+    async def _round(self, todo: list[tuple[Sample, Any]]) -> list[tuple[Sample, Any]]:
+        self.pending.clear()
+        left: list[tuple[Sample, Any]] = []
+        for i in range(0, len(todo), 256):
+            chunk = todo[i:i + 256]
+            got = await asyncio.gather(*(self.judge_one(s, r) for s, r in chunk))
+            left.extend(x for x, ok in zip(chunk, got, strict=True) if not ok)
+        return left
+
+    async def _submit_pending(self) -> None:
+        from mmsafe.runner import batch as _batch
+        by_client: dict[str, list[str]] = {}
+        for key, (name, *_rest) in self.pending.items():
+            if key not in self.answers and key not in self.go_live:
+                by_client.setdefault(name, []).append(key)
+        parts = [(name, keys[i:i + _batch.MAX_LINES]) for name, keys in by_client.items()
+                 for i in range(0, len(keys), _batch.MAX_LINES)]
+        for name, keys in parts:
+            for key in keys:
+                self.tries[key] = self.tries.get(key, 0) + 1
+            tag = uuid.uuid4().hex[:16]
+            job = {"tag": tag, "client": name, "remote": None, "state": "submitting", "created": time.time(),
+                   "lines": {f"j{tag[:6]}-{n}": key for n, key in enumerate(keys)}}
+            self.jobs.jobs.append(job)
+            self.jobs.save()  # recorded before the POST
+            self.bstats["jobs"] += 1
+            await self.run_job(job)
+
+    async def go(self, todo: list[tuple[Sample, Any]]) -> None:
+        for job in self.jobs.open():  # a killed command's batches: resume, never resubmit
+            self.bstats["resumed"] += 1
+            if job.get("remote") is None and any(k not in self.pending for k in job["lines"].values()):
+                continue  # its calls are re-recorded below and looked up by tag then
+            await self.run_job(job)
+        for _ in range(MAX_STAGES * MAX_ROUNDS):
+            todo = await self._round(todo)
+            if not todo or not self.pending:
+                break
+            for job in self.jobs.open():  # one recorded without an id before a kill: its calls are known now
+                await self.run_job(job)
+            await self._submit_pending()
+
+
+async def rejudge_batch(run_dir: Path, judge: Judge, *, primary: bool = False, benchmark: Path | None = None,
+                        poll_s: float = 30.0, fallback: str = "batch",
+                        on_progress: Callable[[dict[str, Any]], None] | None = None) -> RejudgeOutcome:
+    """Judge a stored fixed-mode run's replies with ``judge``, its LLM calls through batch APIs."""
+    build = _check_judge(judge, fallback)
     if not has_store(run_dir):
         raise StoreError(f"{run_dir}: no run store here ({STORE_FILE} missing)")
     store = open_store(run_dir)
@@ -77,142 +235,23 @@ async def rejudge_batch(run_dir: Path, judge: Judge, *, primary: bool = False, b
         old_primary = store.get_meta("primary_judge") or judge_id
         ok_ids = store.ok_sample_ids()
         done = store.judged_sample_ids(judge_id)
-        todo: list[tuple[Sample, Any]] = []
-        for s in bench.iter_samples():
-            if s.id in ok_ids and s.id not in done:
-                resp = store.get_response(s.id)
-                if resp is None or not resp.ok:
-                    continue
-                if is_multiturn_record(resp.extra):
-                    raise ConfigError(f"--batch: {run_dir} holds live/adaptive conversations; only a fixed-mode "
-                                      "run's replies (one per sample) are judged through a batch API")
-                todo.append((s, resp))
+        todo = _todo(store, bench, run_dir, ok_ids, done)
         ledger = CostLedger()
         if hasattr(judge, "bind"):
             judge.bind(ledger=ledger, cache=None)  # replies come from the batches, not the response cache
-        clients: dict[str, ModelClient] = build()
-        answers_key = f"batch_answers:{judge_id}"
-        answers: dict[str, dict[str, Any]] = dict(store.get_meta(answers_key) or {})
-        pending: dict[str, tuple[str, list[Message], Path | None, str | None, dict[str, Any]]] = {}
-        tries: dict[str, int] = {}
-        go_live: set[str] = set()
-        stats: dict[str, Any] = {"total": len(todo), "done": 0, "judged": 0, "skipped_done": len(ok_ids & done),
-                                 "errors": 0, "sent": 0, "missing_in_benchmark": 0, "cost_usd": 0.0,
-                                 "started": time.time(), "batch": {"jobs": 0, "resumed": 0, "lines": 0,
-                                                                   "failed_lines": 0, "pricing": {}}}
-        bstats = stats["batch"]
-        for name, c in clients.items():
-            bstats["pricing"][name] = batch_pricing_note(c.provider)
-            batch_backend(c.provider)  # a provider without a batch API: one line before anything is sent
-            _wrap(c, name, answers, pending, go_live)
-        jobs = _Jobs(store, f"batch_jobs:judge:{judge_id}")
+        work = _BatchJudging(store, judge, judge_id, bench, build(), ledger, poll_s=poll_s, fallback=fallback,
+                             on_progress=on_progress, n_todo=len(todo), n_skipped=len(ok_ids & done))
         stop: dict[str, Any] = {"reason": None, "error": None}
-
-        def note(msg: str) -> None:
-            print(f"judge {judge.identity.name}: {msg}", file=sys.stderr, flush=True)
-            if on_progress:
-                stats["cost_usd"] = ledger.total_cost
-                on_progress(stats)
-
-        async def run_job(job: dict[str, Any]) -> None:
-            c = clients[job["client"]]
-            backend = batch_backend(c.provider)
-            await backend.start()
-            try:
-                if job.get("remote") is None:
-                    found = await api_call(c.provider, backend.find, job["tag"], len(job["lines"]), job["created"])
-                    if found is None:
-                        lines = []
-                        for cid, key in job["lines"].items():
-                            _, msgs, root, system, params = pending[key]
-                            lines.append(backend.request_line(cid, c.provider.encode(msgs, root, system), params))
-                        found = await api_call(c.provider, backend.submit, lines, job["tag"])
-                        bstats["lines"] += len(lines)
-                    job["remote"], job["state"] = found, "submitted"
-                    jobs.save()
-                last = ""
-                while True:
-                    st = await api_call(c.provider, backend.state, job["remote"])
-                    msg = f"batch {job['remote']}: {st.status} " + " ".join(f"{k}={v}" for k, v in st.counts.items()
-                                                                            if v)
-                    if msg != last:
-                        note(msg.strip())
-                        last = msg
-                    if st.terminal:
-                        break
-                    await asyncio.sleep(poll_s)
-                results = await api_call(c.provider, backend.results, st)
-            finally:
-                await backend.close()
-            for cid, key in job["lines"].items():
-                res = results.get(cid) or ChatResult(text=None, error=f"batch {job['remote']} {st.status}: no result")
-                if res.ok:
-                    res.cost_usd = c.cfg.price.batch_cost(res.input_tokens, res.output_tokens)
-                    answers[key] = _dump(res)
-                else:
-                    bstats["failed_lines"] += 1
-                    if fallback == "live":
-                        go_live.add(key)
-                    elif tries.get(key, 0) >= MAX_ROUNDS:
-                        answers[key] = _dump(res)  # the judge sees the failure (an error verdict)
-            store.set_meta(answers_key, answers)  # before the job is marked: a kill here re-reads the results
-            job["state"] = "collected"
-            jobs.save()
-
-        async def judge_one(s: Sample, resp: Any) -> bool:
-            """True when the sample's verdict was stored; False when a call was deferred to a batch."""
-            try:
-                verdict, rows = await judge.judge(s, resp, bench.root)
-            except _Deferred:
-                return False
-            store.save_verdict(verdict, rows)
-            stats["judged"] += 1
-            stats["done"] += 1
-            stats["errors"] += verdict.parse_status == "error"
-            return True
-
         await judge.start()
         try:
-            for job in jobs.open():  # a killed command's batches: resume, never resubmit
-                bstats["resumed"] += 1
-                if job.get("remote") is None and any(k not in pending for k in job["lines"].values()):
-                    continue  # its calls are re-recorded below and looked up by tag then
-                await run_job(job)
-            for _ in range(MAX_STAGES * MAX_ROUNDS):
-                pending.clear()
-                left: list[tuple[Sample, Any]] = []
-                for i in range(0, len(todo), 256):
-                    chunk = todo[i:i + 256]
-                    got = await asyncio.gather(*(judge_one(s, r) for s, r in chunk))
-                    left.extend(x for x, ok in zip(chunk, got, strict=True) if not ok)
-                todo = left
-                if not todo or not pending:
-                    break
-                for job in jobs.open():  # one recorded without an id before a kill: its calls are known now
-                    await run_job(job)
-                by_client: dict[str, list[str]] = {}
-                for key, (name, *_rest) in pending.items():
-                    if key not in answers and key not in go_live:
-                        by_client.setdefault(name, []).append(key)
-                from mmsafe.runner import batch as _batch
-                parts = [(name, keys[i:i + _batch.MAX_LINES]) for name, keys in by_client.items()
-                         for i in range(0, len(keys), _batch.MAX_LINES)]
-                for name, keys in parts:
-                    for key in keys:
-                        tries[key] = tries.get(key, 0) + 1
-                    tag = uuid.uuid4().hex[:16]
-                    job = {"tag": tag, "client": name, "remote": None, "state": "submitting", "created": time.time(),
-                           "lines": {f"j{tag[:6]}-{n}": key for n, key in enumerate(keys)}}
-                    jobs.jobs.append(job)
-                    jobs.save()  # recorded before the POST
-                    bstats["jobs"] += 1
-                    await run_job(job)
+            await work.go(todo)
         except BudgetExceeded as e:
             stop["reason"], stop["error"] = "max_cost", str(e)
         except FatalProviderError as e:
             stop["reason"], stop["error"] = "fatal", str(e)
         finally:
             await judge.close()
+        stats = work.stats
         stats["cost_usd"] = ledger.total_cost
         primary_id = judge_id if primary else old_primary
         if primary:
