@@ -77,7 +77,7 @@ def judge_cmd(
         else:
             res = api.judge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
                             use_cache=cache, on_progress=update,
-                        executor=check_executor(executor, ray_address=ray_address, workers=workers),
+                            executor=check_executor(executor, ray_address=ray_address, workers=workers),
                             ray_address=ray_address, workers=workers)
     st = res.stats
     if res.stopped == "fatal" and not st["judged"]:  # nothing judged: the one line is all there is to say
