@@ -58,6 +58,7 @@ class ScriptedLLM(ThreadedApp):
             self.headers.clear()
             self.fail_counts.clear()
             self.queues.clear()
+            self.default_judge_reply = "unsafe"  # a test that changed it must not change the next one's judge
 
     def queue(self, model: str, *replies: str) -> None:
         self.queues[model].extend(replies)
