@@ -116,6 +116,7 @@ def test_run_with_a_cascade_judge_counts_abstentions_and_llm_calls(llm, tmp_path
     assert r.returncode == 0, r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["judge"]["kind"] == "cascade" and s["n_scored"] == 4
+    assert "cascade: decided by offline" in r.stdout and "spared 0 sample(s)" in r.stdout
     assert llm.count("judge-c") == 4
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 4
@@ -178,3 +179,21 @@ def test_defense_spec_takes_a_moderator_cascade(llm):
     from mmsafe.defense.cascade import DEFAULT_BAND
     d = make_defense(f"moderator:cascade:offline>guard:openai/judge-guard@{llm.url}?mode=block")
     assert d.mode == "block" and d.moderator.bands == [DEFAULT_BAND, None]
+
+
+def test_summary_shows_what_each_cascade_stage_decided(llm, tmp_path):
+    from mmsafe import api
+    llm.default_judge_reply = GOOD_UNSAFE
+    bench = make_benchmark(tmp_path / "b", n=4, image=False)
+    # a band that holds the compliant replies' scores only part of the time is data-dependent; use the
+    # two extremes: everything handed on, then nothing handed on
+    out = api.run(bench, f"openai/comply@{llm.url}", out=tmp_path / "r1",
+                  judge=f"cascade:offline?abstain=0,1>rubric:openai/judge-d@{llm.url}")
+    c = out.run_summary.cascade
+    assert c is not None and c.n == 4 and [st.decided for st in c.stages] == [0, 4]
+    assert c.spared_last_stage == 0 and c.stages[1].judge == f"rubric:openai/judge-d@{llm.url}"
+    out2 = api.run(bench, f"openai/comply@{llm.url}", out=tmp_path / "r2",
+                   judge=f"cascade:keyword>rubric:openai/judge-d@{llm.url}")
+    c2 = out2.run_summary.cascade
+    assert [st.decided for st in c2.stages] == [4, 0] and c2.spared_last_stage == 4 and c2.spared_share == 1.0
+    assert json.loads((tmp_path / "r2" / "summary.json").read_text())["cascade"]["spared_last_stage"] == 4

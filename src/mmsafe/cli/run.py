@@ -83,6 +83,13 @@ def print_summary(s: dict[str, Any], run_dir: Path, attacker: str | None = None)
     if c and c.get("n"):  # benign controls: outside the ASR, their refusals are over-refusal
         say(f"over-refusal: {fmt_rate(c.get('over_refusal_rate'))} ({c.get('n_refused')}/{c['n']} benign controls "
             "refused; not in the ASR)")
+    cas = s.get("cascade")
+    if cas and cas.get("n"):  # which stage decided how much; what the earlier stages spared the last one
+        stages = ", ".join(f"{st.get('judge')} {st.get('decided')} ({fmt_rate(st.get('share'))})"
+                           for st in cas.get("stages") or [])
+        saved = cas.get("cost_saved_usd_est")
+        say(f"cascade: decided by {stages}; the last stage was spared {cas.get('spared_last_stage')} sample(s)"
+            + (f" (~${saved:.4f} saved)" if saved else ""))
     si = s.get("safety_index")
     if si and si.get("si") is not None:
         other = si.get("other") or {}

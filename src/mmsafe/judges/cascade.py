@@ -106,7 +106,7 @@ class CascadeJudge(Judge):
     def _final(self, v: Verdict, i: int, passed: list[dict[str, Any]], cost: float) -> Verdict:
         extra = dict(v.extra)
         extra["cascade"] = {"stage": i, "judge": self.stages[i].identity.name,
-                            "stage_judge_id": self.stages[i].judge_id, "passed_on": passed}
+                            "stage_judge_id": self.stages[i].judge_id, "passed_on": passed, "cost_usd": cost}
         return v.model_copy(update={"judge_id": self.judge_id, "cost_usd": cost, "extra": extra})
 
 

@@ -39,7 +39,8 @@ Num = int | float  # a count that may be fractional: kept as written (2 stays 2,
 _KEY_ORDER = ("mmsafe_version", "created", "target", "benchmark", "mode", "judge", "n_samples", "n_errors",
               "n_scored", "n_unscored", "n_unsafe", "asr", "safety_rate", "asr_ci", "ci_method", "parse_status",
               "controls", "by_scenario", "by_turns", "by_method", "by_category", "safety_index", "sri", "cost_usd",
-              "tokens", "ledger", "selected", "complete", "stopped", "defense", "multiturn", "judges", "agreement")
+              "tokens", "ledger", "selected", "complete", "stopped", "defense", "cascade", "multiturn", "judges",
+              "agreement")
 
 
 class SummaryStore(Protocol):
@@ -220,6 +221,27 @@ class JudgeInfo(_Block):
     identity: dict[str, Any] = Field(default_factory=dict)
 
 
+class CascadeStage(_Block):
+    """One stage of a cascade judge: how many samples it decided, and their share."""
+
+    stage: int = 0
+    judge: str | None = None
+    decided: int = 0
+    share: float | None = None
+    cost_usd: float = 0.0
+
+
+class CascadeBlock(_Block):
+    """What a ``cascade:…`` judge's stages decided, and the last stage's work the earlier ones spared
+    (estimated: the last stage's mean cost per sample it decided, times the samples decided before it)."""
+
+    stages: list[CascadeStage] = Field(default_factory=list)
+    n: int = 0
+    spared_last_stage: int = 0
+    spared_share: float | None = None
+    cost_saved_usd_est: float | None = None
+
+
 class DefenseBlock(_Block):
     """What the defense did over the run (``--defense``); older or synthetic runs may carry
     only a ``name`` and their own keys."""
@@ -334,6 +356,7 @@ class RunSummary(JudgeStats):
     complete: bool = False
     stopped: str | None = None
     defense: DefenseBlock | str | None = None
+    cascade: CascadeBlock | None = None
     multiturn: MultiturnBlock | None = None
     judges: dict[str, JudgeShort] | None = None
     agreement: Agreement | None = None
@@ -615,8 +638,7 @@ def compute_summary(store: SummaryStore, judge_id: str | None, *, bench_manifest
         **_cost(store.ledger()), selected=limit_total, complete=complete, stopped=stopped)
     if selection is not None and selection.outside:
         s.stored_outside = len(selection.outside)
-    if fingerprint.get("defense"):
-        s.defense = defense_block(store, fingerprint["defense"])
+    _add_defense_and_cascade(s, store, fingerprint, judges.get(judge_id or "") or {}, judge_id)
     if s.mode in MULTI_TURN_MODES:
         s.multiturn = multiturn_block(store, judge_id)
     others = [jid for jid in judges if jid != judge_id]
@@ -660,6 +682,37 @@ def defense_block(store: SummaryStore, identity: dict[str, Any]) -> DefenseBlock
                         added_latency_ms_p50=_r(lat[len(lat) // 2]) if lat else None,
                         moderator_cost_usd=round(led.get("cost_usd", 0.0), 6),
                         moderator_calls=led.get("calls", 0))
+
+
+def _add_defense_and_cascade(s: RunSummary, store: SummaryStore, fingerprint: dict[str, Any],
+                             identity: dict[str, Any], judge_id: str | None) -> None:
+    if fingerprint.get("defense"):
+        s.defense = defense_block(store, fingerprint["defense"])
+    if identity.get("kind") == "cascade":
+        s.cascade = cascade_block(store, judge_id, identity)
+
+
+def cascade_block(store: SummaryStore, judge_id: str | None, identity: dict[str, Any]) -> CascadeBlock:
+    """Per stage of a cascade judge: samples decided, their share and cost; the last stage's calls spared."""
+    names = [str(x) for x in ((identity.get("settings") or {}).get("specs") or [])]
+    decided: Counter[int] = Counter()
+    cost: dict[int, float] = {}
+    for row in store.iter_rows(judge_id):
+        c = (row.get("verdict_extra") or {}).get("cascade")
+        if not isinstance(c, dict) or "stage" not in c:
+            continue
+        i = int(c["stage"])
+        decided[i] += 1
+        cost[i] = cost.get(i, 0.0) + float(c.get("cost_usd") or 0.0)
+    n = sum(decided.values())
+    last = max(len(names) - 1, max(decided, default=0))
+    stages = [CascadeStage(stage=i, judge=names[i] if i < len(names) else None, decided=decided[i],
+                           share=_r(decided[i] / n) if n else None, cost_usd=round(cost.get(i, 0.0), 6))
+              for i in range(last + 1)]
+    spared = n - decided[last]
+    per_last = cost.get(last, 0.0) / decided[last] if decided[last] else None
+    return CascadeBlock(stages=stages, n=n, spared_last_stage=spared, spared_share=_r(spared / n) if n else None,
+                        cost_saved_usd_est=round(per_last * spared, 6) if per_last is not None else None)
 
 
 def _scored_pairs(by_sample: dict[str, dict[str, str]], a: str, b: str) -> tuple[list[str], list[str]]:
