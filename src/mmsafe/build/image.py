@@ -141,7 +141,7 @@ class T2IClient:
                         raw = await r.read()
                         status = r.status
                         ra = parse_retry_after(r.headers.get("Retry-After"))
-                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                except (TimeoutError, aiohttp.ClientError) as e:
                     status, raw, ra, last = 0, b"", None, f"connection error: {e}"
             if status == 200:
                 try:

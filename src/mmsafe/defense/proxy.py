@@ -13,7 +13,6 @@ forwards it to an upstream endpoint.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import ipaddress
 import os
@@ -158,7 +157,7 @@ class GuardProxy:
             async with self._session.get(self.upstream + "/models", headers=self._upstream_headers(request),
                                          timeout=aiohttp.ClientTimeout(total=30)) as r:
                 return web.Response(body=await r.read(), status=r.status, content_type="application/json")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             self.stats["upstream_errors"] += 1
             return _error(502, f"upstream unreachable: {type(e).__name__}", "upstream_error")
 
@@ -221,7 +220,7 @@ class GuardProxy:
             up = await self._session.post(self.upstream + "/chat/completions", data=orjson.dumps(body),
                                           headers=self._upstream_headers(request),
                                           timeout=aiohttp.ClientTimeout(total=self.timeout_s))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self._upstream_failed(rec, 504, "upstream timed out", "upstream_timeout", headers)
         except aiohttp.ClientError as e:
             return self._upstream_failed(rec, 502, f"upstream unreachable: {type(e).__name__}", "upstream_error",
@@ -237,7 +236,7 @@ class GuardProxy:
                 self.stats["upstream_errors"] += 1
             self.log(rec)
             return web.Response(body=data, status=up.status, headers={**headers, "Content-Type": ctype})
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self._upstream_failed(rec, 504, "upstream timed out", "upstream_timeout", headers)
         except aiohttp.ClientError as e:  # e.g. the upstream closed mid-body
             return self._upstream_failed(rec, 502, f"upstream reply broken: {type(e).__name__}", "upstream_error",
@@ -253,7 +252,7 @@ class GuardProxy:
         try:
             async for chunk in up.content.iter_any():
                 await resp.write(chunk)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             self.stats["upstream_errors"] += 1
             rec["stream_error"] = type(e).__name__
         await resp.write_eof()

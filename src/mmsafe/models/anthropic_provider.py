@@ -192,7 +192,7 @@ class AnthropicProvider(Provider):
             return await asyncio.wait_for(
                 self._client.messages.create(**kwargs, extra_body=extra_body or None, timeout=timeout_s),
                 timeout_s)
-        except (asyncio.TimeoutError, anthropic.APITimeoutError):
+        except (TimeoutError, anthropic.APITimeoutError):
             raise ProviderError(f"timed out after {timeout_s:g}s", retryable=True) from None
         except anthropic.APIConnectionError as e:
             raise ProviderError(f"connection error: {e}", retryable=True) from None

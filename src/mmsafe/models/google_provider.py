@@ -198,7 +198,7 @@ class GoogleProvider(Provider):
                 self._client.aio.models.generate_content(model=self.cfg.model, contents=payload["contents"],
                                                          config=config),
                 timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProviderError(f"timed out after {timeout_s:g}s", retryable=True) from None
         except genai_errors.APIError as e:
             raise self._status_error(e) from None

@@ -9,7 +9,7 @@ import hashlib
 import re
 import sys
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,7 @@ def make_manifest(*, name: str, importer: str, sources: Iterable[dict[str, Any]]
             "options": _jsonable({k: v for k, v in (options or {}).items() if v is not None}),
             "sources": list(sources),
             "mmsafe_version": __version__,
-            "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
 
