@@ -497,6 +497,9 @@ def test_build_reports_its_stage_progress_off_a_terminal(tmp_path, monkeypatch, 
     seen: list[str] = []
     monkeypatch.setenv("MMSAFE_PROGRESS_INTERVAL", "0.01")
     monkeypatch.setattr(prog.Reporter, "emit", _capture(prog, seen))
+    # each call takes 100 ms, so the stage outlasts several ticks even when everything is warm (in a full
+    # run the stage finished inside the first 50 ms tick and printed nothing)
+    monkeypatch.setattr(build_srv, "latency_ms", 100.0)
     cfg = _build_yaml(tmp_path, models={"generator": build_srv.spec("gen"), "scorer": build_srv.spec("scorer")},
                       stages=["generate"])
     r = runner.invoke(app, ["build", "--config", str(cfg), "--out", str(tmp_path / "b")])
