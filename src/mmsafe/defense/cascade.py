@@ -26,12 +26,8 @@ def _stage(text: str, spec: str, last: bool) -> tuple[str, tuple[float, float] |
     body, sep, band = text.partition("~")
     if not sep:
         return body, (DEFAULT_BAND if not last and body.split(":", 1)[0] == "offline" else None)
-    try:
-        lo, hi = (float(x) for x in band.split(","))
-    except ValueError:
-        raise ConfigError(f"moderator spec {spec!r}: band {band!r}: expected ~LO,HI (e.g. offline~0.2,0.8)") from None
-    if not 0.0 <= lo < hi <= 1.0:
-        raise ConfigError(f"moderator spec {spec!r}: band {band!r}: expected 0 <= LO < HI <= 1")
+    from mmsafe.judges.offline import parse_band
+    lo, hi = parse_band(band, f"moderator spec {spec!r}: band {band!r}", "offline~0.2,0.8")
     if last:
         raise ConfigError(f"moderator spec {spec!r}: the last stage always decides; it takes no band")
     return body, (lo, hi)

@@ -39,15 +39,19 @@ def _weights_hash(path: str | Path | None) -> str:
     return h.hexdigest()[:16]
 
 
-def _band(text: str, spec: str) -> tuple[float, float]:
-    """``"LO,HI"`` with 0 <= LO < HI <= 1 -> (LO, HI)."""
+def parse_band(text: str, where: str, example: str) -> tuple[float, float]:
+    """``"LO,HI"`` with 0 <= LO < HI <= 1 -> (LO, HI); anything else is a ConfigError starting with ``where``."""
     try:
         lo, hi = (float(x) for x in text.split(","))
     except ValueError:
-        raise ConfigError(f"judge spec {spec!r}: abstain={text!r}: expected LO,HI (e.g. abstain=0.2,0.8)") from None
+        raise ConfigError(f"{where}: expected LO,HI (e.g. {example})") from None
     if not 0.0 <= lo < hi <= 1.0:
-        raise ConfigError(f"judge spec {spec!r}: abstain={text!r}: expected 0 <= LO < HI <= 1")
+        raise ConfigError(f"{where}: expected 0 <= LO < HI <= 1")
     return lo, hi
+
+
+def _band(text: str, spec: str) -> tuple[float, float]:
+    return parse_band(text, f"judge spec {spec!r}: abstain={text!r}", "abstain=0.2,0.8")
 
 
 class OfflineJudge(Judge):
