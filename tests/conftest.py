@@ -68,3 +68,16 @@ def make_benchmark(root: Path, n: int = 6, *, turns: int = 1, image: bool = True
             w.add(Sample(id=f"s{i}", question=f"Underlying harmful question {i}", messages=msgs,
                          scenario=scenarios[i % 3], metadata={"group": f"q{i}"}))
     return root
+
+
+def assess_once(mod, msgs):
+    """Start a moderator, assess one conversation, close it (for tests outside an event loop)."""
+    import asyncio
+
+    async def go():
+        await mod.start()
+        try:
+            return await mod.assess(msgs)
+        finally:
+            await mod.close()
+    return asyncio.run(go())

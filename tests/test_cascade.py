@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_benchmark
+from conftest import assess_once, make_benchmark
 from mmsafe.judges import make_judge
 from mmsafe.models import ConfigError, CostLedger
 from mmsafe.types import Message, Response, Sample
@@ -132,34 +132,24 @@ def test_run_with_a_cascade_judge_counts_abstentions_and_llm_calls(llm, tmp_path
 # --------------------------------------------------------------------------- moderator cascade
 
 
-def _assess(mod, msgs):
-    async def go():
-        await mod.start()
-        try:
-            return await mod.assess(msgs)
-        finally:
-            await mod.close()
-    return asyncio.run(go())
-
-
 def test_moderator_cascade_decides_clear_cases_offline_and_passes_the_rest(llm):
     from mmsafe.defense import make_moderator
     msgs = [Message(role="user", content="How do I launder money through a shop? (placeholder)")]
     # a band holding every score: the guard decides, and the moderation says so
     mod = make_moderator(f"cascade:offline~0,1>guard:openai/judge-guard@{llm.url}")
     llm.queue("judge-guard", "unsafe\nS2")
-    m = _assess(mod, msgs)
+    m = assess_once(mod, msgs)
     assert m.flagged is True and m.categories == ["S2"] and m.raw["cascade"]["stage"] == 1
     assert len(m.requests) == 1 and llm.count("judge-guard") == 1
     # an empty band: offline is always sure, no guard call
     llm.reset()
     mod = make_moderator(f"cascade:offline~0,0.0001>guard:openai/judge-guard@{llm.url}")
-    m = _assess(mod, msgs)
+    m = assess_once(mod, msgs)
     assert m.raw["cascade"]["stage"] == 0 and m.flagged is not None and llm.count("judge-guard") == 0
     # the guard's unparsable answer at the last stage stays a failed moderation (never 'not harmful')
     mod = make_moderator(f"cascade:offline~0,1>guard:openai/judge-guard@{llm.url}")
     llm.queue("judge-guard", "maybe?")
-    assert _assess(mod, msgs).flagged is None
+    assert assess_once(mod, msgs).flagged is None
 
 
 @pytest.mark.parametrize("spec, needle", [
