@@ -25,6 +25,25 @@ DEFAULT_LEASE_S = 60.0
 renews its claims every third of it, so only a dead (or frozen) holder's claims expire."""
 
 
+def ledger_from_rows(rows: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """Per role: calls, cached calls, errors, tokens and USD, from (role, status, n, in, out, usd) rows
+    of the request log grouped by role and status (the same for every store)."""
+    out: dict[str, dict[str, Any]] = {}
+    for role, status, n, ti, to, c in rows:
+        d = out.setdefault(role, {"calls": 0, "cached": 0, "errors": 0, "input_tokens": 0,
+                                  "output_tokens": 0, "cost_usd": 0.0})
+        if status == "cached":
+            d["cached"] += n
+        else:
+            d["calls"] += n
+            if status == "error":
+                d["errors"] += n
+        d["input_tokens"] += ti or 0
+        d["output_tokens"] += to or 0
+        d["cost_usd"] = round(d["cost_usd"] + (c or 0.0), 6)
+    return out
+
+
 def lease_seconds() -> float:
     """The claim lease: ``MMSAFE_CLAIM_LEASE_S`` when set to a positive number, else 60 s."""
     raw = os.environ.get("MMSAFE_CLAIM_LEASE_S")

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from mmsafe.store.base import Claim, Holder, RunStore, StoreError, holder_dead, lease_seconds
+from mmsafe.store.base import Claim, Holder, RunStore, StoreError, holder_dead, lease_seconds, ledger_from_rows
 from mmsafe.store.sqlite import TABLES, _scalar, is_control
 from mmsafe.types import JudgeIdentity, Response, Sample, Usage, Verdict
 
@@ -372,22 +372,9 @@ class PostgresRunStore(RunStore):
                 for jid, ident, created in self._q("SELECT judge_id, identity, created FROM judges ORDER BY created")]
 
     def ledger(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for role, status, n, ti, to, c in self._q(
-                "SELECT role, status, COUNT(*), SUM(input_tokens)::BIGINT, SUM(output_tokens)::BIGINT,"
-                " SUM(cost_usd) FROM requests GROUP BY role, status ORDER BY role, status"):
-            d = out.setdefault(role, {"calls": 0, "cached": 0, "errors": 0, "input_tokens": 0,
-                                      "output_tokens": 0, "cost_usd": 0.0})
-            if status == "cached":
-                d["cached"] += n
-            else:
-                d["calls"] += n
-                if status == "error":
-                    d["errors"] += n
-            d["input_tokens"] += ti or 0
-            d["output_tokens"] += to or 0
-            d["cost_usd"] = round(d["cost_usd"] + (c or 0.0), 6)
-        return out
+        return ledger_from_rows(self._q(
+            "SELECT role, status, COUNT(*), SUM(input_tokens)::BIGINT, SUM(output_tokens)::BIGINT,"
+            " SUM(cost_usd) FROM requests GROUP BY role, status ORDER BY role, status"))
 
     def counts(self) -> dict[str, int]:
         row = self._q("SELECT COUNT(*), COUNT(*) FILTER (WHERE status='ok') FROM responses").fetchone()

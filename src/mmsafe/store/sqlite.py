@@ -10,7 +10,16 @@ from typing import Any, Literal, overload
 
 import orjson
 
-from mmsafe.store.base import Claim, ClaimRow, Holder, RunStore, StoreError, decide_claim, lease_seconds
+from mmsafe.store.base import (
+    Claim,
+    ClaimRow,
+    Holder,
+    RunStore,
+    StoreError,
+    decide_claim,
+    lease_seconds,
+    ledger_from_rows,
+)
 from mmsafe.types import JudgeIdentity, Response, Sample, Usage, Verdict
 
 SCHEMA_VERSION = 2
@@ -278,22 +287,9 @@ class SQLiteRunStore(RunStore):
 
     def ledger(self) -> dict[str, dict[str, Any]]:
         """Calls, cached calls, errors, tokens and USD per role, from the request log."""
-        out: dict[str, dict[str, Any]] = {}
-        for role, status, n, ti, to, c in self.db.execute(
-                "SELECT role, status, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd)"
-                " FROM requests GROUP BY role, status"):
-            d = out.setdefault(role, {"calls": 0, "cached": 0, "errors": 0, "input_tokens": 0,
-                                      "output_tokens": 0, "cost_usd": 0.0})
-            if status == "cached":
-                d["cached"] += n
-            else:
-                d["calls"] += n
-                if status == "error":
-                    d["errors"] += n
-            d["input_tokens"] += ti or 0
-            d["output_tokens"] += to or 0
-            d["cost_usd"] = round(d["cost_usd"] + (c or 0.0), 6)
-        return out
+        return ledger_from_rows(self.db.execute(
+            "SELECT role, status, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd)"
+            " FROM requests GROUP BY role, status"))
 
     def counts(self) -> dict[str, int]:
         """Stored responses: ``responses``, ``ok`` and ``errors``."""
