@@ -34,7 +34,7 @@ KNOWN_KEYS = {
     "mmsafe_version", "created", "target", "benchmark", "mode", "judge", "n_samples", "n_errors", "n_scored",
     "n_unscored", "n_unsafe", "asr", "safety_rate", "asr_ci", "ci_method", "parse_status", "controls",
     "by_scenario", "by_turns", "by_method", "by_category", "safety_index", "sri", "cost_usd", "tokens", "ledger",
-    "selected", "complete", "stopped", "judges", "agreement", "defense", "multiturn",
+    "selected", "complete", "stopped", "judges", "agreement", "defense", "multiturn", "cascade",
 }
 MAX_TEXT = 4000
 IMAGE_BUDGET = 1_500_000  # bytes of data-URI images in one report
@@ -203,6 +203,22 @@ def judge_tables(runs: list[RunInfo]) -> list[dict[str, Any]]:
     return out
 
 
+def cascade_tables(runs: list[RunInfo]) -> list[dict[str, Any]]:
+    """Per run judged by a ``cascade:…`` judge: each stage's samples decided, share and cost, and the
+    last stage's judgments the earlier stages spared (with the estimated cost saved)."""
+    out = []
+    for r in runs:
+        c = r.summary.get("cascade")
+        if not isinstance(c, dict) or not c.get("stages"):
+            continue
+        stages = [st for st in c["stages"] if isinstance(st, dict)]
+        last = stages[-1] if stages else {}
+        out.append({"run": r, "stages": stages, "n": c.get("n"), "spared": c.get("spared_last_stage"),
+                    "spared_share": c.get("spared_share"), "saved_usd": c.get("cost_saved_usd_est"),
+                    "last_judge": last.get("judge"), "judge_label": r.judge.get("label") or r.judge.get("name")})
+    return out
+
+
 def cost_rows(runs: list[RunInfo]) -> list[dict[str, Any]]:
     rows = []
     for r in runs:
@@ -363,7 +379,8 @@ def render_report(runs: list[RunInfo], *, title: str | None = None, examples: in
         title=title or ("mmsafe report — " + ", ".join(dict.fromkeys(r.benchmark.get("name") or "?" for r in runs))),
         generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), version=mmsafe.__version__,
         runs=runs, labels=labels, lb=lb, charts=ch, defense=drows, defense_chart=dchart,
-        judge_tables=judge_tables(runs), costs=cost_rows(runs), provenance=[_provenance(r) for r in runs],
+        judge_tables=judge_tables(runs), cascades=cascade_tables(runs), costs=cost_rows(runs),
+        provenance=[_provenance(r) for r in runs],
         pretty=_pretty, other=other, examples=ex, warnings=warnings, n_examples=examples,
         multiturn=mt, over_refusal=over_refusal, css=Markup(static_text("report.css")), js=Markup(js),
         csp_hash=csp_hash,
