@@ -397,6 +397,9 @@ async def calibrate(judge: Judge, path: Path, fmt: str | None = None, *, concurr
         **_jsonable(m),
     }
     rec["unscored"] = rec.get("n_unscored", 0)
+    rec["abstained"] = parse.get("abstained", 0)  # a confident-band abstention: unscored, never an error or safe
+    if judge.identity.kind == "cascade":
+        rec["cascade"] = cascade_stats(judge, [v for v, _ in results], truth)
     if parse.get("error"):
         # endpoint failures are not a property of the judge: measure again next time
         rec["not_cached"] = f"{parse['error']} judgment(s) failed on the endpoint"
@@ -410,6 +413,35 @@ async def calibrate(judge: Judge, path: Path, fmt: str | None = None, *, concurr
     except OSError:
         pass
     return rec
+
+
+def cascade_stats(judge: Judge, verdicts: list[Any], truth: list[str]) -> dict[str, Any]:
+    """Per stage of a cascade judge: the rows it decided, their share, its accuracy on them (against the
+    human labels) and their cost; and the last stage's judgments the earlier stages spared."""
+    specs = [str(x) for x in (judge.identity.settings.get("specs") or [])]
+    n_stages = max(len(specs), 1)
+    decided = [0] * n_stages
+    correct = [0] * n_stages
+    scored = [0] * n_stages
+    cost = [0.0] * n_stages
+    for v, t in zip(verdicts, truth, strict=True):
+        c = (v.extra or {}).get("cascade")
+        if not isinstance(c, dict) or not isinstance(c.get("stage"), int) or not 0 <= c["stage"] < n_stages:
+            continue
+        i = c["stage"]
+        decided[i] += 1
+        cost[i] += float(c.get("cost_usd") or 0.0)
+        if v.label in ("safe", "unsafe"):
+            scored[i] += 1
+            correct[i] += v.label == t
+    n = sum(decided)
+    stages = [{"stage": i, "judge": specs[i] if i < len(specs) else None, "decided": decided[i],
+               "share": round(decided[i] / n, 6) if n else None, "n_scored": scored[i],
+               "accuracy": round(correct[i] / scored[i], 6) if scored[i] else None, "cost_usd": round(cost[i], 6)}
+              for i in range(n_stages)]
+    spared = n - decided[-1]
+    return {"stages": stages, "n": n, "spared_last_stage": spared,
+            "spared_share": round(spared / n, 6) if n else None}
 
 
 def calibrate_sync(judge: Judge, path: Path, fmt: str | None = None, **kw: Any) -> dict[str, Any]:
@@ -428,6 +460,17 @@ def format_table(rec: dict[str, Any]) -> str:
         ci_txt = f"  [{_num(ci[0])}, {_num(ci[1])}]" if ci else ""
         buf.write(f"{k:<12} {_num(rec.get(k))}{ci_txt}\n")
     buf.write(f"tp={rec['tp']} fp={rec['fp']} tn={rec['tn']} fn={rec['fn']}")
+    unscored = {k: v for k, v in (rec.get("parse_status") or {}).items() if k != "ok" and v}
+    if unscored:
+        buf.write("\nunscored by status: " + ", ".join(f"{k} {v}" for k, v in sorted(unscored.items())))
+    cas = rec.get("cascade")
+    if isinstance(cas, dict) and cas.get("stages"):
+        buf.write("\ncascade stage  decided  share   accuracy  cost      judge")
+        for st in cas["stages"]:
+            buf.write(f"\n  {st['stage'] + 1:<12} {st['decided']:<8} {_pct(st.get('share')):<7} "
+                      f"{_num(st.get('accuracy')):<9} ${st.get('cost_usd') or 0:<8.4f} {st.get('judge') or '?'}")
+        buf.write(f"\nthe last stage was spared {cas['spared_last_stage']} of {cas['n']} judgments "
+                  f"({_pct(cas.get('spared_share'))})")
     return buf.getvalue()
 
 
