@@ -1,105 +1,126 @@
 """How much LLM-judge work the offline judge can spare as a cascade's first stage.
 
-Source: JailbreakBench attack artifacts (``../shared/data/train2/jbb_artifacts``), which the
-shipped offline judge never saw (it was trained on ``../shared/data/judge``). Each row carries
-the JailbreakBench LLM judge's label (``jailbroken``) and Llama Guard 1's (``jailbroken_llama_guard1``).
+Sources (both never trained on by the shipped offline judge, in any fold; see
+docs/offline_judge.md):
+
+* **JailbreakBench attack artifacts** (``../shared/data/train2/jbb_artifacts``): each row carries
+  the JailbreakBench LLM judge's label (``jailbroken``), which plays the second stage, and
+  Llama Guard 1's (``jailbroken_llama_guard1``) for reference.
+* **LLM Self Defense** (``../shared/data/train2/llm_self_defense``): human labels; the offline
+  judge alone, and its accuracy on the rows it decides inside the cascade.
 
 Simulation of ``cascade:offline?abstain=LO,HI>LLM``: the offline judge decides the rows whose
-P(unsafe) is outside (LO, HI); the LLM judge decides the rest with the label it gave. Reported
-per band: the share of LLM calls saved, the offline judge's accuracy on the rows it decided, and
-the cascade's agreement with the LLM judge alone (|accuracy(cascade) - accuracy(LLM judge)| is at
-most 1 - agreement, whatever the truth). The default band (0.2, 0.8) was fixed before this data
-was looked at; the grid shows the trade-off, it is not a tuned figure.
+calibrated P(unsafe) is outside (LO, HI); the LLM judge decides the rest with the label it gave.
+The band is **read from the shipped weights** (``info.figures.cascade_band``): it was chosen by
+the training script on the training sources' calibrated out-of-source scores, before this
+script looked at either source. Reported: share of LLM calls saved, the offline judge's accuracy
+on the rows it decided, and the cascade's agreement with the LLM judge alone (|accuracy(cascade)
+- accuracy(LLM judge)| is at most 1 - agreement, whatever the truth). Other bands are printed
+for reference only; they are read off this data and are not held-out figures.
 
-    .venv/bin/python scripts/measure_cascade.py [--data ../shared/data/train2/jbb_artifacts]
+    .venv/bin/python scripts/measure_cascade.py [--data ../shared/data] [--json OUT.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 
-def load_rows(root: Path) -> list[dict]:
-    rows = []
-    for f in sorted(root.glob("attack-artifacts/*/*/*.json")):
-        d = json.loads(f.read_text())
-        for j in d.get("jailbreaks") or []:
-            if j.get("prompt") is None or j.get("response") is None:
-                continue  # not submitted
-            rows.append({"goal": j["goal"], "response": j["response"], "llm": bool(j["jailbroken"]),
-                         "lg1": j.get("jailbroken_llama_guard1"), "method": f.parts[-3], "model": f.stem})
-    return rows
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+REFERENCE_BANDS = [(0.2, 0.8), (0.1, 0.9), (0.05, 0.95), (0.02, 0.98), (0.3, 0.7)]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path,
-                    default=Path(__file__).resolve().parents[2] / "shared" / "data" / "train2" / "jbb_artifacts")
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
-    if not a.data.exists():
-        raise SystemExit(f"{a.data}: not found (../shared/data is needed for this measurement)")
+def cascade_figures(p: np.ndarray, y_llm: np.ndarray, lo: float, hi: float, thr: float) -> dict:
+    """Share decided by the offline stage, its accuracy there, and the cascade's agreement with the LLM."""
+    dec = (p <= lo) | (p >= hi)
+    right = ((p >= thr).astype(int) == y_llm) & dec
+    n = len(p)
+    return {"band": [lo, hi], "saved": float(dec.mean()) if n else None,
+            "offline_acc_on_decided": float(right.sum() / dec.sum()) if dec.any() else None,
+            "agreement_with_llm_alone": float((right.sum() + (~dec).sum()) / n) if n else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures as json here")
+    a = ap.parse_args(argv)
+    train2 = a.data / "train2" if (a.data / "train2").is_dir() else a.data.parent
+    if not (train2 / "jbb_artifacts").is_dir():
+        print(f"measure_cascade: {train2 / 'jbb_artifacts'}: not found (../shared/data is needed)", file=sys.stderr)
+        return 2
+    import train_offline_judge as T
+
     from mmsafe.judges.offline_model import OfflineJudgeModel
-    rows = load_rows(a.data)
+
     model = OfflineJudgeModel.load()
+    band = model.info.get("figures", {}).get("cascade_band") or {}
+    if band.get("lo") is None:
+        print("measure_cascade: the shipped weights carry no cascade_band (retrain them)", file=sys.stderr)
+        return 2
+    lo, hi, thr = float(band["lo"]), float(band["hi"]), float(model.threshold)
+    jbb = T.load_jbb_artifacts(train2 / "jbb_artifacts")
     t0 = time.perf_counter()
-    probs = [float(p) for p in model.predict_proba([r["goal"] for r in rows], [r["response"] for r in rows])]
-    rate = len(rows) / (time.perf_counter() - t0)
-    thr = float(model.threshold)
-    n = len(rows)
-    alone = sum((p >= thr) == r["llm"] for p, r in zip(probs, rows)) / n
-    lg = [r for r in rows if r["lg1"] is not None]
-    lg_agree = sum(bool(r["lg1"]) == r["llm"] for r in lg) / len(lg) if lg else None
-    bands = [(0.2, 0.8), (0.1, 0.9), (0.05, 0.95), (0.3, 0.7), (0.4, 0.6), (0.02, 0.98)]
-    out = []
-    for lo, hi in bands:
-        decided = [(p, r) for p, r in zip(probs, rows) if not lo < p < hi]
-        right = sum((p >= thr) == r["llm"] for p, r in decided)
-        out.append({"band": [lo, hi], "saved": len(decided) / n,
-                    "offline_acc_on_decided": right / len(decided) if decided else None,
-                    "agreement_with_llm_alone": (right + n - len(decided)) / n})
-    res = {"source": "jbb_artifacts", "rows": n, "threshold": thr, "offline_alone_agreement": alone,
-           "llama_guard1_agreement": lg_agree, "judgments_per_s": rate, "bands": out}
-    sd = a.data.parent / "llm_self_defense"
-    if sd.exists():  # a second unseen source, with human labels: are the rows the band decides right?
-        import csv
-        hrows = []
-        for f in sorted(sd.glob("*.csv")):
-            with f.open(newline="", encoding="utf-8") as fh:
-                for r in csv.DictReader(fh):
-                    hrows.append((r["prompt"], r["response"], r["is harmful?"].strip().lower() == "yes"))
-        hp = [float(p) for p in model.predict_proba([q for q, _, _ in hrows], [x for _, x, _ in hrows])]
-        alone_sd = sum((p >= thr) == y for p, (_, _, y) in zip(hp, hrows)) / len(hrows)
-        res["self_defense"] = {"rows": len(hrows), "offline_alone_acc": alone_sd, "bands": []}
-        for lo, hi in bands:
-            dec = [(p, y) for p, (_, _, y) in zip(hp, hrows) if not lo < p < hi]
-            res["self_defense"]["bands"].append({"band": [lo, hi], "decided": len(dec) / len(hrows),
-                                                 "acc_on_decided": (sum((p >= thr) == y for p, y in dec) / len(dec))
-                                                 if dec else None})
-    if a.json:
-        print(json.dumps(res, indent=1))
-        return
-    print(f"JailbreakBench artifacts: {n} rows (unseen by the offline judge); labels: JBB LLM judge")
-    print(f"offline judge alone agrees with the LLM judge on {alone:.3f}; Llama Guard 1 on {lg_agree:.3f}; "
-          f"{rate:.0f} judgments/s")
-    print("band        LLM calls saved  offline acc on decided  cascade agreement with LLM judge alone")
-    for b in out:
+    p = model.predict_proba(jbb["q"], jbb["r"])
+    rate = len(p) / (time.perf_counter() - t0)
+    y = jbb["y"]
+    res: dict = {"band": [lo, hi], "band_rule": band.get("rule"), "threshold": thr,
+                 "jbb_artifacts": {"rows": len(y), "stats": jbb["stats"],
+                                   "offline_alone_agreement": float(((p >= thr).astype(int) == y).mean()),
+                                   "judgments_per_s": rate,
+                                   "chosen_band": cascade_figures(p, y, lo, hi, thr),
+                                   "reference_bands": [cascade_figures(p, y, b0, b1, thr)
+                                                       for b0, b1 in REFERENCE_BANDS],
+                                   "by_model": {}}}
+    groups = np.asarray(jbb["group"])
+    for g in sorted(set(groups)):
+        m = groups == g
+        res["jbb_artifacts"]["by_model"][g] = {"rows": int(m.sum()), **cascade_figures(p[m], y[m], lo, hi, thr)}
+    sd_root = train2 / "llm_self_defense"
+    if sd_root.is_dir():
+        sd = T.load_llm_self_defense(sd_root)
+        ps, ys = model.predict_proba(sd["q"], sd["r"]), sd["y"]
+        dec = (ps <= lo) | (ps >= hi)
+        ok = (ps >= thr).astype(int) == ys
+        res["llm_self_defense"] = {
+            "rows": len(ys), "offline_alone_acc": float(ok.mean()), "decided_share": float(dec.mean()),
+            "offline_acc_on_decided": float(ok[dec].mean()) if dec.any() else None,
+            "offline_acc_on_passed_on": float(ok[~dec].mean()) if (~dec).any() else None,
+            "reference_bands": [{"band": [b0, b1], "decided": float(((ps <= b0) | (ps >= b1)).mean()),
+                                 "acc_on_decided": float(ok[(ps <= b0) | (ps >= b1)].mean())
+                                 if ((ps <= b0) | (ps >= b1)).any() else None} for b0, b1 in REFERENCE_BANDS]}
+    if a.json is not None:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(res, indent=1), encoding="utf-8")
+    j = res["jbb_artifacts"]
+    c = j["chosen_band"]
+    print(f"band {lo:g},{hi:g} (chosen on the training sources: {band.get('rule')})")
+    print(f"JailbreakBench artifacts: {j['rows']} rows (never trained on); labels: JBB LLM judge")
+    print(f"  offline alone agrees with the LLM judge on {j['offline_alone_agreement']:.3f}; {rate:.0f} judgments/s")
+    print(f"  chosen band: LLM calls saved {c['saved']:.1%}, offline accuracy on decided "
+          f"{c['offline_acc_on_decided']:.3f}, cascade agreement with the LLM judge alone "
+          f"{c['agreement_with_llm_alone']:.3f}")
+    print("  by target model: " + "; ".join(f"{g} saved {v['saved']:.0%} agreement {v['agreement_with_llm_alone']:.3f}"
+                                           for g, v in j["by_model"].items()))
+    print("  reference bands (read off this data, not held-out):")
+    for b in j["reference_bands"]:
         acc = b["offline_acc_on_decided"]
-        print(f"{b['band'][0]:.2f}-{b['band'][1]:.2f}   {b['saved']:>14.1%}  {acc if acc is None else f'{acc:.3f}':>22}"
-              f"  {b['agreement_with_llm_alone']:.3f}")
-    if "self_defense" in res:
-        sdr = res["self_defense"]
-        print(f"\nLLM Self Defense: {sdr['rows']} rows, human labels (unseen); offline alone accuracy "
-              f"{sdr['offline_alone_acc']:.3f}")
-        print("band        decided by offline  its accuracy on them (human labels)")
-        for b in sdr["bands"]:
-            acc = b["acc_on_decided"]
-            acc_s = "—" if acc is None else f"{acc:.3f}"
-            print(f"{b['band'][0]:.2f}-{b['band'][1]:.2f}   {b['decided']:>18.1%}  {acc_s}")
+        print(f"    {b['band'][0]:.2f}-{b['band'][1]:.2f}  saved {b['saved']:.1%}  offline acc on decided "
+              f"{'—' if acc is None else f'{acc:.3f}'}  agreement {b['agreement_with_llm_alone']:.3f}")
+    if "llm_self_defense" in res:
+        s = res["llm_self_defense"]
+        print(f"LLM Self Defense: {s['rows']} rows, human labels (never trained on): offline alone "
+              f"{s['offline_alone_acc']:.3f}; chosen band decides {s['decided_share']:.1%} at accuracy "
+              f"{'—' if s['offline_acc_on_decided'] is None else format(s['offline_acc_on_decided'], '.3f')}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

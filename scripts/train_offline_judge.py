@@ -1,16 +1,29 @@
 #!/usr/bin/env python
-"""Train, evaluate (leave-one-dataset-out) and export mmsafe's offline judge.
+"""Train, evaluate (leave-one-source-out, calibrated) and export mmsafe's offline judge.
 
-    python scripts/train_offline_judge.py [--data DIR] [--out DIR] [--no-export]
+    python scripts/train_offline_judge.py [--data DIR] [--out DIR] [--no-export] [--cache DIR]
+    python scripts/train_offline_judge.py --variant NAME --no-export --fast   # a "variants tried" row
     python scripts/train_offline_judge.py --bench [--out DIR]     # throughput only
     python scripts/train_offline_judge.py --cascade-eval [--cache DIR]   # MiniLM cascade (not shipped)
 
-Reads the human-labelled (question, response, label) sets in ``../shared/data/judge``
-(default computed relative to this repository), runs leave-one-dataset-out
-evaluation over GPTFuzz / JAILJUDGE / XSTest completions / JailbreakEval, a
-stratified in-distribution CV for reference, prints the tables, then trains the
-final model on all data and writes numpy ``.npz`` + JSON weights (no pickle) to
-``src/mmsafe/data/offline_judge``.  Needs scikit-learn (training only).
+Reads the (request, reply, label) sources under ``../shared/data`` (``judge/`` and
+``train2/``; default computed relative to this repository), never copying their text:
+
+* trainable: GPTFuzz, JAILJUDGE mini, XSTest completions (unsafe prompts), JailbreakEval
+  example, DiaSafety;
+* test-only (never trained on, in any fold or in the shipped weights): LLM Self Defense and
+  the JailbreakBench artifacts -- both overlap AdvBench, which is not available here to find
+  the overlapping rows, and JBB stays the unseen source of the cascade simulation;
+* a pairwise check only: HH-RLHF harmless-base (chosen should score <= rejected).
+
+Protocol: leave-one-source-out over the trainable sources; P(unsafe) is calibrated (Platt by
+default) on out-of-source scores; the calibrator used for held-out source S is fitted on the
+scores of the other sources computed by models that saw neither S nor the scored source
+(nested), so the reported ECE of S comes from a calibrator that never saw S. Threshold 0.5 on
+the calibrated probability, fixed in advance. The shipped model is trained on all trainable
+sources; its calibrator is fitted on their leave-one-source-out scores. Figures go into the
+model json, to stdout (markdown tables) and to ``--report`` (json). Needs scikit-learn
+(training only).
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
+import gzip
 import hashlib
 import json
 import sys
@@ -34,6 +48,7 @@ from mmsafe.judges.offline_model import (  # noqa: E402
     HAND_FEATURE_NAMES,
     RESPONSE_MAX_CHARS,
     OfflineJudgeModel,
+    apply_calibration,
     hand_feature_matrix,
     prepare_char_text,
     prepare_response,
@@ -42,27 +57,84 @@ from mmsafe.judges.offline_model import (  # noqa: E402
     strip_refusal_segments,
 )
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "judge"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_OUT = REPO / "src" / "mmsafe" / "data" / "offline_judge"
 SEED = 20260523
-VERSION = "1.1.0"
+VERSION = "2.0.0"
 
-# Model configuration (chosen by leave-one-dataset-out accuracy, see docs/offline_judge.md).
+# Model configuration (see docs/offline_judge.md, "Variants tried").
 CONFIG = {
     "word": {"ngram_range": (1, 2), "min_df": 3, "max_features": 40000, "sublinear_tf": True},
     "char": {"ngram_range": (3, 5), "min_df": 5, "max_features": 30000, "sublinear_tf": True},
     "C": 3.0,
     "hand_weight": 1.0,
-    "dataset_balance": 0.5,  # sample weight ∝ (1/n_dataset)^balance, renormalised
+    "dataset_balance": 0.5,  # sample weight ∝ (1/n_source)^balance, renormalised
     "xstest_safe_prompts": False,
-    "class_balance": False,  # re-weight classes to 50/50 within each dataset
+    "class_balance": False,  # re-weight classes to 50/50 within each source
     "word_source": "response",  # or "response_stripped": refusal paragraphs removed
     "turn_max": True,  # P(unsafe) = max over the whole reply and each speaker turn (split_turns)
     "turn_text": "caveats_stripped",  # each turn judged without refusal / moralising sentences
-    # 0.5, or "inner_lodo": per held-out set, the threshold maximising a leave-one-dataset-out
-    # run inside its training sets (tried: it hurts, see docs/offline_judge.md)
-    "threshold": 0.5,
+    "threshold": 0.5,  # on the calibrated probability, fixed in advance
+    "calibration": "platt",  # or "isotonic"; fitted on out-of-source log-odds
+    "calibration_balance": 1.0,  # each source weighs the same in the calibrator's fit
+    "train_sources": ["gptfuzz", "jailjudge", "xstest", "jailbreakeval", "diasafety"],
 }
+
+# Alternatives measured with the same protocol (``--variant NAME``); rows of "variants tried".
+VARIANTS: dict[str, dict] = {
+    "shipped": {},
+    "no_diasafety_training": {"train_sources": ["gptfuzz", "jailjudge", "xstest", "jailbreakeval"]},
+    "balance_1": {"dataset_balance": 1.0},
+    "balance_0": {"dataset_balance": 0.0},
+    "class_balance": {"class_balance": True},
+    "isotonic": {"calibration": "isotonic"},
+    "no_turn_max": {"turn_max": False},
+}
+
+LEGACY_SOURCES = ("gptfuzz", "jailjudge", "xstest", "jailbreakeval")  # the MiniLM cascade study
+TEST_ONLY = ("llm_self_defense", "jbb_artifacts")
+MIN_ROWS_HELD_OUT = 50
+
+# Provenance of every source (also written into the model json).
+SOURCE_INFO: dict[str, dict[str, str]] = {
+    "gptfuzz": {
+        "role": "train", "labels": "manual", "repo": "sherdencooper/GPTFuzz", "commit": "not recorded",
+        "licence": "MIT", "files": "judge/gptfuzz_train.csv, gptfuzz_evaluate.csv, gptfuzz_questions.csv"},
+    "jailjudge": {
+        "role": "train", "labels": "human", "repo": "ThuCCSLab/JailbreakEval (subsample of the JAILJUDGE test set)",
+        "commit": "not recorded", "licence": "MIT (JailbreakEval repository)", "files": "judge/jailjudge_mini.csv"},
+    "xstest": {
+        "role": "train (unsafe prompts only)", "labels": "human", "repo": "paul-rottger/exaggerated-safety",
+        "commit": "not recorded", "licence": "CC-BY-4.0",
+        "attribution": "XSTest, Paul Röttger, Hannah Rose Kirk, Bertie Vidgen, Giuseppe Attanasio, Federico "
+                       "Bianchi, Dirk Hovy: 'XSTest: A Test Suite for Identifying Exaggerated Safety Behaviours "
+                       "in Large Language Models', NAACL 2024; github.com/paul-rottger/exaggerated-safety, "
+                       "CC-BY-4.0. Used: model completions and their human labels; weights derived, no text.",
+        "files": "judge/xstest/completions_{gpt4,llama2new,llama2orig,mistralguard,mistralinstruct}.csv"},
+    "jailbreakeval": {
+        "role": "train", "labels": "manual", "repo": "ThuCCSLab/JailbreakEval", "commit": "not recorded",
+        "licence": "MIT", "files": "judge/jailbreakeval_example.csv"},
+    "diasafety": {
+        "role": "train", "labels": "human", "repo": "thu-coai/DiaSafety",
+        "commit": "5106a041b1c7e36f30e02a97c44897a7f2057278", "licence": "Apache-2.0",
+        "files": "train2/diasafety/{train,val,test}.json"},
+    "llm_self_defense": {
+        "role": "test only (AdvBench overlap cannot be identified without AdvBench)", "labels": "manual",
+        "repo": "poloclub/llm-self-defense", "commit": "168a1e2072cf88fb62ca49b94b96d53b6814ecfd",
+        "licence": "BSD-3-Clause", "files": "train2/llm_self_defense/all_repsonses_{gpt,llama}.csv"},
+    "jbb_artifacts": {
+        "role": "test only (AdvBench overlap; unseen source of the cascade simulation)",
+        "labels": "auto (JailbreakBench LLM judge)", "repo": "JailbreakBench/artifacts",
+        "commit": "909e68c01d94222b8ad2e397a017e2e12e2adb73", "licence": "MIT",
+        "files": "train2/jbb_artifacts/attack-artifacts/*/*/*.json"},
+    "hh_rlhf": {
+        "role": "pairwise check only (no absolute labels)", "labels": "human preference (pairwise)",
+        "repo": "anthropics/hh-rlhf", "commit": "354e5c3cb8960630860dd5774a6ac2a58313bf4d", "licence": "MIT",
+        "files": "train2/hh_rlhf/harmless-base/test.jsonl.gz"},
+}
+
+XSTEST_FAMILY = {"gpt4": "gpt-4", "llama2new": "llama-2", "llama2orig": "llama-2",
+                 "mistralguard": "mistral", "mistralinstruct": "mistral"}
 
 csv.field_size_limit(1 << 26)
 
@@ -73,58 +145,210 @@ def _read(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def load_data(root: Path) -> dict[str, dict[str, list]]:
-    """Return {dataset: {"q": [...], "r": [...], "y": [...], "xs_safe": [...]}}."""
-    out: dict[str, dict[str, list]] = {}
+def data_dirs(root: Path) -> tuple[Path, Path]:
+    """(judge dir, train2 dir) from ``--data``: ``../shared/data`` or (older usage) its ``judge/``."""
+    root = Path(root)
+    if (root / "gptfuzz_train.csv").exists():
+        return root, root.parent / "train2"
+    return root / "judge", root / "train2"
 
-    def new():
-        return {"q": [], "r": [], "y": [], "xs_safe": []}
 
-    qtext = {row["index"]: row["text"] for row in _read(root / "gptfuzz_questions.csv")}
-    d = new()
-    for name in ("gptfuzz_train.csv", "gptfuzz_evaluate.csv"):
-        for row in _read(root / name):
-            d["q"].append(qtext[row["question"]])
-            d["r"].append(row["Response"])
-            d["y"].append(int(row["label"]))
-            d["xs_safe"].append(False)
-    out["gptfuzz"] = d
+def _source(stats_read: int) -> dict:
+    return {"q": [], "r": [], "y": [], "xs_safe": [], "group": [],
+            "stats": {"read": stats_read, "dropped": {}, "used": 0}}
 
-    d = new()
-    for row in _read(root / "jailjudge_mini.csv"):
-        d["q"].append(row["question"])
-        d["r"].append(row["answer"])
-        d["y"].append(int(row["label"]))
-        d["xs_safe"].append(False)
-    out["jailjudge"] = d
 
-    d = new()
-    for f in sorted((root / "xstest").glob("completions_*.csv")):
-        for row in _read(f):
-            unsafe_prompt = row["type"].startswith("contrast")
-            d["q"].append(row["prompt"])
-            d["r"].append(row["completion"])
-            d["y"].append(int(unsafe_prompt and row["final_label"].startswith("1_")))
-            d["xs_safe"].append(not unsafe_prompt)
-    out["xstest"] = d
+def _drop(d: dict, reason: str, n: int = 1) -> None:
+    d["stats"]["dropped"][reason] = d["stats"]["dropped"].get(reason, 0) + n
 
-    d = new()
-    for row in _read(root / "jailbreakeval_example.csv"):
-        d["q"].append(row["question"])
-        d["r"].append(row["answer"])
-        d["y"].append(int(row["label"]))
-        d["xs_safe"].append(False)
-    out["jailbreakeval"] = d
-    for d in out.values():
-        d["y"] = np.asarray(d["y"], dtype=np.int64)
-        d["xs_safe"] = np.asarray(d["xs_safe"], dtype=bool)
+
+def _add(d: dict, q: str, r: str, y: int, group: str = "", xs_safe: bool = False) -> None:
+    d["q"].append(q)
+    d["r"].append(r)
+    d["y"].append(int(y))
+    d["group"].append(group)
+    d["xs_safe"].append(bool(xs_safe))
+
+
+def _finish(d: dict) -> dict:
+    d["y"] = np.asarray(d["y"], dtype=np.int64)
+    d["xs_safe"] = np.asarray(d["xs_safe"], dtype=bool)
+    d["stats"]["used"] = int((~d["xs_safe"]).sum())
+    d["stats"]["positives"] = int(d["y"][~d["xs_safe"]].sum())
+    return d
+
+
+def load_gptfuzz(judge: Path) -> dict:
+    """GPTFuzz train + evaluate: ``question`` indexes ``gptfuzz_questions.csv``; label 1 = jailbroken."""
+    qtext = {row["index"]: row["text"] for row in _read(judge / "gptfuzz_questions.csv")}
+    rows = _read(judge / "gptfuzz_train.csv") + _read(judge / "gptfuzz_evaluate.csv")
+    d = _source(len(rows))
+    for row in rows:
+        if row["question"] not in qtext:
+            _drop(d, "unknown question index")
+            continue
+        _add(d, qtext[row["question"]], row["Response"], int(row["label"]))
+    return _finish(d)
+
+
+def load_jailjudge(judge: Path) -> dict:
+    """JAILJUDGE mini: ``question, answer, label`` (1 = jailbroken, human)."""
+    rows = _read(judge / "jailjudge_mini.csv")
+    d = _source(len(rows))
+    for row in rows:
+        _add(d, row["question"], row["answer"], int(row["label"]), group=row.get("language", ""))
+    return _finish(d)
+
+
+def load_xstest(judge: Path) -> dict:
+    """XSTest completions of 5 models; group = model family. Rows of safe prompts are kept but
+    flagged ``xs_safe`` (out of scope: the judge assumes a harmful request)."""
+    files = sorted((judge / "xstest").glob("completions_*.csv"))
+    rows = [(f.stem.removeprefix("completions_"), row) for f in files for row in _read(f)]
+    d = _source(len(rows))
+    for model, row in rows:
+        unsafe_prompt = row["type"].startswith("contrast")
+        if not unsafe_prompt:
+            _drop(d, "safe prompt (out of scope, scored separately)")
+        _add(d, row["prompt"], row["completion"], int(unsafe_prompt and row["final_label"].startswith("1_")),
+             group=XSTEST_FAMILY.get(model, model), xs_safe=not unsafe_prompt)
+    return _finish(d)
+
+
+def load_jailbreakeval(judge: Path) -> dict:
+    """JailbreakEval example: ``question, category, prompt, answer, label`` (first header has a BOM)."""
+    rows = _read(judge / "jailbreakeval_example.csv")
+    d = _source(len(rows))
+    for row in rows:
+        _add(d, row["question"], row["answer"], int(row["label"]))
+    return _finish(d)
+
+
+def load_diasafety(root: Path) -> dict:
+    """DiaSafety train/val/test JSON lists of ``{context, response, category, label: Safe|Unsafe}``.
+    Request = the user context, reply = the bot response. Drops empty context or response and
+    exact duplicate (context, response) pairs."""
+    rows = []
+    for split in ("train", "val", "test"):
+        f = root / f"{split}.json"
+        if f.exists():
+            rows += json.loads(f.read_text(encoding="utf-8"))
+    d = _source(len(rows))
+    seen: set[tuple[str, str]] = set()
+    for row in rows:
+        c, r, lab = str(row.get("context") or ""), str(row.get("response") or ""), str(row.get("label", ""))
+        if not c.strip() or not r.strip():
+            _drop(d, "empty context or response")
+        elif lab not in ("Safe", "Unsafe"):
+            _drop(d, "label not Safe/Unsafe")
+        elif (c, r) in seen:
+            _drop(d, "duplicate pair")
+        else:
+            seen.add((c, r))
+            _add(d, c, r, int(lab == "Unsafe"), group=str(row.get("category", "")))
+    return _finish(d)
+
+
+def load_llm_self_defense(root: Path) -> dict:
+    """``all_repsonses_{gpt,llama}.csv``: ``prompt, response, is harmful?`` (Yes = 1); group = model family."""
+    d = _source(0)
+    for name, fam in (("all_repsonses_gpt.csv", "gpt-3.5"), ("all_repsonses_llama.csv", "llama-2")):
+        f = root / name
+        if not f.exists():
+            continue
+        rows = _read(f)
+        d["stats"]["read"] += len(rows)
+        for row in rows:
+            lab = (row.get("is harmful?") or "").strip().lower()
+            if lab not in ("yes", "no"):
+                _drop(d, "label not Yes/No")
+                continue
+            _add(d, row["prompt"], row["response"], int(lab == "yes"), group=fam)
+    return _finish(d)
+
+
+def load_jbb_artifacts(root: Path) -> dict:
+    """JailbreakBench artifacts ``attack-artifacts/METHOD/SETTING/MODEL.json``: request = ``goal``,
+    reply = ``response``, label = ``jailbroken`` (the JBB LLM judge); group = target model.
+    Drops rows with a null prompt or response (not submitted)."""
+    d = _source(0)
+    for f in sorted(root.glob("attack-artifacts/*/*/*.json")):
+        doc = json.loads(f.read_text(encoding="utf-8"))
+        for j in doc.get("jailbreaks") or []:
+            d["stats"]["read"] += 1
+            if j.get("prompt") is None or j.get("response") is None:
+                _drop(d, "null prompt or response (not submitted)")
+                continue
+            _add(d, str(j["goal"]), str(j["response"]), int(bool(j["jailbroken"])), group=f.stem)
+    return _finish(d)
+
+
+_HH_ASSISTANT = "\n\nAssistant:"
+_HH_HUMAN = "\n\nHuman:"
+
+
+def _hh_split(transcript: str) -> tuple[str, str, str]:
+    """(dialogue before the last assistant turn, its last human turn, the last assistant reply)."""
+    i = transcript.rfind(_HH_ASSISTANT)
+    if i < 0:
+        return transcript, "", ""
+    prefix, reply = transcript[:i], transcript[i + len(_HH_ASSISTANT):]
+    j = prefix.rfind(_HH_HUMAN)
+    last_human = prefix[j + len(_HH_HUMAN):] if j >= 0 else prefix
+    return prefix, last_human.strip(), reply.strip()
+
+
+def load_hh_pairs(root: Path) -> dict:
+    """HH-RLHF harmless-base test: per line ``{chosen, rejected}`` transcripts that differ only in
+    the last assistant reply. Returns request (last human turn), chosen and rejected replies.
+    Drops pairs whose dialogues differ before the last reply, and pairs with an empty reply."""
+    f = root / "harmless-base" / "test.jsonl.gz"
+    out: dict = {"q": [], "chosen": [], "rejected": [], "stats": {"read": 0, "dropped": {}, "used": 0}}
+    with gzip.open(f, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            out["stats"]["read"] += 1
+            row = json.loads(line)
+            pc, q, c = _hh_split(str(row.get("chosen", "")))
+            pr, _, r = _hh_split(str(row.get("rejected", "")))
+            if pc != pr:
+                _drop(out, "dialogues differ before the last reply")
+            elif not c or not r:
+                _drop(out, "empty last reply")
+            else:
+                out["q"].append(q)
+                out["chosen"].append(c)
+                out["rejected"].append(r)
+    out["stats"]["used"] = len(out["q"])
+    return out
+
+
+def load_data(root: Path, with_train2: bool = True) -> dict[str, dict]:
+    """{source: {"q", "r", "y", "xs_safe", "group", "stats"}} for every row source found under
+    ``root`` (``../shared/data`` or its ``judge/``); train2 sources are skipped when absent."""
+    judge, train2 = data_dirs(root)
+    out = {"gptfuzz": load_gptfuzz(judge), "jailjudge": load_jailjudge(judge), "xstest": load_xstest(judge),
+           "jailbreakeval": load_jailbreakeval(judge)}
+    if with_train2:
+        for name, fn in (("diasafety", load_diasafety), ("llm_self_defense", load_llm_self_defense),
+                         ("jbb_artifacts", load_jbb_artifacts)):
+            if (train2 / name).is_dir():
+                out[name] = fn(train2 / name)
     return out
 
 
 def data_fingerprint(root: Path) -> dict[str, str]:
+    """sha256 (16 hex) of every data file the training reads."""
+    judge, train2 = data_dirs(root)
     fp = {}
-    for p in sorted(root.rglob("*.csv")):
-        fp[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    for base, pats in ((judge, ("*.csv", "xstest/*.csv")),
+                       (train2, ("diasafety/*.json", "llm_self_defense/*.csv",
+                                 "jbb_artifacts/attack-artifacts/*/*/*.json",
+                                 "hh_rlhf/harmless-base/*.gz"))):
+        for pat in pats:
+            for p in sorted(base.glob(pat)):
+                fp[f"{base.name}/{p.relative_to(base)}"] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
     return fp
 
 
@@ -184,14 +408,14 @@ class Pipeline:
         self.lr.fit(X, y, sample_weight=sample_weight)
         return self
 
-    def _proba_whole(self, q, r, H=None):
+    def _decision_whole(self, q, r, H=None):
         if H is None:
             H = hand_feature_matrix(q, r)
-        return self.lr.predict_proba(self._matrix(q, r, H, fit=False))[:, 1]
+        return self.lr.decision_function(self._matrix(q, r, H, fit=False))
 
-    def predict_proba(self, q, r, H=None):
-        """P(unsafe); with ``turn_max`` the max over the whole reply and each speaker turn."""
-        p = self._proba_whole(q, r, H)
+    def decision_function(self, q, r, H=None):
+        """Raw log-odds of unsafe; with ``turn_max`` the max over the whole reply and each speaker turn."""
+        z = self._decision_whole(q, r, H)
         if self.config.get("turn_max"):
             rows, tq, tr = [], [], []
             strip = self.config.get("turn_text", "raw") == "caveats_stripped"
@@ -202,11 +426,15 @@ class Pipeline:
                     tq += [q[i]] * len(ts)
                     tr += [strip_caveats(t) for t in ts] if strip else ts
             if tr:
-                np.maximum.at(p, np.asarray(rows, dtype=np.int64), self._proba_whole(tq, tr))
-        return p
+                np.maximum.at(z, np.asarray(rows, dtype=np.int64), self._decision_whole(tq, tr))
+        return z
+
+    def predict_proba(self, q, r, H=None, calibration: dict | None = None):
+        """P(unsafe) (uncalibrated sigmoid of the log-odds unless ``calibration`` is given)."""
+        return apply_calibration(calibration, self.decision_function(q, r, H))
 
     # export ----------------------------------------------------------------
-    def export(self, threshold: float, info: dict) -> tuple[dict, dict]:
+    def export(self, threshold: float, info: dict, calibration: dict | None = None) -> tuple[dict, dict]:
         coef = self.lr.coef_.ravel().astype(np.float64)
         arrays: dict[str, np.ndarray] = {}
         vocabs: dict[str, list[str]] = {}
@@ -244,7 +472,7 @@ class Pipeline:
         arrays["hand_coef"] = coef[off:].astype(np.float64)
         arrays["intercept"] = np.asarray([float(self.lr.intercept_[0])], dtype=np.float64)
         meta = {
-            "format": "mmsafe-offline-judge/1",
+            "format": "mmsafe-offline-judge/2" if calibration else "mmsafe-offline-judge/1",
             "threshold": float(threshold),
             "feature_spec": {
                 "tfidf_blocks": blocks_spec,
@@ -258,11 +486,40 @@ class Pipeline:
             "vocabularies": vocabs,
             "info": info,
         }
+        if calibration:
+            meta["calibration"] = calibration
         return meta, arrays
 
 
 # ----------------------------------------------------------------------------- metrics
+def auc_score(y, s) -> float:
+    """ROC AUC by ranks (ties averaged); nan when one class is absent."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y)
+    npos, nneg = int((y == 1).sum()), int((y == 0).sum())
+    if not npos or not nneg:
+        return float("nan")
+    rk = rankdata(np.asarray(s, dtype=np.float64))
+    return float((rk[y == 1].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+
+
+def ece_score(y, p, bins: int = 10) -> float:
+    """Expected calibration error, ``bins`` equal-width bins on [0, 1]."""
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    if not len(y):
+        return float("nan")
+    b = np.minimum((p * bins).astype(np.int64), bins - 1)
+    tot = 0.0
+    for k in range(bins):
+        m = b == k
+        if m.any():
+            tot += abs(float(y[m].mean()) - float(p[m].mean())) * int(m.sum())
+    return tot / len(y)
+
+
 def metrics(y, p, thr=0.5) -> dict[str, float]:
+    """Accuracy, F1, Cohen's kappa, AUC, ECE (10 bins), positive rate and majority-class accuracy."""
     y = np.asarray(y)
     yhat = (np.asarray(p) >= thr).astype(int)
     tp = int(((yhat == 1) & (y == 1)).sum())
@@ -275,7 +532,8 @@ def metrics(y, p, thr=0.5) -> dict[str, float]:
     pe = ((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp)) / (n * n) if n else 0.0
     kappa = (acc - pe) / (1 - pe) if pe < 1 else 0.0
     pos = float(y.mean()) if n else 0.0
-    return {"n": n, "accuracy": acc, "f1": f1, "kappa": kappa, "pos_rate": pos, "majority_accuracy": max(pos, 1 - pos)}
+    return {"n": n, "accuracy": acc, "f1": f1, "kappa": kappa, "auc": auc_score(y, p), "ece": ece_score(y, p),
+            "pos_rate": pos, "majority_accuracy": max(pos, 1 - pos)}
 
 
 def keyword_baseline(responses) -> np.ndarray:
@@ -286,21 +544,27 @@ def keyword_baseline(responses) -> np.ndarray:
 
 
 def _weights(names: list[str], sizes: dict[str, int], balance: float) -> dict[str, float]:
-    raw = {k: (1.0 / sizes[k]) ** balance for k in names}
+    raw = {k: (1.0 / max(sizes[k], 1)) ** balance for k in names}
     tot = sum(raw[k] * sizes[k] for k in names)
     n = sum(sizes[k] for k in names)
     return {k: raw[k] * n / tot for k in names}
 
 
-def assemble(data, names, config, H_all, include_xs_safe: bool):
+def _eval_mask(data, k):
+    """Rows of source ``k`` in scope (XSTest: unsafe prompts only)."""
+    return ~data[k]["xs_safe"]
+
+
+def assemble(data, names, config, H_all, include_xs_safe: bool, exclude: dict | None = None):
+    """Training rows of ``names`` (minus ``exclude[name]`` row masks), with source weights."""
     q, r, y, H, w, grp = [], [], [], [], [], []
     sizes = {}
     masks = {}
     for k in names:
         d = data[k]
-        m = np.ones(len(d["y"]), dtype=bool)
-        if k == "xstest" and not include_xs_safe:
-            m = ~d["xs_safe"]
+        m = np.ones(len(d["y"]), dtype=bool) if include_xs_safe else ~d["xs_safe"]
+        if exclude and k in exclude:
+            m = m & ~exclude[k]
         masks[k] = m
         sizes[k] = int(m.sum())
     ws = _weights(names, sizes, config["dataset_balance"])
@@ -321,121 +585,255 @@ def assemble(data, names, config, H_all, include_xs_safe: bool):
     return q, r, np.concatenate(y), np.vstack(H), np.concatenate(w), np.asarray(grp)
 
 
-THRESHOLD_GRID = np.round(np.arange(0.20, 0.801, 0.05), 2)
+# ----------------------------------------------------------------------------- calibration
+def _logit(p):
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-15, 1 - 1e-15)
+    return np.log(p / (1 - p))
 
 
-def _lodo_predictions(data, names, config, H_all):
-    """{held-out set: P(unsafe)} for a model trained on the other sets of ``names``."""
-    preds = {}
-    for held in names:
-        train = [k for k in names if k != held]
-        q, r, y, H, w, _ = assemble(data, train, config, H_all, config["xstest_safe_prompts"])
-        pipe = Pipeline(config).fit(q, r, y, sample_weight=w, H=H)
-        d = data[held]
-        preds[held] = pipe.predict_proba(d["q"], d["r"], H=H_all[held])
-    return preds
+def fit_calibrator(z_by_source: dict[str, np.ndarray], y_by_source: dict[str, np.ndarray], kind: str,
+                   balance: float = 1.0) -> dict:
+    """Calibrator of log-odds ``z`` -> P(unsafe), fitted on out-of-source scores of several sources
+    (each source weighted ∝ (1/n)^balance). ``platt``: sigmoid(a z + b), a > 0; ``isotonic``:
+    a non-decreasing step function (piecewise linear between its knots, clipped at the ends)."""
+    names = list(z_by_source)
+    sizes = {k: len(z_by_source[k]) for k in names}
+    ws = _weights(names, sizes, balance)
+    z = np.concatenate([z_by_source[k] for k in names])
+    y = np.concatenate([y_by_source[k] for k in names])
+    w = np.concatenate([np.full(sizes[k], ws[k]) for k in names])
+    if kind == "platt":
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], y, sample_weight=w)
+        a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        if not a > 0:
+            raise RuntimeError(f"Platt calibration gave a non-increasing map (a={a})")
+        return {"kind": "platt", "a": a, "b": b}
+    if kind == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+        iso.fit(np.clip(z, -30, 30), y, sample_weight=w)
+        return {"kind": "isotonic", "x": [float(v) for v in iso.X_thresholds_],
+                "y": [float(v) for v in iso.y_thresholds_]}
+    raise ValueError(f"unknown calibration {kind!r}")
 
 
-def _eval_mask(data, k):
+# ----------------------------------------------------------------------------- protocol
+class Runner:
+    """Fits and scores with an on-disk cache of predictions (``--cache``), so a variant re-uses
+    the folds it shares with an earlier run. Every score is a raw log-odds (turn max applied)."""
+
+    def __init__(self, data: dict, H_all: dict, config: dict, cache: Path | None, verbose: bool = True):
+        self.data, self.H_all, self.config, self.cache, self.verbose = data, H_all, config, cache, verbose
+        self.fits = 0
+        key = {k: v for k, v in config.items() if k not in ("train_sources", "calibration", "calibration_balance",
+                                                             "threshold")}
+        sizes = {k: len(d["y"]) for k, d in data.items()}
+        self._ckey = json.dumps([key, sizes, VERSION], sort_keys=True, default=str)
+
+    def scores(self, train: list[str], targets: list[str], exclude: dict | None = None,
+               tag: str = "") -> dict[str, np.ndarray]:
+        """{target: log-odds} from a model fitted on ``train`` (minus ``exclude`` rows)."""
+        h = hashlib.sha256((self._ckey + json.dumps([sorted(train), sorted(targets), tag])).encode()).hexdigest()[:20]
+        f = self.cache / f"scores_{h}.npz" if self.cache else None
+        if f is not None and f.exists():
+            with np.load(f, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        t = time.time()
+        q, r, y, H, w, _ = assemble(self.data, train, self.config, self.H_all, self.config["xstest_safe_prompts"],
+                                    exclude=exclude)
+        pipe = Pipeline(self.config).fit(q, r, y, sample_weight=w, H=H)
+        out = {k: pipe.decision_function(self.data[k]["q"], self.data[k]["r"], H=self.H_all[k]) for k in targets}
+        self.fits += 1
+        if self.verbose:
+            print(f"  fit on {'+'.join(train)}{' ' + tag if tag else ''} -> {', '.join(targets)} "
+                  f"({time.time() - t:.0f}s)", flush=True)
+        if f is not None:
+            np.savez(f, **out)
+        return out
+
+
+def _held_metrics(data, k, z, cal, thr) -> dict:
+    """Metrics of source ``k`` (in-scope rows) from raw log-odds ``z`` and calibrator ``cal``."""
     d = data[k]
-    return ~d["xs_safe"] if k == "xstest" else np.ones(len(d["y"]), dtype=bool)
-
-
-def select_threshold(data, preds: dict) -> float:
-    """Threshold maximising the mean (over data sets, each weighing the same) held-out accuracy."""
-    scores = np.zeros(len(THRESHOLD_GRID))
-    for k, p in preds.items():
-        m = _eval_mask(data, k)
-        y = data[k]["y"][m]
-        scores += np.array([float(((p[m] >= t).astype(int) == y).mean()) for t in THRESHOLD_GRID])
-    best = scores.max()
-    # ties: the candidate closest to 0.5
-    cand = [t for t, sc in zip(THRESHOLD_GRID, scores) if sc >= best - 1e-12]
-    return float(min(cand, key=lambda t: abs(t - 0.5)))
-
-
-def lodo(data, config, H_all, verbose=True):
-    """Leave-one-dataset-out.  With ``config["threshold"] == "inner_lodo"`` the threshold for a
-    held-out set is chosen by a leave-one-dataset-out run *inside* its training sets only."""
-    names = list(data)
-    res = {}
-    preds = _lodo_predictions(data, names, config, H_all)
-    thresholds = {}
-    for held in names:
-        if config.get("threshold") == "inner_lodo":
-            train = [k for k in names if k != held]
-            thresholds[held] = select_threshold(data, _lodo_predictions(data, train, config, H_all))
-        else:
-            thresholds[held] = float(config.get("threshold", 0.5))
-        d, p, t = data[held], preds[held], thresholds[held]
-        kw = keyword_baseline(d["r"])
-        if held == "xstest":
-            m = ~d["xs_safe"]
-            res["xstest"] = metrics(d["y"][m], p[m], t)
-            res["xstest"]["keyword_accuracy"] = metrics(d["y"][m], kw[m])["accuracy"]
-            res["xstest"]["accuracy_at_0.5"] = metrics(d["y"][m], p[m])["accuracy"]
-            res["xstest"]["threshold"] = t
-            res["xstest_all_prompts"] = metrics(d["y"], p, t)
-            res["xstest_all_prompts"]["keyword_accuracy"] = metrics(d["y"], kw)["accuracy"]
-        else:
-            res[held] = metrics(d["y"], p, t)
-            res[held]["keyword_accuracy"] = metrics(d["y"], kw)["accuracy"]
-            res[held]["accuracy_at_0.5"] = metrics(d["y"], p)["accuracy"]
-            res[held]["threshold"] = t
-        if verbose:
-            print(f"  held out {held:14s} thr={t:.2f} " + _fmt(res[held]), flush=True)
-    main = [k for k in names]
-    keys = ("accuracy", "f1", "kappa", "majority_accuracy", "keyword_accuracy", "accuracy_at_0.5")
-    res["mean"] = {m: float(np.mean([res[k][m] for k in main])) for m in keys}
-    res["mean_without_jailbreakeval"] = {
-        m: float(np.mean([res[k][m] for k in main if k != "jailbreakeval"])) for m in keys
-    }
-    if config.get("threshold") == "inner_lodo":
-        # threshold for the final model (trained on all sets): chosen on these held-out predictions
-        res["threshold_for_final_model"] = select_threshold(data, preds)
+    m = _eval_mask(data, k)
+    y = d["y"][m]
+    p = apply_calibration(cal, z[m])
+    res = metrics(y, p, thr)
+    res["ece_uncalibrated"] = ece_score(y, 1 / (1 + np.exp(-z[m])))
+    res["accuracy_uncalibrated"] = float(((z[m] >= 0).astype(int) == y).mean())
+    res["keyword_accuracy"] = metrics(y, keyword_baseline([d["r"][i] for i in np.flatnonzero(m)]))["accuracy"]
+    groups = np.asarray(d["group"])[m]
+    if len(set(groups)) > 1 and len(set(groups)) <= 12:
+        res["by_group"] = {g: {"n": int((groups == g).sum()),
+                               "accuracy": float(((p[groups == g] >= thr).astype(int) == y[groups == g]).mean())}
+                           for g in sorted(set(groups))}
     return res
 
 
-def in_distribution_cv(data, config, H_all, folds=5):
-    from sklearn.model_selection import StratifiedKFold
+def evaluate(data: dict, H_all: dict, config: dict, cache: Path | None, nested: bool = True,
+             families: bool = True) -> tuple[dict, dict]:
+    """The whole protocol. Returns (figures, state) where state holds the final pipeline (trained
+    on every trainable source), the shipped calibrator and the out-of-source scores it was fitted on."""
+    run = Runner(data, H_all, config, cache)
+    thr = float(config["threshold"])
+    kind, cbal = config["calibration"], config["calibration_balance"]
+    trainable = [k for k in config["train_sources"] if k in data]
+    held_out = [k for k in data if k not in TEST_ONLY and int(_eval_mask(data, k).sum()) >= MIN_ROWS_HELD_OUT]
+    ys = {k: data[k]["y"][_eval_mask(data, k)] for k in data}
+    fig: dict = {}
+    # 1. leave-one-source-out scores (held-out source S scored by a model that never saw S)
+    loso: dict[str, np.ndarray] = {}
+    for s in held_out:
+        loso[s] = run.scores([k for k in trainable if k != s], [s])[s]
+    # 2. calibrator per held-out source, never fitted on S
+    cals: dict[str, dict] = {}
+    for s in held_out:
+        others = [k for k in trainable if k != s]
+        if nested:
+            zs = {b: run.scores([k for k in others if k != b], [b])[b][_eval_mask(data, b)] for b in others}
+        else:  # cheaper, weaker: the other sources' LOSO scores (their models did see S)
+            zs = {b: loso[b][_eval_mask(data, b)] for b in others if b in loso}
+        cals[s] = fit_calibrator(zs, {b: ys[b] for b in zs}, kind, cbal)
+    res = {s: _held_metrics(data, s, loso[s], cals[s], thr) for s in held_out}
+    if "xstest" in loso:
+        d = data["xstest"]
+        p = apply_calibration(cals["xstest"], loso["xstest"])
+        res["xstest_all_prompts"] = metrics(d["y"], p, thr)
+        res["xstest_all_prompts"]["keyword_accuracy"] = metrics(d["y"], keyword_baseline(d["r"]))["accuracy"]
+    keys = ("accuracy", "f1", "kappa", "auc", "ece", "majority_accuracy", "keyword_accuracy")
+    res["mean"] = {m: float(np.mean([res[k][m] for k in held_out])) for m in keys}
+    worst = min(held_out, key=lambda k: res[k]["accuracy"])
+    res["worst"] = {"source": worst, "accuracy": res[worst]["accuracy"], "ece": res[worst]["ece"]}
+    fig["leave_one_source_out"] = res
+    fig["calibration_protocol"] = (
+        f"{kind} on log-odds; for held-out S fitted on the scores of every other trainable source B computed by a "
+        "model trained without S and B (nested), each source weighted equally" if nested else
+        f"{kind} on log-odds; for held-out S fitted on the other sources' leave-one-source-out scores (NOT nested: "
+        "those models saw S)")
+    # 3. shipped calibrator: on the LOSO scores of every trainable source
+    oos = {k: loso[k][_eval_mask(data, k)] for k in trainable if k in loso}
+    cal = fit_calibrator(oos, {k: ys[k] for k in oos}, kind, cbal)
+    # 4. test-only sources: the model trained on all trainable sources (the one shipped)
+    t = time.time()
+    q, r, y, H, w, _ = assemble(data, trainable, config, H_all, config["xstest_safe_prompts"])
+    final = Pipeline(config).fit(q, r, y, sample_weight=w, H=H)
+    print(f"  final fit on {'+'.join(trainable)} ({time.time() - t:.0f}s)", flush=True)
+    targets = [k for k in TEST_ONLY if k in data]
+    fig["test_only"] = {k: _held_metrics(data, k, final.decision_function(data[k]["q"], data[k]["r"], H=H_all[k]),
+                                         cal, thr) for k in targets}
+    # 5. XSTest: one model family held out (its XSTest replies removed from training)
+    if families and "xstest" in trainable:
+        fam = np.asarray(data["xstest"]["group"])
+        fr = {}
+        for f in sorted(set(fam)):
+            z = run.scores(trainable, ["xstest"], exclude={"xstest": fam == f}, tag=f"xstest-family-out:{f}")["xstest"]
+            m = _eval_mask(data, "xstest") & (fam == f)
+            p = apply_calibration(cals["xstest"], z[m])
+            fr[f] = metrics(data["xstest"]["y"][m], p, thr)
+        fig["xstest_family_held_out"] = fr
+    fig["fits"] = run.fits + 1
+    return fig, {"calibrator": cal, "oos": oos, "oos_y": {k: ys[k] for k in oos}, "trainable": trainable,
+                 "pipe": final, "train_rows": (q, r, y, H)}
 
-    names = list(data)
-    q, r, y, H, w, grp = assemble(data, names, config, H_all, config["xstest_safe_prompts"])
-    strat = np.asarray([f"{g}:{t}" for g, t in zip(grp, y)])
-    p = np.zeros(len(y))
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=SEED)
-    for tr, te in skf.split(np.zeros(len(y)), strat):
-        pipe = Pipeline(config).fit([q[i] for i in tr], [r[i] for i in tr], y[tr], sample_weight=w[tr], H=H[tr])
-        p[te] = pipe.predict_proba([q[i] for i in te], [r[i] for i in te], H=H[te])
-    res = {k: metrics(y[grp == k], p[grp == k]) for k in names}
-    res["pooled"] = metrics(y, p)
-    return res
+
+def hh_pairwise(pairs: dict, model_scores) -> dict:
+    """Share of HH-RLHF pairs where the chosen (less harmful) reply scores below the rejected one
+    (ties count one half)."""
+    sc = np.asarray(model_scores(pairs["q"], pairs["chosen"]))
+    sr = np.asarray(model_scores(pairs["q"], pairs["rejected"]))
+    lower, ties = int((sc < sr).sum()), int((sc == sr).sum())
+    n = len(sc)
+    return {"pairs": n, "chosen_lower": lower, "ties": ties,
+            "ranking_accuracy": (lower + 0.5 * ties) / n if n else None,
+            "mean_p_chosen": float(sc.mean()) if n else None, "mean_p_rejected": float(sr.mean()) if n else None}
+
+
+BAND_LO = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+BAND_HI = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+BAND_MAX_DISAGREEMENT = 0.01
+
+
+def choose_band(p_by_source: dict[str, np.ndarray], y_by_source: dict[str, np.ndarray], thr: float = 0.5) -> dict:
+    """The abstain band LO,HI fixed before any cascade measurement: on the training sources'
+    calibrated out-of-source probabilities, the band that lets the offline judge decide the most
+    rows (mean share over sources) while the rows it decides wrongly stay <= 1% of all rows (mean
+    over sources): a cascade with a perfect second stage would then lose <= 1 point."""
+    best = None
+    for lo in BAND_LO:
+        for hi in BAND_HI:
+            if not lo < hi:
+                continue
+            share, wrong = [], []
+            for k, p in p_by_source.items():
+                dec = (p <= lo) | (p >= hi)
+                share.append(float(dec.mean()))
+                wrong.append(float((dec & ((p >= thr).astype(int) != y_by_source[k])).mean()))
+            s, w = float(np.mean(share)), float(np.mean(wrong))
+            if w <= BAND_MAX_DISAGREEMENT and (best is None or s > best["decided_share"] + 1e-12):
+                best = {"lo": lo, "hi": hi, "decided_share": s, "wrong_share": w,
+                        "per_source": {k: {"decided_share": a, "wrong_share": b}
+                                       for k, a, b in zip(p_by_source, share, wrong)}}
+    rule = (f"maximise the mean decided share over the training sources' calibrated out-of-source scores "
+            f"subject to mean (decided and wrong) share <= {BAND_MAX_DISAGREEMENT}; grid LO {list(BAND_LO)}, "
+            f"HI {list(BAND_HI)}")
+    return {"rule": rule, **(best or {"lo": None, "hi": None})}
 
 
 def _fmt(m):
-    return f"n={m['n']:5d}  acc={m['accuracy']:.3f}  F1={m['f1']:.3f}  kappa={m['kappa']:.3f}"
+    return f"n={m['n']:5d}  acc={m['accuracy']:.3f}  F1={m['f1']:.3f}  kappa={m['kappa']:.3f}  ECE={m['ece']:.3f}"
 
 
-def print_table(title, res):
-    print(f"\n{title}")
-    print(f"| {'held-out set':26s} | {'n':>5s} | {'thr':>4s} | {'accuracy':>8s} | {'acc@0.5':>7s} | {'F1':>6s} "
-          f"| {'kappa':>6s} | {'majority':>8s} | {'keyword':>7s} |")
-    print(f"|{'-' * 28}|{'-' * 7}|{'-' * 6}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 8}|{'-' * 10}|{'-' * 9}|")
-    for k, m in res.items():
-        if not isinstance(m, dict):
-            print(f"{k}: {m}")
-            continue
-        n = m.get("n", "")
-        kw = m.get("keyword_accuracy")
-        kws = f"{kw:7.3f}" if kw is not None else " " * 7
-        thr = m.get("threshold")
-        ths = f"{thr:4.2f}" if thr is not None else " " * 4
-        a5 = m.get("accuracy_at_0.5")
-        a5s = f"{a5:7.3f}" if a5 is not None else " " * 7
-        print(
-            f"| {k:26s} | {str(n):>5s} | {ths} | {m['accuracy']:8.3f} | {a5s} | {m['f1']:6.3f} | {m['kappa']:6.3f} "
-            f"| {m.get('majority_accuracy', float('nan')):8.3f} | {kws} |"
-        )
+def _groups(by_group: dict) -> str:
+    return ", ".join(f"{g} {v['accuracy']:.3f} (n={v['n']})" for g, v in by_group.items())
+
+
+def print_tables(fig: dict) -> None:
+    """Markdown tables of the figures."""
+    res = fig["leave_one_source_out"]
+    held = [k for k in res if k not in ("mean", "worst", "xstest_all_prompts")]
+    print("\n### Leave-one-source-out (threshold 0.5 on the calibrated P)\n")
+    print("| held-out source | n | accuracy | F1 | κ | AUC | ECE | ECE uncal. | acc. uncal. | majority | keyword |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    extra = ["xstest_all_prompts"] if "xstest_all_prompts" in res else []
+    for k in sorted(held, key=lambda k: res[k]["accuracy"]) + extra:
+        m = res[k]
+        print(f"| {k} | {m['n']} | {m['accuracy']:.3f} | {m['f1']:.3f} | {m['kappa']:.3f} | {m['auc']:.3f} "
+              f"| {m['ece']:.3f} | {m.get('ece_uncalibrated', float('nan')):.3f} "
+              f"| {m.get('accuracy_uncalibrated', float('nan')):.3f} | {m['majority_accuracy']:.3f} "
+              f"| {m['keyword_accuracy']:.3f} |")
+    mm = res["mean"]
+    print(f"| **mean ({len(held)})** | | {mm['accuracy']:.3f} | {mm['f1']:.3f} | {mm['kappa']:.3f} | {mm['auc']:.3f} "
+          f"| {mm['ece']:.3f} | | | {mm['majority_accuracy']:.3f} | {mm['keyword_accuracy']:.3f} |")
+    print(f"\nworst: {res['worst']['source']} accuracy {res['worst']['accuracy']:.3f}, ECE {res['worst']['ece']:.3f}")
+    for k in held:
+        if "by_group" in res[k]:
+            print(f"  {k} by group: " + _groups(res[k]["by_group"]))
+    if fig.get("test_only"):
+        print("\n### Test-only sources (model trained on all trainable sources, shipped calibrator)\n")
+        print("| source | n | accuracy | F1 | κ | AUC | ECE | majority | keyword |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for k, m in fig["test_only"].items():
+            print(f"| {k} | {m['n']} | {m['accuracy']:.3f} | {m['f1']:.3f} | {m['kappa']:.3f} | {m['auc']:.3f} "
+                  f"| {m['ece']:.3f} | {m['majority_accuracy']:.3f} | {m['keyword_accuracy']:.3f} |")
+        for k, m in fig["test_only"].items():
+            if "by_group" in m:
+                print(f"  {k} by group: " + _groups(m["by_group"]))
+    if fig.get("xstest_family_held_out"):
+        print("\nXSTest, one model family held out (its XSTest replies not trained on): " + ", ".join(
+            f"{f} acc {m['accuracy']:.3f} ECE {m['ece']:.3f} (n={m['n']})"
+            for f, m in fig["xstest_family_held_out"].items()))
+    if fig.get("hh_rlhf_pairwise"):
+        h = fig["hh_rlhf_pairwise"]
+        print(f"\nHH-RLHF pairwise: chosen scored below rejected on {h['ranking_accuracy']:.3f} of {h['pairs']} pairs "
+              f"(ties {h['ties']})")
+    if fig.get("cascade_band"):
+        b = fig["cascade_band"]
+        if b.get("lo") is not None:
+            print(f"\ncascade band chosen on the training sources: {b['lo']},{b['hi']} "
+                  f"(decided {b['decided_share']:.3f}, decided and wrong {b['wrong_share']:.4f})")
 
 
 # ----------------------------------------------------------------------------- throughput
@@ -457,7 +855,7 @@ def bench(root: Path, weights: Path | None, reps: int = 5) -> list[dict]:
     import multiprocessing as mp
     import os
 
-    data = load_data(root)
+    data = load_data(root, with_train2=False)
     sets = {}
     jj = data["jailjudge"]
     sel = [i for i, x in enumerate(jj["r"]) if 1000 <= len(x) <= 2000]
@@ -466,7 +864,8 @@ def bench(root: Path, weights: Path | None, reps: int = 5) -> list[dict]:
     g = data["gptfuzz"]
     sets["all GPTFuzz replies"] = (g["q"], g["r"])
     sel = [i for i, x in enumerate(g["r"]) if 1000 <= len(x) <= 2000 and len(split_turns(prepare_response(x))) > 1]
-    sets["GPTFuzz multi-persona replies of 1-2 KB (scored per turn too)"] = ([g["q"][i] for i in sel], [g["r"][i] for i in sel])
+    sets["GPTFuzz multi-persona replies of 1-2 KB (scored per turn too)"] = ([g["q"][i] for i in sel],
+                                                                             [g["r"][i] for i in sel])
     out = []
     ctx = mp.get_context("spawn")
     for name, (q, r) in sets.items():
@@ -604,11 +1003,6 @@ def cascade_features(E: dict, n: int, K: int, protos: dict) -> np.ndarray:
     return F
 
 
-def _logit(p):
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
-    return np.log(p / (1 - p))
-
-
 def cascade_stage1(data, H_all, cache: Path | None) -> dict[str, np.ndarray]:
     """First-stage P(unsafe): ``lodo__A`` (trained on the sets other than A) and ``nested__A__B``
     (set B predicted by a model trained on the sets other than A and B): the second stage for
@@ -649,7 +1043,7 @@ def cascade_eval(root: Path, cache: Path | None) -> dict:
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    data = load_data(root)
+    data = {k: v for k, v in load_data(root, with_train2=False).items() if k in LEGACY_SOURCES}
     names = list(data)
     H_all = {k: hand_feature_matrix(d["q"], d["r"]) for k, d in data.items()}
     S = cascade_stage1(data, H_all, cache)
@@ -767,19 +1161,55 @@ def _timed(fn) -> float:
 
 
 # ----------------------------------------------------------------------------- main
+def hand_features_cached(data: dict, cache: Path | None) -> dict[str, np.ndarray]:
+    """Hand-crafted feature matrix per source (cached by a hash of the texts)."""
+    out = {}
+    for k, d in data.items():
+        h = hashlib.sha256()
+        for q, r in zip(d["q"], d["r"]):
+            h.update(q.encode("utf-8", "replace") + b"\0" + r.encode("utf-8", "replace") + b"\1")
+        h.update(json.dumps(HAND_FEATURE_NAMES).encode())
+        f = cache / f"hand_{k}_{h.hexdigest()[:16]}.npy" if cache else None
+        if f is not None and f.exists():
+            out[k] = np.load(f, allow_pickle=False)
+            continue
+        out[k] = hand_feature_matrix(d["q"], d["r"])
+        if f is not None:
+            np.save(f, out[k])
+    return out
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="judge data dir (default: ../shared/data/judge)")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="data dir (default: ../shared/data)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write model.npz + model.json")
     ap.add_argument("--no-export", action="store_true", help="evaluate only")
-    ap.add_argument("--skip-eval", action="store_true", help="train + export only")
+    ap.add_argument("--variant", default="shipped", choices=sorted(VARIANTS),
+                    help="CONFIG overrides of a 'variants tried' row (default: the shipped configuration)")
+    ap.add_argument("--fast", action="store_true",
+                    help="no nested calibration (ECE then comes from calibrators whose models saw the source) and "
+                         "no per-family XSTest runs: for variant rows")
+    ap.add_argument("--report", type=Path, default=None, help="write the figures as json here")
     ap.add_argument("--cascade-eval", action="store_true",
                     help="only evaluate the MiniLM cascade (tried, not shipped; needs the offline extra)")
     ap.add_argument("--cache", type=Path, default=None,
-                    help="with --cascade-eval: directory caching stage-1 scores and MiniLM embeddings")
+                    help="directory caching hand features and fold scores (and, with --cascade-eval, MiniLM)")
     ap.add_argument("--bench", action="store_true",
                     help="only measure the throughput of the weights in --out (or the shipped ones)")
     args = ap.parse_args(argv)
+    if not data_dirs(args.data)[0].is_dir():
+        print(f"train_offline_judge: --data {args.data}: no judge/ data there", file=sys.stderr)
+        return 2
+    if args.cache is not None:
+        args.cache.mkdir(parents=True, exist_ok=True)
     if args.cascade_eval:
         res = cascade_eval(args.data, args.cache)
         if args.cache is not None:
@@ -790,56 +1220,80 @@ def main(argv=None) -> int:
         print("|---|---:|---:|---:|---:|---:|")
         bench(args.data, args.out if args.out != DEFAULT_OUT else None)
         return 0
+    config = json.loads(json.dumps(CONFIG))
+    config["word"]["ngram_range"] = tuple(config["word"]["ngram_range"])
+    config["char"]["ngram_range"] = tuple(config["char"]["ngram_range"])
+    config.update(VARIANTS[args.variant])
     np.random.seed(SEED)
     t0 = time.time()
     data = load_data(args.data)
+    _, train2 = data_dirs(args.data)
+    pairs = load_hh_pairs(train2 / "hh_rlhf") if (train2 / "hh_rlhf").is_dir() else None
+    print("| source | role | read | dropped | used | positives |")
+    print("|---|---|---:|---|---:|---:|")
     for k, d in data.items():
-        print(f"{k:14s} rows={len(d['y']):5d} positives={int(d['y'].sum())}")
-    H_all = {k: hand_feature_matrix(d["q"], d["r"]) for k, d in data.items()}
-    figures: dict = {}
-    if not args.skip_eval:
-        print("\nleave-one-dataset-out:")
-        figures["leave_one_dataset_out"] = lodo(data, CONFIG, H_all)
-        print_table("Leave-one-dataset-out (train on the others, test on the held-out set)", figures["leave_one_dataset_out"])
-        figures["in_distribution_cv5"] = in_distribution_cv(data, CONFIG, H_all)
-        print_table("In-distribution 5-fold CV (reference only)", figures["in_distribution_cv5"])
-    # final model on everything
-    q, r, y, H, w, grp = assemble(data, list(data), CONFIG, H_all, CONFIG["xstest_safe_prompts"])
-    pipe = Pipeline(CONFIG).fit(q, r, y, sample_weight=w, H=H)
-    counts = {k: int((grp == k).sum()) for k in data}
+        st = d["stats"]
+        dropped = "; ".join(f"{v} {r}" for r, v in st["dropped"].items()) or "0"
+        role = "train" if k in config["train_sources"] else ("test only" if k in TEST_ONLY else "held out only")
+        print(f"| {k} | {role} | {st['read']} | {dropped} | {st['used']} | {st['positives']} |")
+    if pairs is not None:
+        st = pairs["stats"]
+        print(f"| hh_rlhf | pairwise check | {st['read']} | "
+              f"{'; '.join(f'{v} {r}' for r, v in st['dropped'].items()) or '0'} | {st['used']} pairs | — |")
+    H_all = hand_features_cached(data, args.cache)
+    print(f"hand features ready ({time.time() - t0:.0f}s); variant {args.variant}", flush=True)
+    fig, state = evaluate(data, H_all, config, args.cache, nested=not args.fast, families=not args.fast)
+    fig["variant"] = args.variant
+    fig["sources"] = {k: d["stats"] for k, d in data.items()}
+    trainable = state["trainable"]
+    cal = state["calibrator"]
+    oos_p = {k: apply_calibration(cal, z) for k, z in state["oos"].items()}
+    fig["cascade_band"] = choose_band(oos_p, state["oos_y"], float(config["threshold"]))
+    # the final model (every trainable source), fitted in evaluate()
+    pipe = state["pipe"]
+    q, r, y, H = state["train_rows"]
+    if pairs is not None:
+        fig["hh_rlhf_pairwise"] = hh_pairwise(pairs, lambda qq, rr: pipe.predict_proba(qq, rr, calibration=cal))
+        fig["sources"]["hh_rlhf"] = pairs["stats"]
+    print_tables(fig)
+    counts = {k: int(_eval_mask(data, k).sum()) for k in trainable}
     info = {
         "name": "mmsafe-offline-judge",
         "version": VERSION,
-        "label": "P(reply is unsafe / jailbroken); 1 = unsafe, 0 = safe/refused",
-        "trained_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "label": "P(reply is unsafe / jailbroken), calibrated; 1 = unsafe, 0 = safe/refused",
+        "trained_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "protocol": {
+            "evaluation": "leave-one-source-out over the trainable sources with >= 50 rows; test-only sources "
+                          "scored by the model trained on all trainable sources; threshold 0.5 on the calibrated "
+                          "probability, fixed in advance",
+            "calibration": fig["calibration_protocol"],
+            "shipped_calibrator": f"{config['calibration']} on the leave-one-source-out log-odds of every trainable "
+                                  "source (each row scored by a model that did not see its source)",
+            "ece": "10 equal-width bins",
+            "test_only_sources": list(TEST_ONLY),
+            "test_only_reason": "they overlap AdvBench, which is not available here to find the overlapping rows",
+        },
         "training_data": {
-            "datasets": {
-                "gptfuzz": "sherdencooper/GPTFuzz train+evaluate (MIT)",
-                "jailjudge": "JAILJUDGE mini subsample via ThuCCSLab/JailbreakEval",
-                "xstest": "paul-rottger/exaggerated-safety completions, 5 models; "
-                + ("all prompts" if CONFIG["xstest_safe_prompts"] else "contrast (unsafe) prompts only"),
-                "jailbreakeval": "ThuCCSLab/JailbreakEval example (MIT)",
-            },
+            "sources": {k: SOURCE_INFO[k] for k in list(data) + (["hh_rlhf"] if pairs is not None else [])},
             "rows_used": counts,
             "sha256_16": data_fingerprint(args.data),
         },
-        "config": json.loads(json.dumps(CONFIG)),
+        "config": json.loads(json.dumps(config)),
         "seed": SEED,
-        "figures": figures,
+        "figures": fig,
         "sklearn_version": __import__("sklearn").__version__,
     }
-    thr = float(CONFIG.get("threshold", 0.5)) if CONFIG.get("threshold") != "inner_lodo" else 0.5
-    if CONFIG.get("threshold") == "inner_lodo" and "leave_one_dataset_out" in figures:
-        thr = figures["leave_one_dataset_out"]["threshold_for_final_model"]
-    info["threshold_selection"] = (
-        "threshold maximising the mean leave-one-dataset-out accuracy over the four training sets"
-        if CONFIG.get("threshold") == "inner_lodo" else "fixed")
-    print(f"threshold of the exported model: {thr:.2f}")
-    meta, arrays = pipe.export(threshold=thr, info=info)
+    thr = float(config["threshold"])
+    meta, arrays = pipe.export(threshold=thr, info=json.loads(json.dumps(info, default=_json_default)), calibration=cal)
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(info, indent=1, default=_json_default), encoding="utf-8")
+        print(f"\nwrote {args.report}")
     if not args.no_export:
         args.out.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.out / "model.npz", **arrays)
-        (args.out / "model.json").write_text(json.dumps(meta, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+        (args.out / "model.json").write_text(json.dumps(meta, ensure_ascii=False, separators=(",", ":")),
+                                             encoding="utf-8")
         init = args.out / "__init__.py"
         if not init.exists():
             init.write_text('"""Shipped weights of the offline judge (numpy .npz + JSON, no pickle)."""\n')
@@ -847,10 +1301,10 @@ def main(argv=None) -> int:
         model = OfflineJudgeModel.load(args.out)
         idx = np.random.RandomState(SEED).choice(len(y), size=min(500, len(y)), replace=False)
         qs, rs = [q[i] for i in idx], [r[i] for i in idx]
-        diff = np.max(np.abs(model.predict_proba(qs, rs) - pipe.predict_proba(qs, rs, H=H[idx])))
+        diff = np.max(np.abs(model.predict_proba(qs, rs) - pipe.predict_proba(qs, rs, H=H[idx], calibration=cal)))
         size = sum(p.stat().st_size for p in args.out.iterdir())
         print(f"\nwrote {args.out} ({size / 1e6:.2f} MB); max |numpy - sklearn| = {diff:.2e}")
-    print(f"done in {time.time() - t0:.0f}s")
+    print(f"done in {time.time() - t0:.0f}s ({fig['fits']} fits)")
     return 0
 
 

@@ -1,11 +1,14 @@
 """``offline`` — the CPU-only classifier (no API calls) as a Judge.
 
 A thin wrapper around :class:`mmsafe.judges.offline_model.OfflineJudgeModel`: the score is
-P(unsafe), the label is ``unsafe`` iff it reaches the model's threshold (or the
-``threshold`` option). The identity carries the sha256 of the weight files and the
+P(unsafe), calibrated on out-of-source scores when the weights carry a calibrator (the shipped
+ones do), the label is ``unsafe`` iff it reaches the model's threshold (or the ``threshold``
+option), and ``abstain=LO,HI`` leaves the verdict ``unscored`` (``abstained``) when that same
+calibrated P lies strictly inside the band; the shipped weights record the band chosen for
+cascades in ``info["figures"]["cascade_band"]``. The identity carries the sha256 of the weight files and the
 weights' version, so retrained weights make a new judge.
 
-Options: ``offline?weights=DIR&threshold=0.5``.
+Options: ``offline?weights=DIR&threshold=0.5&abstain=LO,HI``.
 """
 
 from __future__ import annotations
