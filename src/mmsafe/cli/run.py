@@ -246,8 +246,9 @@ def _end_of_run(outcome: Any, out: Path, target_name: str, attacker: str | None,
     print_summary(outcome.summary, out, attacker=attacker)
     if outcome.stats.get("batch"):  # --batch: what went through the batch API, and how it was priced
         b = outcome.stats["batch"]
-        say(f"batch: {b['replies']} replies from {b['jobs'] + b['resumed']} batch(es), {b['failed_lines']} failed "
-            f"line(s), ${b['cost_usd']:.4f} at batch prices ({b['pricing']})")
+        cached = f" ({b['cached']} from the response cache)" if b.get("cached") else ""
+        say(f"batch: {b['replies']} replies{cached} from {b['jobs'] + b['resumed']} batch(es), "
+            f"{b['failed_lines']} failed line(s), ${b['cost_usd']:.4f} at batch prices ({b['pricing']})")
     if outcome.stats.get("by_others"):  # several processes on this run (claims): say how it was shared
         say(f"{outcome.stats['by_others']} of the samples were done by another process working on this run")
     if outcome.stopped == "max_cost":  # one figure: the summary's spent total (never above the budget)

@@ -310,6 +310,16 @@ def estimate_prompt_tokens(payload: Any) -> int:
     return int((ascii_chars / _CHARS_PER_TOKEN + other) * 1.25) + 8 + media * IMAGE_TOKENS
 
 
+def worst_case_tokens(cfg: EndpointConfig, payload: Any, params: dict[str, Any]) -> tuple[int, int]:
+    """A request's worst case in tokens: the payload's estimated prompt tokens, and ``max_tokens`` (else the
+    endpoint's context window, else :data:`DEFAULT_OUTPUT_BOUND`) as the output bound. Priced live by
+    :meth:`ModelClient.worst_case_cost`, at batch prices by ``mmsafe run --batch --max-cost``."""
+    bound = next((int(params[k]) for k in _MAX_TOKEN_PARAMS if params.get(k)), None)
+    if bound is None:
+        bound = int(getattr(cfg, "context_window", None) or DEFAULT_OUTPUT_BOUND)
+    return estimate_prompt_tokens(payload), bound
+
+
 # --------------------------------------------------------------------------- replicas
 
 
@@ -472,10 +482,7 @@ class ModelClient:
         price = self.cfg.price
         if not price.input and not price.output:
             return 0.0
-        bound = next((int(params[k]) for k in _MAX_TOKEN_PARAMS if params.get(k)), None)
-        if bound is None:
-            bound = int(getattr(self.cfg, "context_window", None) or DEFAULT_OUTPUT_BOUND)
-        return price.cost(estimate_prompt_tokens(payload), bound)
+        return price.cost(*worst_case_tokens(self.cfg, payload, params))
 
     async def chat_payload(self, payload: Any, params: dict[str, Any] | None = None) -> ChatResult:
         """Send an already-encoded payload (no cache)."""
@@ -576,7 +583,7 @@ class ModelClient:
 
 __all__ = ["DEFAULT_OUTPUT_BOUND", "IMAGE_TOKENS", "AdaptiveLimiter", "AssetError", "BudgetExceeded", "CostLedger",
            "FatalProviderError", "ModelClient", "Replica", "ResponseCache", "cache_key", "default_cache_dir",
-           "estimate_prompt_tokens", "request_log"]
+           "estimate_prompt_tokens", "request_log", "worst_case_tokens"]
 
 
 def request_log(res: ChatResult, role: str, sample_id: str | None, model: str) -> list[dict[str, Any]]:

@@ -296,7 +296,7 @@ async def execute(opts: RunOptions) -> RunOutcome:
         if opts.batch:  # the replies through the provider's batch API, then judged as in a live run
             from mmsafe.runner.batch import run_batch
             batch_stats = await run_batch(opts, bench, store, provider)
-            outcome = await _execute(opts, bench, store, pre, judge_id, provider)
+            outcome = await _execute(opts, bench, store, pre, judge_id, provider, stopped=batch_stats.pop("stopped"))
             outcome.stats["batch"] = batch_stats
             return outcome
         if opts.executor == "ray":  # the shards run on a Ray cluster; this process drives and merges
@@ -307,7 +307,9 @@ async def execute(opts: RunOptions) -> RunOutcome:
         store.close()
 
 
-async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id: str, provider) -> RunOutcome:
+async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id: str, provider,
+                   stopped: tuple[str, str] | None = None) -> RunOutcome:
+    """The live pass; ``stopped``: why an earlier pass (``--batch`` over budget) already ended the run early."""
     target = opts.target
     ledger = CostLedger(opts.max_cost)
     for role, d in store.ledger().items():  # spend from earlier, interrupted attempts counts too
@@ -479,6 +481,8 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
         if cache is not None:
             cache.close()
 
+    if stopped is not None and stop["reason"] is None:
+        stop["reason"], stop["error"] = stopped
     # the selection asked for: a --limit run summarises its samples, not all an earlier, larger run stored
     ids = None if opts.limit is None else {s.id for s in iter_selected(bench, opts.limit)}
     summary = compute_summary(store, judge_id, bench_manifest=bench.manifest, limit_total=total,
