@@ -56,11 +56,21 @@ def _dump(r: ChatResult) -> dict[str, Any]:
 
 
 def _check_judge(judge: Judge, fallback: str) -> Callable[[], dict[str, ModelClient]]:
+    """The function that gives the judge's endpoint clients by name (a cascade's: every stage's that calls
+    an LLM, a name used by two stages kept apart as ``NAME#STAGE``); ConfigError for a judge without any."""
     if fallback not in FALLBACKS:
         raise ConfigError(f"--batch-fallback: {fallback!r} is not one of {', '.join(FALLBACKS)}")
-    build = getattr(judge, "_build_clients", None)
-    if build is None:
+    stages = getattr(judge, "stages", None) or [judge]  # a cascade's stages, else the judge itself
+    builders = [(i, b) for i, b in enumerate(getattr(s, "_build_clients", None) for s in stages) if b is not None]
+    if not builders:
         raise ConfigError(f"--batch: judge {judge.identity.name} makes no LLM calls to batch; run it without --batch")
+
+    def build() -> dict[str, ModelClient]:
+        out: dict[str, ModelClient] = {}
+        for i, b in builders:
+            for name, c in b().items():
+                out[name if name not in out else f"{name}#{i}"] = c
+        return out
     return build
 
 
