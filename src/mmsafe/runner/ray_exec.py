@@ -50,7 +50,8 @@ MAX_SHARD = 5000  # samples per shard at most (a retried shard redoes no more th
 _BY_OPTION = ("ray",)  # the registry's executors that --executor names (batch is --batch)
 _MERGED_KEY = "ray_merged:"  # meta key prefix: a shard store already merged into the run's store
 
-__all__ = ["SHARDS_DIR", "check_executor", "connect", "drive_run", "judge_pool", "merge_shard", "shard_size"]
+__all__ = ["SHARDS_DIR", "check_executor", "connect", "drive_run", "judge_pool", "merge_shard", "prewarm",
+           "shard_size"]
 
 
 def check_executor(name: str, *, ray_address: str | None = None, workers: int | None = None) -> str:
@@ -106,12 +107,43 @@ def connect(address: str | None) -> Any:
     if ray.is_initialized():
         return ray
     addr = address or os.environ.get("RAY_ADDRESS") or "local"
+    if addr == "local":  # a cluster of this command's own: its workers do the work while this process
+        # mostly waits, so they run at this process's priority (Ray's default nice 15 would hand
+        # every other process on the machine the cores first)
+        os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         ray.init(address=addr, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except Exception as e:  # ConnectionError, ValueError, RuntimeError: ray's own wording, one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ConfigError(f"--ray-address {addr}: cannot connect to a Ray cluster: {first}") from None
     return ray
+
+
+def _warm(modules: list[str]) -> int:
+    """A Ray task: import ``modules`` in this worker process (what its shards will need)."""
+    import importlib
+
+    for m in modules:
+        importlib.import_module(m)
+    return os.getpid()
+
+
+_warming: list[Any] = []  # the warm-up tasks' refs (kept, so the driver can wait for them if it wants)
+
+
+def prewarm(address: str | None, workers: int | None, *parts: object) -> None:
+    """Connect to the cluster and start ``workers`` worker processes importing mmsafe's engine
+    and the modules of ``parts`` (the judge, the defense) now, while this process still reads
+    the benchmark and opens the store: a Ray job's worker processes are its own, so without
+    this every ``mmsafe`` command would wait about a second for its first shard to start."""
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: must be at least 1")
+    ray = connect(address)
+    n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    mods = ["mmsafe.runner.run", "mmsafe.runner.ray_exec", "mmsafe.runner.modes"]
+    mods += [type(p).__module__ for p in parts if p is not None and type(p).__module__.startswith("mmsafe")]
+    task = ray.remote(_warm).options(num_cpus=1, max_retries=0)
+    _warming.extend(task.remote(mods) for _ in range(max(1, n)))
 
 
 def shard_size(n: int, workers: int) -> int:
@@ -213,7 +245,7 @@ def _run_shard(opts: RunOptions, ids: list[str], shard_dir: str, driver_node: st
 
     from mmsafe.runner.run import execute
 
-    o = dataclasses.replace(opts, executor="local", sample_ids=frozenset(ids), out=Path(shard_dir),
+    o = dataclasses.replace(opts, executor="local", sample_ids=frozenset(ids), shard=True, out=Path(shard_dir),
                             on_progress=_reporter(tally, tag))
     outcome = asyncio.run(execute(o))
     res: dict[str, Any] = {"stats": {k: v for k, v in outcome.stats.items() if isinstance(v, (int, float))},

@@ -66,6 +66,9 @@ async def rejudge(run_dir: Path, judge: Judge, *, primary: bool = False, benchma
                   ray_address: str | None = None, workers: int | None = None) -> RejudgeOutcome:
     if not has_store(run_dir):  # run.sqlite, or store.json naming a PostgreSQL run
         raise StoreError(f"{run_dir}: no run store here ({STORE_FILE} missing)")
+    if executor == "ray":  # Ray's workers start while this process opens the run and its benchmark
+        from mmsafe.runner.ray_exec import prewarm
+        prewarm(ray_address, workers, judge)
     store = open_store(run_dir)
     try:
         cfg = store.get_meta("config") or {}

@@ -250,6 +250,9 @@ async def execute(opts: RunOptions) -> RunOutcome:
     Bad input (an unknown ``--mode``, a sample or asset the target cannot take, another
     run's directory) raises an :class:`~mmsafe.types.InputError` before any request."""
     mode_spec(opts.mode)  # the executors registry knows the run modes
+    if opts.executor == "ray" and not opts.shard:  # Ray's workers start while this process validates the run
+        from mmsafe.runner.ray_exec import prewarm
+        prewarm(opts.ray_address, opts.workers, opts.judge, opts.defense)
     if opts.defense is not None and not isinstance(opts.defense, Defense):
         raise ConfigError(f"--defense: {type(opts.defense).__name__} is not a defense (needs identity, bind, "
                           "start, close, before, after)")
@@ -267,7 +270,8 @@ async def execute(opts: RunOptions) -> RunOutcome:
         from mmsafe.runner.batch import check_batch
         check_batch(opts)
     # every key, spec and extra of every role, before --out is created (a failed start claims nothing)
-    check_endpoints(target, opts.judge, opts.attacker, opts.defense)
+    if not opts.shard:  # a Ray shard's driver checked them before any shard started
+        check_endpoints(target, opts.judge, opts.attacker, opts.defense)
 
     if opts.out.exists() and not opts.out.is_dir():
         raise InputError(f"--out {opts.out}: exists and is not a directory")
@@ -481,6 +485,9 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
         if cache is not None:
             cache.close()
 
+    if opts.shard:  # a Ray worker's shard: the driver summarises the whole run once all shards are in
+        return RunOutcome(run_summary=RunSummary(), run_dir=opts.out, stopped=stop["reason"],
+                          fatal_error=stop["error"], stats=stats)
     if stopped is not None and stop["reason"] is None:
         stop["reason"], stop["error"] = stopped
     # the selection asked for: a --limit run summarises its samples, not all an earlier, larger run stored
