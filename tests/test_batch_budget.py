@@ -113,3 +113,31 @@ def test_the_response_cache_is_honoured_both_ways(srv, tmp_path):
     assert cli("run", bench2, "-t", t, "-o", tmp_path / "live2", "--judge", "keyword").exit_code == 0
     assert srv.live == 4, "the live run sent requests the batch had already answered"
     assert [x["response"] for x in _rows(tmp_path / "batch2")] == [x["response"] for x in _rows(tmp_path / "live2")]
+
+
+def test_judge_batch_honours_the_response_cache(srv, tmp_path):
+    import shutil
+    bench = make_benchmark(tmp_path / "b", n=4, image=False)
+    out = tmp_path / "run"
+    assert cli("run", bench, "-t", f"openai/m@{srv.url}", "-o", out, "--no-cache", *BATCH).exit_code == 0
+    for name in ("live", "batch", "nocache"):
+        shutil.copytree(out, tmp_path / name)
+    n_batches, judge = len(srv.batches), f"rubric:openai/judge-r@{srv.url}"
+    # a live judge fills the cache: the same judge through the batch API then submits nothing
+    assert cli("judge", tmp_path / "live", "--judge", judge, "--primary").exit_code == 0
+    assert srv.live == 4
+    r = cli("judge", tmp_path / "batch", "--judge", judge, "--primary", "--batch", "--batch-poll", "0.05")
+    assert r.exit_code == 0, r.output
+    assert len(srv.batches) == n_batches and srv.live == 4
+    a, b = _rows(tmp_path / "batch"), _rows(tmp_path / "live")
+    assert [x["verdict"]["label"] for x in a] == [x["verdict"]["label"] for x in b]
+    assert {x["judge"] for x in a} == {judge} and {x["verdict"]["label"] for x in a} == {"safe", "unsafe"}
+    # --no-cache: the same calls are submitted
+    r = cli("judge", tmp_path / "nocache", "--judge", judge, "--batch", "--batch-poll", "0.05", "--no-cache")
+    assert r.exit_code == 0 and len(srv.batches) == n_batches + 1 and len(srv.lines) == 4 + 4
+    # and batch answers go into the cache: another judge's batch, then the same judge live, sends nothing
+    judge2 = f"rubric:openai/judge-s@{srv.url}"
+    assert cli("judge", out, "--judge", judge2, "--batch", "--batch-poll", "0.05").exit_code == 0
+    assert len(srv.batches) == n_batches + 2
+    assert cli("judge", tmp_path / "live", "--judge", judge2).exit_code == 0
+    assert srv.live == 4, "the live judge re-sent calls a batch had answered"

@@ -73,7 +73,7 @@ def judge_cmd(
             from mmsafe.runner.batch_judge import rejudge_batch
             from mmsafe.runtime import run_async
             res = run_async(rejudge_batch(run_dir, j, primary=primary, benchmark=benchmark, poll_s=batch_poll,
-                                          fallback=batch_fallback, on_progress=update))
+                                          fallback=batch_fallback, on_progress=update, use_cache=cache))
         else:
             res = api.judge(run_dir, j, primary=primary, benchmark=benchmark, max_connections=max_connections,
                             use_cache=cache, on_progress=update,

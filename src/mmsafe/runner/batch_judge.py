@@ -10,6 +10,9 @@ deferred to the next round. Verdicts are stored only when a sample's judging com
 
 Jobs are recorded before their POST exactly as in :mod:`mmsafe.runner.batch`, so a killed
 ``mmsafe judge --batch`` resumes polling the same batches and submits nothing twice.
+
+The response cache is honoured as in a live ``mmsafe judge``: a call the cache answers is not
+submitted (cost 0), and every batch reply goes into the cache (``use_cache=False``: neither).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 from mmsafe.datasets import open_benchmark
 from mmsafe.judges import Judge
-from mmsafe.models import BudgetExceeded, CostLedger, FatalProviderError
+from mmsafe.models import BudgetExceeded, CostLedger, FatalProviderError, ResponseCache, default_cache_dir
 from mmsafe.models.base import ChatResult, ConfigError, Message
 from mmsafe.models.engine import ModelClient, cache_key
 from mmsafe.runner.batch import FALLBACKS, MAX_ROUNDS, _Jobs, api_call, batch_backend, batch_pricing_note
@@ -149,6 +152,8 @@ class _BatchJudging:
             if res.ok:
                 res.cost_usd = c.cfg.price.batch_cost(res.input_tokens, res.output_tokens)
                 self.answers[key] = _dump(res)
+                if c.cache is not None:  # the answer's key is the live call's cache key
+                    c.cache.put(key, res)
             else:
                 self.bstats["failed_lines"] += 1
                 if self.fallback == "live":
@@ -229,12 +234,15 @@ class _BatchJudging:
 
 async def rejudge_batch(run_dir: Path, judge: Judge, *, primary: bool = False, benchmark: Path | None = None,
                         poll_s: float = 30.0, fallback: str = "batch",
-                        on_progress: Callable[[dict[str, Any]], None] | None = None) -> RejudgeOutcome:
-    """Judge a stored fixed-mode run's replies with ``judge``, its LLM calls through batch APIs."""
+                        on_progress: Callable[[dict[str, Any]], None] | None = None,
+                        use_cache: bool = True, cache_dir: Path | None = None) -> RejudgeOutcome:
+    """Judge a stored fixed-mode run's replies with ``judge``, its LLM calls through batch APIs (those the
+    response cache answers are not submitted)."""
     build = _check_judge(judge, fallback)
     if not has_store(run_dir):
         raise StoreError(f"{run_dir}: no run store here ({STORE_FILE} missing)")
     store = open_store(run_dir)
+    cache: ResponseCache | None = None
     try:
         cfg = store.get_meta("config") or {}
         bench = open_benchmark(_benchmark_path(run_dir, cfg, benchmark))
@@ -247,8 +255,10 @@ async def rejudge_batch(run_dir: Path, judge: Judge, *, primary: bool = False, b
         done = store.judged_sample_ids(judge_id)
         todo = _todo(store, bench, run_dir, ok_ids, done)
         ledger = CostLedger()
+        if use_cache:
+            cache = ResponseCache((cache_dir or default_cache_dir()) / "responses.sqlite")
         if hasattr(judge, "bind"):
-            judge.bind(ledger=ledger, cache=None)  # replies come from the batches, not the response cache
+            judge.bind(ledger=ledger, cache=cache)
         work = _BatchJudging(store, judge, judge_id, bench, build(), ledger, poll_s=poll_s, fallback=fallback,
                              on_progress=on_progress, n_todo=len(todo), n_skipped=len(ok_ids & done))
         stop: dict[str, Any] = {"reason": None, "error": None}
@@ -276,6 +286,8 @@ async def rejudge_batch(run_dir: Path, judge: Judge, *, primary: bool = False, b
         return RejudgeOutcome(judge_id=judge_id, primary_judge_id=primary_id, run_summary=summary, stats=stats,
                               stopped=stop["reason"], error=stop["error"])
     finally:
+        if cache is not None:
+            cache.close()
         store.close()
 
 
@@ -294,6 +306,11 @@ def _wrap(client: ModelClient, name: str, answers: dict[str, dict[str, Any]],
         if key in go_live:
             return await live_chat(messages, root=root, system=system, params=params)
         got = answers.get(key)
+        if got is None and client.cache is not None:
+            hit = client.cache.get(key)
+            if hit is not None:  # answered before (live or batch): not submitted, no cost
+                client.ledger.roles[client.role].cached += 1
+                return hit
         if got is None:
             pending[key] = (name, messages, root, system, p)
             await asyncio.sleep(0)  # siblings (a jury's jurors) record their calls before this one unwinds
