@@ -180,6 +180,9 @@ def part_ray(args: argparse.Namespace, results: dict) -> None:
     except ImportError:
         print("ray part skipped: ray is not installed (pip install 'mmsafe[ray]')")
         return
+    # workers at the driver's priority, as mmsafe's own local clusters run them (Ray's default nice 15
+    # hands the cores to anything else on the machine first: a one-process run has no such handicap)
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ctx = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     addr = ctx.address_info["gcs_address"]  # one cluster for the sitting: its start-up is not in the figures
     on_ray = ["--executor", "ray", "--ray-address", addr, "--workers", "2"]
@@ -263,6 +266,7 @@ def part_ray_cpu(args: argparse.Namespace, results: dict) -> None:
     half = len(samples) // 2
     one = _timed_shard(samples[:half], judge, "cpu-one", str(base), None, str(shards[4]), 16, False, None,
                        str(bench.root))
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(_timed_shard).options(num_cpus=1)
@@ -348,7 +352,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="runs of each store, alternated (best of them)")
     ap.add_argument("--parts", default="store,ray,replicas", help=f"comma-separated: {', '.join(PARTS)}")
     ap.add_argument("--judge-n", type=int, default=20000, help="ray part: stored replies the offline judge re-judges")
-    ap.add_argument("--defense-n", type=int, default=4000, help="ray part: samples of the run with moderator:offline")
+    ap.add_argument("--defense-n", type=int, default=20000, help="ray part: samples of the run with moderator:offline")
     ap.add_argument("--replica-n", type=int, default=600, help="replicas part: samples")
     ap.add_argument("--burn-ms", type=float, default=20.0, help="replicas part: server CPU per request (ms)")
     args = ap.parse_args()

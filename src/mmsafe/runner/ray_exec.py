@@ -156,36 +156,44 @@ def _split(cap: int | None, workers: int) -> int | None:
     return None if cap is None else max(1, cap // workers)
 
 
-class _Tally:
-    """A Ray actor: samples done per running shard, as its worker reports them (a retried
-    shard's count replaces its own), so the driver's one progress line moves between shards."""
-
-    def __init__(self) -> None:
-        self.done: dict[str, int] = {}
-
-    def report(self, tag: str, n: int) -> None:
-        """Shard ``tag`` has done ``n`` samples."""
-        self.done[tag] = n
-
-    def total(self, tags: list[str]) -> int:
-        """Samples done by the shards ``tags``."""
-        return sum(self.done.get(t, 0) for t in tags)
+PROGRESS_FILE = "progress"  # in a shard's directory: the samples its worker has done so far
 
 
-def _reporter(tally: Any, tag: str) -> Callable[[dict[str, Any]], None]:
-    """A worker's ``on_progress``: the shard's done count to the tally, at most twice a second."""
+def _reporter(shard_dir: str) -> Callable[[dict[str, Any]], None]:
+    """A worker's ``on_progress``: the shard's done count into ``SHARD_DIR/progress``, at most
+    twice a second (replaced atomically; a retried shard's count replaces its own). A file
+    and not a Ray actor: an actor is one more process importing ray on the same cores. A
+    worker on another node writes its own copy, which the driver does not see: its progress
+    then moves when the shard ends."""
     last = [0.0]
+    path = Path(shard_dir) / PROGRESS_FILE
 
     def report(stats: dict[str, Any]) -> None:
         now = time.monotonic()
-        if tally is not None and now - last[0] >= 0.5:
+        if now - last[0] >= 0.5:
             last[0] = now
-            tally.report.remote(tag, int(stats.get("done", 0)))
+            try:
+                tmp = path.with_suffix(f".{os.getpid()}")
+                tmp.write_text(str(int(stats.get("done", 0))))
+                os.replace(tmp, path)
+            except OSError:  # progress is a courtesy: the shard's work goes on
+                pass
 
     return report
 
 
-def _wait_one(ray: Any, in_flight: dict[Any, tuple[Path, str]], tally: Any, stats: dict[str, Any],
+def _live_done(in_flight: dict[Any, tuple[Path, str]]) -> int:
+    """Samples the running shards have done, as their workers last wrote it."""
+    n = 0
+    for d, _ in in_flight.values():
+        try:
+            n += int((d / PROGRESS_FILE).read_text() or 0)
+        except (OSError, ValueError):
+            pass
+    return n
+
+
+def _wait_one(ray: Any, in_flight: dict[Any, tuple[Path, str]], stats: dict[str, Any],
               on_progress: Callable[[dict[str, Any]], None] | None) -> Any:
     """The next shard to end; meanwhile the progress line shows the running shards' counts."""
     while True:
@@ -193,8 +201,7 @@ def _wait_one(ray: Any, in_flight: dict[Any, tuple[Path, str]], tally: Any, stat
         if ready:
             return ready[0]
         if on_progress is not None:
-            live = ray.get(tally.total.remote([t for _, t in in_flight.values()]))
-            on_progress({**stats, "done": stats["done"] + live})
+            on_progress({**stats, "done": stats["done"] + _live_done(in_flight)})
 
 
 def merge_shard(store: RunStore, shard_file: Path, tag: str) -> int:
@@ -237,8 +244,7 @@ def merge_shard(store: RunStore, shard_file: Path, tag: str) -> int:
     return n
 
 
-def _run_shard(opts: RunOptions, ids: list[str], shard_dir: str, driver_node: str, tally: Any = None,
-               tag: str = "") -> dict[str, Any]:
+def _run_shard(opts: RunOptions, ids: list[str], shard_dir: str, driver_node: str) -> dict[str, Any]:
     """A Ray task: run one shard with mmsafe's own engine; its outcome (and, from another node
     without a shared store, its SQLite store file)."""
     import ray
@@ -246,7 +252,7 @@ def _run_shard(opts: RunOptions, ids: list[str], shard_dir: str, driver_node: st
     from mmsafe.runner.run import execute
 
     o = dataclasses.replace(opts, executor="local", sample_ids=frozenset(ids), shard=True, out=Path(shard_dir),
-                            on_progress=_reporter(tally, tag))
+                            on_progress=_reporter(shard_dir))
     outcome = asyncio.run(execute(o))
     res: dict[str, Any] = {"stats": {k: v for k, v in outcome.stats.items() if isinstance(v, (int, float))},
                            "stopped": outcome.stopped, "error": outcome.fatal_error, "pid": os.getpid(),
@@ -308,7 +314,6 @@ def _drive(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, A
     task = ray.remote(_run_shard).options(max_retries=3, retry_exceptions=False, num_cpus=1, num_gpus=gpus)
     base_ref = ray.put(base)
     node = ray.get_runtime_context().get_node_id()
-    tally = ray.remote(_Tally).options(num_cpus=0).remote()
 
     def progress() -> None:
         if opts.on_progress:
@@ -337,7 +342,7 @@ def _drive(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, A
         o = base_ref
         if opts.max_cost is not None:  # the budget left, shared by the shards running at once
             o = ray.put(dataclasses.replace(base, max_cost=max(0.0, (opts.max_cost - spent) / workers)))
-        in_flight[task.remote(o, ids, str(d), node, tally, tag)] = (d, tag)
+        in_flight[task.remote(o, ids, str(d), node)] = (d, tag)
         stats["shards"] += 1
 
     def finish(ref: Any) -> None:
@@ -367,12 +372,12 @@ def _drive(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, A
     try:
         for ids in shards():
             while len(in_flight) >= 2 * workers:
-                finish(_wait_one(ray, in_flight, tally, stats, opts.on_progress))
+                finish(_wait_one(ray, in_flight, stats, opts.on_progress))
             if stop["reason"]:
                 break
             submit(ids)
         while in_flight:
-            finish(_wait_one(ray, in_flight, tally, stats, opts.on_progress))
+            finish(_wait_one(ray, in_flight, stats, opts.on_progress))
     except BaseException:
         for ref in in_flight:
             ray.cancel(ref, force=True)
@@ -394,7 +399,7 @@ def _drive(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, A
 
 def _judge_shard(samples: list[Any], judge: Any, judge_id: str, run_dir: str, pointer: dict[str, Any] | None,
                  shard_dir: str, max_connections: int, use_cache: bool, cache_dir: str | None,
-                 root: str, tally: Any = None, tag: str = "") -> dict[str, Any]:
+                 root: str) -> dict[str, Any]:
     """A Ray task: judge one shard of stored replies. The replies are read from the run's store
     (its SQLite file, read-only: the run directory must be visible from the worker's node, or
     the shared PostgreSQL run); the verdicts go to the shard's own SQLite store (merged by the
@@ -406,7 +411,7 @@ def _judge_shard(samples: list[Any], judge: Any, judge_id: str, run_dir: str, po
 
     stats = {"judged": 0, "done": 0, "errors": 0}
     stop: dict[str, Any] = {"reason": None, "error": None}
-    report = _reporter(tally, tag)
+    report = _reporter(shard_dir)
 
     async def go() -> None:
         src: RunStore
@@ -500,7 +505,6 @@ def judge_pool(run_dir: Path, store: RunStore, judge: Any, judge_id: str, stats:
         shards_root = run_dir / SHARDS_DIR
         in_flight: dict[Any, tuple[Path, str]] = {}
         count = 0
-        tally = ray.remote(_Tally).options(num_cpus=0).remote()
 
         def submit(chunk: list[Any]) -> None:
             nonlocal count
@@ -509,7 +513,7 @@ def judge_pool(run_dir: Path, store: RunStore, judge: Any, judge_id: str, stats:
             d.mkdir(parents=True, exist_ok=True)
             ref = task.remote(chunk, judge_ref, judge_id, str(run_dir), pointer, str(d),
                               max(1, max_connections // n_workers), use_cache,
-                              None if cache_dir is None else str(cache_dir), str(root), tally, tag)
+                              None if cache_dir is None else str(cache_dir), str(root))
             in_flight[ref] = (d, tag)
             count += 1
 
@@ -539,7 +543,7 @@ def judge_pool(run_dir: Path, store: RunStore, judge: Any, judge_id: str, stats:
                 if len(chunk) < size:
                     continue
                 while len(in_flight) >= 2 * n_workers:
-                    finish(_wait_one(ray, in_flight, tally, stats, on_progress))
+                    finish(_wait_one(ray, in_flight, stats, on_progress))
                 if stop["reason"]:
                     break
                 submit(chunk)
@@ -547,7 +551,7 @@ def judge_pool(run_dir: Path, store: RunStore, judge: Any, judge_id: str, stats:
             if chunk and not stop["reason"]:
                 submit(chunk)
             while in_flight:
-                finish(_wait_one(ray, in_flight, tally, stats, on_progress))
+                finish(_wait_one(ray, in_flight, stats, on_progress))
         except BaseException:
             for ref in in_flight:
                 ray.cancel(ref, force=True)
