@@ -90,6 +90,14 @@ def print_summary(s: dict[str, Any], run_dir: Path, attacker: str | None = None)
         saved = cas.get("cost_saved_usd_est")
         say(f"cascade: decided by {stages}; the last stage was spared {cas.get('spared_last_stage')} sample(s)"
             + (f" (~${saved:.4f} saved)" if saved else ""))
+    dc = (s.get("defense") or {}).get("cascade") if isinstance(s.get("defense"), dict) else None
+    if dc and dc.get("n"):  # a cascade moderator: what its first stage settled, what the last one was spared
+        first = (dc.get("stages") or [{}])[0]
+        gains = [f"~{dc['calls_saved_est']:g} calls"] if dc.get("calls_saved_est") is not None else []
+        gains += [f"~${dc['cost_saved_usd_est']:.4f}"] if dc.get("cost_saved_usd_est") else []
+        say(f"defense cascade: {first.get('moderator')} decided {first.get('decided')}/{dc['n']} moderations "
+            f"({fmt_rate(first.get('share'))}); the last stage was spared {dc.get('spared_last_stage')}"
+            + (f" ({', '.join(gains)} saved)" if gains else ""))
     si = s.get("safety_index")
     if si and si.get("si") is not None:
         other = si.get("other") or {}

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from mmsafe.defense.cascade import stage_record
 from mmsafe.defense.moderator import GuardModerator, Moderation, Moderator, PolicyLibrary, make_moderator
 from mmsafe.models import BudgetExceeded, ChatResult, CostLedger, FatalProviderError, ModelClient, ResponseCache
 from mmsafe.models.base import ConfigError
@@ -278,6 +279,16 @@ def make_defense(spec: str, models_file: Path | None = None, policies: Path | No
     return d
 
 
+def stored_moderation(m: Moderation) -> dict[str, Any]:
+    """What a run stores of a moderation: :meth:`Moderation.public`, plus, when a cascade moderator made it,
+    its ``cascade`` record (deciding stage, calls and cost; :func:`mmsafe.defense.cascade.stage_record`),
+    which the run summary's ``defense.cascade`` block counts."""
+    out = m.public()
+    if (c := stage_record(m)) is not None:
+        out["cascade"] = c
+    return out
+
+
 class DefendedClient:
     """Same ``chat`` as ModelClient; applies a defense before and after the target call."""
 
@@ -314,7 +325,7 @@ class DefendedClient:
         dec = await self.defense.before(messages, root, system)
         mods: list[Moderation] = [dec["moderation"]] if dec.get("moderation") else []
         info: dict[str, Any] = {"kind": self.defense.name, "action": dec["action"],
-                                "moderation": dec["moderation"].public() if dec.get("moderation") else None}
+                                "moderation": stored_moderation(dec["moderation"]) if dec.get("moderation") else None}
         if dec.get("policies"):
             info["policies"] = dec["policies"]
         if dec["action"] == "block":

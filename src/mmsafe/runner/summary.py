@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,6 +29,9 @@ from mmsafe import __version__, metrics
 from mmsafe.refusal import is_refusal
 from mmsafe.runner.base import MULTI_TURN_MODES, RunMode
 from mmsafe.types import BenchmarkManifest, InputError
+
+if TYPE_CHECKING:
+    from mmsafe.defense.cascade import CascadeTally
 
 SUMMARY_FILE = "summary.json"
 _NUMERIC_ROUND = 6
@@ -242,9 +245,34 @@ class CascadeBlock(_Block):
     cost_saved_usd_est: float | None = None
 
 
+class ModeratorCascadeStage(_Block):
+    """One stage of a ``cascade:…`` moderator: the moderations it decided, their share, and the calls
+    and cost of those moderations (every stage they ran)."""
+
+    stage: int = 0
+    moderator: str | None = None
+    decided: int = 0
+    share: float | None = None
+    calls: int = 0
+    cost_usd: float = 0.0
+
+
+class ModeratorCascadeBlock(_Block):
+    """What a ``cascade:…`` moderator's stages decided, and the last stage's work the earlier ones spared
+    (estimated as for a judge cascade: the last stage's own mean calls and cost per moderation it decided,
+    times the moderations decided before it)."""
+
+    stages: list[ModeratorCascadeStage] = Field(default_factory=list)
+    n: int = 0
+    spared_last_stage: int = 0
+    spared_share: float | None = None
+    calls_saved_est: float | None = None
+    cost_saved_usd_est: float | None = None
+
+
 class DefenseBlock(_Block):
     """What the defense did over the run (``--defense``); older or synthetic runs may carry
-    only a ``name`` and their own keys."""
+    only a ``name`` and their own keys. ``cascade``: only when the moderator is a cascade."""
 
     identity: dict[str, Any] | None = None
     n: int | None = None
@@ -254,6 +282,7 @@ class DefenseBlock(_Block):
     added_latency_ms_p50: float | None = None
     moderator_cost_usd: float | None = None
     moderator_calls: int | None = None
+    cascade: ModeratorCascadeBlock | None = None
 
 
 class TurnCountRate(_Block):
@@ -662,26 +691,57 @@ def _judge_short(name: str, b: JudgeStats) -> JudgeShort:
                       safety_index=b.safety_index, sri=b.sri, by_turns=b.by_turns, by_scenario=b.by_scenario)
 
 
+def _stage_names(identity: dict[str, Any]) -> list[str]:
+    """``kind[:model]`` of each stage of a cascade moderator's identity (its stored records name the spec)."""
+    return [str(st.get("kind", "?")) + (f":{st['model']}" if st.get("model") else "") if isinstance(st, dict)
+            else "?" for st in identity.get("stages") or []]
+
+
+def _cascade_tally() -> CascadeTally:
+    """A fresh tally (imported here: only a run with a cascade pays for the defense package's import)."""
+    from mmsafe.defense.cascade import CascadeTally
+    return CascadeTally()
+
+
+def _add_cascade_record(tally: CascadeTally, names: list[str], c: Any) -> None:
+    """Count one stored cascade moderation record (:func:`mmsafe.defense.cascade.stage_record`)."""
+    if tally.add_record(c) and c.get("moderator"):  # the spec as given (the identity knows kind and model)
+        names.extend(["?"] * (c["stage"] + 1 - len(names)))
+        names[c["stage"]] = str(c["moderator"])
+
+
 def defense_block(store: SummaryStore, identity: dict[str, Any]) -> DefenseBlock:
-    """What the defense did over the run: actions, moderation failures, added latency, cost."""
+    """What the defense did over the run: actions, moderation failures, added latency, cost; with a
+    cascade moderator, what each stage decided (from each stored moderation's ``cascade`` record)."""
     actions: Counter[str] = Counter()
     n = n_mod_errors = 0
     lat: list[float] = []
+    mod_ident: dict[str, Any] = identity.get("moderator") or {}
+    if not isinstance(mod_ident, dict):  # a plugin defense's identity may say anything
+        mod_ident = {}
+    names = _stage_names(mod_ident)
+    tally = _cascade_tally() if mod_ident.get("kind") == "cascade" else None
     for row in store.iter_rows(None):
         d = (row.get("response_extra") or {}).get("defense")
         if not d:
             continue
         n += 1
         actions[d["action"]] += 1
-        n_mod_errors += bool((d.get("moderation") or {}).get("error"))
+        mod = d.get("moderation") or {}
+        n_mod_errors += bool(mod.get("error"))
         lat.append(d.get("added_latency_ms") or 0.0)
+        if tally is not None:
+            _add_cascade_record(tally, names, mod.get("cascade"))
     led = store.ledger().get("moderator", {})
     lat.sort()
-    return DefenseBlock(identity=identity, n=n, actions=dict(actions), n_moderation_errors=n_mod_errors,
-                        added_latency_ms_mean=_r(sum(lat) / len(lat)) if lat else None,
-                        added_latency_ms_p50=_r(lat[len(lat) // 2]) if lat else None,
-                        moderator_cost_usd=round(led.get("cost_usd", 0.0), 6),
-                        moderator_calls=led.get("calls", 0))
+    b = DefenseBlock(identity=identity, n=n, actions=dict(actions), n_moderation_errors=n_mod_errors,
+                     added_latency_ms_mean=_r(sum(lat) / len(lat)) if lat else None,
+                     added_latency_ms_p50=_r(lat[len(lat) // 2]) if lat else None,
+                     moderator_cost_usd=round(led.get("cost_usd", 0.0), 6),
+                     moderator_calls=led.get("calls", 0))
+    if tally is not None:
+        b.cascade = ModeratorCascadeBlock.model_validate(tally.moderator_block(names))
+    return b
 
 
 def _add_defense_and_cascade(s: RunSummary, store: SummaryStore, fingerprint: dict[str, Any],
@@ -695,24 +755,20 @@ def _add_defense_and_cascade(s: RunSummary, store: SummaryStore, fingerprint: di
 def cascade_block(store: SummaryStore, judge_id: str | None, identity: dict[str, Any]) -> CascadeBlock:
     """Per stage of a cascade judge: samples decided, their share and cost; the last stage's calls spared."""
     names = [str(x) for x in ((identity.get("settings") or {}).get("specs") or [])]
-    decided: Counter[int] = Counter()
-    cost: dict[int, float] = {}
+    tally = _cascade_tally()
     for row in store.iter_rows(judge_id):
         c = (row.get("verdict_extra") or {}).get("cascade")
         if not isinstance(c, dict) or "stage" not in c:
             continue
-        i = int(c["stage"])
-        decided[i] += 1
-        cost[i] = cost.get(i, 0.0) + float(c.get("cost_usd") or 0.0)
-    n = sum(decided.values())
-    last = max(len(names) - 1, max(decided, default=0))
-    stages = [CascadeStage(stage=i, judge=names[i] if i < len(names) else None, decided=decided[i],
-                           share=_r(decided[i] / n) if n else None, cost_usd=round(cost.get(i, 0.0), 6))
+        tally.add(int(c["stage"]), cost=float(c.get("cost_usd") or 0.0))
+    n, last = tally.n, tally.last(len(names))
+    stages = [CascadeStage(stage=i, judge=names[i] if i < len(names) else None, decided=tally.decided[i],
+                           share=tally.share(i), cost_usd=round(tally.cost.get(i, 0.0), 6))
               for i in range(last + 1)]
-    spared = n - decided[last]
-    per_last = cost.get(last, 0.0) / decided[last] if decided[last] else None
+    spared = tally.spared(last)
+    saved = tally.saved(tally.own_cost, last)
     return CascadeBlock(stages=stages, n=n, spared_last_stage=spared, spared_share=_r(spared / n) if n else None,
-                        cost_saved_usd_est=round(per_last * spared, 6) if per_last is not None else None)
+                        cost_saved_usd_est=round(saved, 6) if saved is not None else None)
 
 
 def _scored_pairs(by_sample: dict[str, dict[str, str]], a: str, b: str) -> tuple[list[str], list[str]]:
@@ -891,8 +947,9 @@ def write_summary(summary: RunSummary | dict[str, Any], run_dir: Path) -> Path:
 
 
 __all__ = ["SUMMARY_FILE", "Agreement", "AgreementPair", "AttackerCost", "Backtracks", "BenchmarkInfo",
-           "DefenseBlock", "JudgeInfo", "JudgeShort", "JudgeStats", "LedgerRole", "MultiturnBlock", "OverRefusal",
+           "DefenseBlock", "JudgeInfo", "JudgeShort", "JudgeStats", "LedgerRole",
+           "ModeratorCascadeBlock", "ModeratorCascadeStage", "MultiturnBlock", "OverRefusal",
            "Rate", "RunSummary", "SRIBlock", "SafetyIndexBlock", "SummaryStore", "TargetInfo", "TokenCount",
            "TurnCountRate", "TurnsToJailbreak", "build_summary", "compute_summary", "defense_block",
-           "judge_agreement", "judge_block", "judge_name", "multiturn_block", "write_results",
-           "write_summary"]
+           "judge_agreement", "judge_block", "judge_name", "multiturn_block",
+           "write_results", "write_summary"]
