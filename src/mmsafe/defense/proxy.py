@@ -8,6 +8,11 @@ forwards it to an upstream endpoint.
 - bearer-token auth with a token read from an environment variable; it refuses to
   start on a non-loopback address without one;
 - a structured JSONL decision log without message bodies unless asked;
+- ``GET /healthz`` (no auth) gives the request counters; ``GET /stats`` (behind the token
+  when one is set) gives them too and, with a ``cascade:…`` moderator, the moderations each
+  stage decided, their calls and cost, and the last stage's calls and cost the earlier
+  stages spared (the run summary's ``defense.cascade`` block, counted since start); each
+  decision-log record then carries its ``cascade`` record (deciding stage, calls, cost);
 - upstream failures map to 502 (unreachable) / 504 (timeout) / the upstream's status.
 """
 
@@ -26,6 +31,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from mmsafe.defense.cascade import CascadeModerator, CascadeTally, stage_record
 from mmsafe.defense.defenses import REFUSAL, ModeratorDefense
 from mmsafe.models.base import ConfigError
 from mmsafe.types import ImagePart, Message, Role, TextPart
@@ -103,6 +109,9 @@ class GuardProxy:
         self._session: aiohttp.ClientSession | None = None
         self._log: TextIO | None = None
         self.stats = {"requests": 0, "flagged": 0, "blocked": 0, "moderation_errors": 0, "upstream_errors": 0}
+        mod = defense.moderator
+        self.cascade = CascadeTally() if isinstance(mod, CascadeModerator) else None
+        self._stage_names = list(mod.specs) if isinstance(mod, CascadeModerator) else []
 
     # -- lifecycle
     async def on_startup(self, app: web.Application) -> None:
@@ -120,7 +129,7 @@ class GuardProxy:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._auth])
         app.add_routes([web.post("/v1/chat/completions", self.chat), web.get("/v1/models", self.models),
-                        web.get("/healthz", self.health)])
+                        web.get("/healthz", self.health), web.get("/stats", self.stats_view)])
         app.on_startup.append(self.on_startup)
         app.on_cleanup.append(self.on_cleanup)
         return app
@@ -151,6 +160,27 @@ class GuardProxy:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, **self.stats})
 
+    def stats_dict(self) -> dict[str, Any]:
+        """The counters since start; with a cascade moderator, ``cascade``: per deciding stage the
+        moderations, calls and cost, and the last stage's calls and cost spared (estimated)."""
+        out: dict[str, Any] = dict(self.stats)
+        if self.cascade is not None:
+            out["cascade"] = self.cascade.moderator_block(self._stage_names)
+        return out
+
+    async def stats_view(self, request: web.Request) -> web.Response:
+        """``GET /stats``: :meth:`stats_dict` (behind the bearer token when one is set)."""
+        return web.json_response({"ok": True, **self.stats_dict()})
+
+    def _count_cascade(self, mod: Any, rec: dict[str, Any]) -> None:
+        """Count a cascade moderation by its deciding stage, and note that stage in the decision record."""
+        c = stage_record(mod) if self.cascade is not None and mod is not None else None
+        if self.cascade is None or c is None:
+            return
+        self.cascade.add(c["stage"], cost=c["cost_usd"], calls=c["calls"], own_cost=c["stage_cost_usd"],
+                         own_calls=c["stage_calls"])
+        rec["cascade"] = {k: c[k] for k in ("stage", "moderator", "calls", "cost_usd")}
+
     async def models(self, request: web.Request) -> web.Response:
         assert self._session is not None
         try:
@@ -179,6 +209,7 @@ class GuardProxy:
         self.stats["flagged"] += flagged
         self.stats["moderation_errors"] += failed
         rec = self._decision_record(rid, body, dec["action"], mod, t_mod)
+        self._count_cascade(mod, rec)
         if dec["action"] == "block":
             self.stats["blocked"] += 1
             rec["upstream_status"] = None
