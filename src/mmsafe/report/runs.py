@@ -320,7 +320,15 @@ def _over_refusal_columns(r: RunInfo, d: dict[str, Any], base: RunInfo | None,
 
 
 _KNOWN_DEFENSE_KEYS = {"name", "spec", "kind", "baseline_asr", "asr_reduction", "over_refusal", "over_refusal_rate",
-                       "baseline_over_refusal", "identity", "added_latency_ms_mean", "moderator_cost_usd", "actions"}
+                       "baseline_over_refusal", "identity", "added_latency_ms_mean", "moderator_cost_usd", "actions",
+                       "cascade"}
+
+
+def _defense_cascade(c: Any) -> dict[str, Any] | None:
+    """A cascade moderator's ``defense.cascade`` block for the report (its stages as dicts), or None."""
+    if not isinstance(c, dict) or not isinstance(c.get("stages"), list) or not c["stages"]:
+        return None
+    return {**c, "stages": [st for st in c["stages"] if isinstance(st, dict)]}
 
 
 def _defense_row(r: RunInfo, d: dict[str, Any], runs: list[RunInfo]) -> dict[str, Any]:
@@ -337,6 +345,7 @@ def _defense_row(r: RunInfo, d: dict[str, Any], runs: list[RunInfo]) -> dict[str
         "moderator_cost_usd": _num(d.get("moderator_cost_usd", cmp_row.get("moderator_cost_usd"))),
         "actions": d.get("actions") or cmp_row.get("actions"),
         "identity": d.get("identity"),
+        "cascade": _defense_cascade(d.get("cascade")),
         "other": {k: v for k, v in d.items() if k not in _KNOWN_DEFENSE_KEYS},
     }
 
