@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,7 +148,8 @@ def test_serve_guard_counts_moderations_per_deciding_stage(llm, tmp_path, monkey
     from mmsafe.defense import ModeratorDefense, make_moderator
     from mmsafe.defense.proxy import build_proxy
     band, inside = _band()
-    monkeypatch.delenv("MMSAFE_GUARD_TOKEN", raising=False)
+    monkeypatch.setenv("MMSAFE_GUARD_TOKEN", "tok-stats")
+    auth = {"Authorization": "Bearer tok-stats"}
     mod = make_moderator(f"cascade:offline{band}>guard:openai/judge-guard@{llm.url}")
     p = build_proxy(llm.url, ModeratorDefense(mod, mode="flag"), host="127.0.0.1", token_env="MMSAFE_GUARD_TOKEN",
                     upstream_key_env=None, log_path=tmp_path / "decisions.jsonl", log_bodies=False)
@@ -156,10 +158,13 @@ def test_serve_guard_counts_moderations_per_deciding_stage(llm, tmp_path, monkey
             req = urllib.request.Request(url + "/v1/chat/completions", method="POST",
                                          data=json.dumps({"model": "comply", "messages": [
                                              {"role": "user", "content": t}]}).encode(),
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", **auth})
             with urllib.request.urlopen(req, timeout=30) as resp:
                 assert resp.status == 200
-        with urllib.request.urlopen(url + "/stats", timeout=30) as resp:
+        with pytest.raises(urllib.error.HTTPError) as e:  # the stage specs name endpoints: behind the token
+            urllib.request.urlopen(url + "/stats", timeout=30)
+        assert e.value.code == 401
+        with urllib.request.urlopen(urllib.request.Request(url + "/stats", headers=auth), timeout=30) as resp:
             stats = json.loads(resp.read())
     n, k = len(TEXTS), sum(inside)
     assert stats["requests"] == n and llm.count("judge-guard") == k and llm.count("comply") == n
