@@ -10,13 +10,14 @@ Reads the (request, reply, label) sources under ``../shared/data`` (``judge/`` a
 ``train2/``; default computed relative to this repository), never copying their text:
 
 * trainable: GPTFuzz, JAILJUDGE mini, XSTest completions (unsafe prompts), JailbreakEval
-  example, DiaSafety;
+  example; DiaSafety is loaded and held out whole (trained on only by the variant
+  ``with_diasafety_training``: it lowers every other held-out source, see the docs);
 * test-only (never trained on, in any fold or in the shipped weights): LLM Self Defense and
   the JailbreakBench artifacts -- both overlap AdvBench, which is not available here to find
   the overlapping rows, and JBB stays the unseen source of the cascade simulation;
 * a pairwise check only: HH-RLHF harmless-base (chosen should score <= rejected).
 
-Protocol: leave-one-source-out over the trainable sources; P(unsafe) is calibrated (Platt by
+Protocol: leave-one-source-out over the trainable sources; P(unsafe) is calibrated (isotonic by
 default) on out-of-source scores; the calibrator used for held-out source S is fitted on the
 scores of the other sources computed by models that saw neither S nor the scored source
 (nested), so the reported ECE of S comes from a calibrator that never saw S. Threshold 0.5 on
@@ -75,20 +76,23 @@ CONFIG = {
     "turn_max": True,  # P(unsafe) = max over the whole reply and each speaker turn (split_turns)
     "turn_text": "caveats_stripped",  # each turn judged without refusal / moralising sentences
     "threshold": 0.5,  # on the calibrated probability, fixed in advance
-    "calibration": "platt",  # or "isotonic"; fitted on out-of-source log-odds
+    "calibration": "isotonic",  # or "platt"; fitted on out-of-source log-odds
     "calibration_balance": 1.0,  # each source weighs the same in the calibrator's fit
-    "train_sources": ["gptfuzz", "jailjudge", "xstest", "jailbreakeval", "diasafety"],
+    # DiaSafety is held out whole (evaluation only): trained on, it lowers every other held-out
+    # source and flattens the calibrator (variant "with_diasafety_training", docs/offline_judge.md)
+    "train_sources": ["gptfuzz", "jailjudge", "xstest", "jailbreakeval"],
 }
 
 # Alternatives measured with the same protocol (``--variant NAME``); rows of "variants tried".
 VARIANTS: dict[str, dict] = {
     "shipped": {},
-    "no_diasafety_training": {"train_sources": ["gptfuzz", "jailjudge", "xstest", "jailbreakeval"]},
+    "with_diasafety_training": {"train_sources": ["gptfuzz", "jailjudge", "xstest", "jailbreakeval", "diasafety"]},
+    "platt": {"calibration": "platt"},
+    "platt_by_rows": {"calibration": "platt", "calibration_balance": 0.0},
+    "platt_sqrt_rows": {"calibration": "platt", "calibration_balance": 0.5},
+    "isotonic_by_rows": {"calibration_balance": 0.0},
     "balance_1": {"dataset_balance": 1.0},
-    "balance_0": {"dataset_balance": 0.0},
     "class_balance": {"class_balance": True},
-    "isotonic": {"calibration": "isotonic"},
-    "no_turn_max": {"turn_max": False},
 }
 
 LEGACY_SOURCES = ("gptfuzz", "jailjudge", "xstest", "jailbreakeval")  # the MiniLM cascade study
@@ -115,7 +119,8 @@ SOURCE_INFO: dict[str, dict[str, str]] = {
         "role": "train", "labels": "manual", "repo": "ThuCCSLab/JailbreakEval", "commit": "not recorded",
         "licence": "MIT", "files": "judge/jailbreakeval_example.csv"},
     "diasafety": {
-        "role": "train", "labels": "human", "repo": "thu-coai/DiaSafety",
+        "role": "held out whole (evaluation only; variant with_diasafety_training trains on it)", "labels": "human",
+        "repo": "thu-coai/DiaSafety",
         "commit": "5106a041b1c7e36f30e02a97c44897a7f2057278", "licence": "Apache-2.0",
         "files": "train2/diasafety/{train,val,test}.json"},
     "llm_self_defense": {

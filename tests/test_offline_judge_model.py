@@ -16,6 +16,7 @@ import pytest
 from mmsafe.judges.offline_model import (
     HAND_FEATURE_NAMES,
     OfflineJudgeModel,
+    apply_calibration,
     char_wb_analyzer,
     hand_features,
     split_turns,
@@ -91,8 +92,8 @@ def test_info_and_threshold(model):
     assert 0.0 < model.threshold < 1.0
     assert model.info["version"]
     assert "training_data" in model.info
-    lodo = model.info["figures"]["leave_one_dataset_out"]
-    assert {"gptfuzz", "jailjudge", "xstest", "jailbreakeval", "mean"} <= set(lodo)
+    loso = model.info["figures"]["leave_one_source_out"]
+    assert {"gptfuzz", "jailjudge", "xstest", "jailbreakeval", "diasafety", "mean", "worst"} <= set(loso)
 
 
 def test_weights_are_not_pickles():
@@ -159,7 +160,7 @@ def test_dual_persona_any_turn_complies(model):
     # the max rule: never below the whole-reply score nor below the complying turn alone
     assert model.turn_text == "caveats_stripped"
     turn = model.predict_proba([Q], [strip_caveats(split_turns(DUAL_PERSONA)[1])])[0]
-    whole = 1.0 / (1.0 + np.exp(-model._decision_whole([Q], [DUAL_PERSONA])[0]))
+    whole = apply_calibration(model.calibration, model._decision_whole([Q], [DUAL_PERSONA]))[0]
     assert p[0] >= max(turn, whole) - 1e-12
 
 
@@ -259,29 +260,30 @@ def test_shipped_weights_on_jailjudge(model):
     r = [x["answer"] for x in rows]
     y = np.array([int(x["label"]) for x in rows])
     acc = float(((model.predict_proba(q, r) >= model.threshold).astype(int) == y).mean())
-    floor = model.info["figures"]["leave_one_dataset_out"]["jailjudge"]["accuracy"]
+    floor = model.info["figures"]["leave_one_source_out"]["jailjudge"]["accuracy"]
     assert acc >= floor - 0.03, (acc, floor)
 
 
 @pytest.mark.shared
 @pytest.mark.slow
 def test_truly_heldout_dataset_accuracy(model):
-    """Leave JAILJUDGE out: train the pipeline on the other sets, judge JAILJUDGE with the numpy runtime.
+    """Leave JAILJUDGE out: train the pipeline on the other trainable sources, judge JAILJUDGE with the
+    numpy runtime (uncalibrated, threshold 0.5 on the sigmoid).
 
-    Floor: the leave-one-dataset-out accuracy recorded in the shipped weights minus 0.03.
+    Floor: the leave-one-source-out uncalibrated accuracy recorded in the shipped weights minus 0.03.
     """
     pytest.importorskip("sklearn")
     if not DATA.exists():
         pytest.skip("../shared/data absent")
     T = _load_training_script()
     data = T.load_data(DATA)
-    H_all = {k: T.hand_feature_matrix(d["q"], d["r"]) for k, d in data.items()}
-    train = [k for k in data if k != "jailjudge"]
+    train = [k for k in T.CONFIG["train_sources"] if k != "jailjudge" and k in data]
+    H_all = {k: T.hand_feature_matrix(data[k]["q"], data[k]["r"]) for k in [*train, "jailjudge"]}
     q, r, y, H, w, _ = T.assemble(data, train, T.CONFIG, H_all, T.CONFIG["xstest_safe_prompts"])
     pipe = T.Pipeline(T.CONFIG).fit(q, r, y, sample_weight=w, H=H)
     meta, arrays = pipe.export(threshold=0.5, info={"version": "test"})
     m = OfflineJudgeModel.from_arrays(json.loads(json.dumps(meta)), arrays)
     d = data["jailjudge"]
     acc = float(((m.predict_proba(d["q"], d["r"]) >= 0.5).astype(int) == d["y"]).mean())
-    floor = model.info["figures"]["leave_one_dataset_out"]["jailjudge"]["accuracy"]
+    floor = model.info["figures"]["leave_one_source_out"]["jailjudge"]["accuracy_uncalibrated"]
     assert acc >= floor - 0.03, (acc, floor)
