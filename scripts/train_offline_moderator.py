@@ -1427,6 +1427,110 @@ def run_loso(args) -> None:
     print(f"weights {sz / 1e6:.2f} MB in {args.out}; total {time.time() - t_start:.0f}s")
 
 
+def recalibrate_shipped(args) -> None:
+    """``--protocol recalibrate``: calibrate the shipped tfidf weights and choose their
+    operating point on sources they never saw.  The wave-1 weights were trained on the
+    guard sets and authored data only, so every train2 source is out-of-source for them:
+    an isotonic calibrator is fitted on their scores over the train2 sources and the
+    threshold keeps each unseen benign look-alike source's FPR <= 10%.  The per-source
+    figures use, for each held-out source, a calibrator and threshold fitted without it."""
+    t_start = time.time()
+    m = OfflineModeratorModel.load(args.out, backend="tfidf")
+    m.calib_x = m.calib_y = None  # raw aggregator probabilities
+    prov = m.meta.get("provenance", {})
+    if any(k in prov.get("trained_on", {}) for k in ("aart", "hh_rlhf", "coconot")):
+        raise SystemExit("recalibrate: these weights were trained on train2 sources; use --protocol loso")
+    src = load_train2(args.train2)
+    items = [it for s in src.values() for it in s]
+    for i, it in enumerate(items):
+        it["_i"] = i
+    convs = [[("user", u) for u in it["turns"]] if it["kind"] != "single" else [("user", it["text"])] for it in items]
+    raw = np.array([r["score"] for r in m.assess_many(convs)])
+    last = np.array([float(v) for v in m.score_texts([it["turns"][-1] if it["kind"] != "single" else it["text"]
+                                                      for it in items])])
+    look = [b for b in LOOKALIKE_SOURCES if b in src]
+    cal_sources = [s for s in src if s not in EVAL_ONLY]
+
+    def fit(excl: str | None):
+        sel = [it for it in items if it["source"] in cal_sources and it["source"] != excl]
+        ix = np.array([it["_i"] for it in sel])
+        cx, cy = fit_calibrator(raw[ix], np.array([it["label"] for it in sel]), source_weights(sel))
+        cal = calibrate(raw[ix], cx, cy)
+        negs = {b: cal[[it["source"] == b and it["label"] == 0 for it in sel]] for b in look if b != excl}
+        return cx, cy, negs
+
+    rows = []
+    for s in cal_sources:
+        cx, cy, negs = fit(s)
+        thr, _ = lookalike_threshold(negs, TARGET_FPR_LOOKALIKE)
+        for name in [s] + [k for k, v in EVAL_ONLY.items() if v == s]:
+            test = src.get(name, [])
+            if not test:
+                continue
+            ix = np.array([it["_i"] for it in test])
+            y = np.array([it["label"] for it in test])
+            p, pl = calibrate(raw[ix], cx, cy), calibrate(last[ix], cx, cy)
+            r = {"source": name, "n_pos": int(y.sum()), "n_neg": int((1 - y).sum()), "threshold": round(thr, 4),
+                 "recall": rate(p[y == 1], thr), "fpr": rate(p[y == 0], thr), "auc": auc(p, y), "ece": ece(p, y),
+                 "multi_turn": name in MULTI_TURN_SOURCES, "_p": p, "_y": y}
+            if name in MULTI_TURN_SOURCES:
+                r.update({"recall_last_turn_only": rate(pl[y == 1], thr), "fpr_last_turn_only": rate(pl[y == 0], thr),
+                          "auc_last_turn_only": auc(pl, y), "_p_last": pl})
+            rows.append(r)
+    by = {r["source"]: r for r in rows}
+    if "hh_rlhf" in by and "mt_bench_101" in by:
+        pos, neg = by["hh_rlhf"], by["mt_bench_101"]
+        yy = np.r_[np.ones(len(pos["_p"])), np.zeros(len(neg["_p"]))]
+        rows.append({"source": "hh_rlhf vs mt_bench_101", "multi_turn": True, "pair": True,
+                     "n_pos": len(pos["_p"]), "n_neg": len(neg["_p"]), "threshold": pos["threshold"],
+                     "recall": pos["recall"], "fpr": neg["fpr"], "auc": auc(np.r_[pos["_p"], neg["_p"]], yy),
+                     "ece": ece(np.r_[pos["_p"], neg["_p"]], yy),
+                     "recall_last_turn_only": pos["recall_last_turn_only"],
+                     "fpr_last_turn_only": neg["fpr_last_turn_only"],
+                     "auc_last_turn_only": auc(np.r_[pos["_p_last"], neg["_p_last"]], yy)})
+    for r in rows:
+        for k in [k for k in r if k.startswith("_")]:
+            del r[k]
+    table, summary = loso_tables(rows), loso_summary(rows)
+    print(table)
+    print(json.dumps(summary, indent=1))
+    if args.table_out:
+        args.table_out.write_text(table + "\n\n" + json.dumps(summary, indent=1) + "\n")
+    cx, cy, negs = fit(None)
+    thr, per = lookalike_threshold(negs, TARGET_FPR_LOOKALIKE)
+    if args.no_export:
+        return
+    npz = args.out / WEIGHTS_NPZ
+    with np.load(npz, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update({"calib_x": cx, "calib_y": cy})
+    np.savez_compressed(npz, **arrays)
+    meta = json.loads((args.out / WEIGHTS_JSON).read_text(encoding="utf-8"))
+    meta["threshold_uncalibrated_wave1"] = meta["threshold"]
+    meta["threshold"] = thr
+    meta["thresholds_by_target_fpr"] = {f"{t:.2f}": lookalike_threshold(negs, t)[0] for t in ALT_TARGETS}
+    meta["calibration"] = {
+        "method": "isotonic (sklearn IsotonicRegression) of the label on the aggregator probability, then linear "
+                  "interpolation through each block's weighted mean score (strictly increasing)",
+        "fitted_on": "scores of these weights on every train2 source (none of them seen in training), each (source, "
+                     "label) group weighted equally, classes balanced separately for prompts and dialogues",
+        "points": len(cx)}
+    meta["threshold_choice"] = {
+        "method": "strictest per-source threshold keeping each benign look-alike source's out-of-source "
+                  f"false-positive rate <= {TARGET_FPR_LOOKALIKE:.2f} (calibrated scores on sources never trained on)",
+        "target_fpr": TARGET_FPR_LOOKALIKE, "sources": look,
+        "per_source_threshold": {k: round(v, 4) for k, v in per.items()},
+        "out_of_source_fpr_at_threshold": {b: round(rate(v, thr), 4) for b, v in negs.items()}}
+    meta.setdefault("figures", {})["unseen_sources"] = rows
+    meta["figures"]["unseen_summary"] = summary
+    meta.setdefault("provenance", {})["calibrated_on"] = {
+        "sources": {k: v for k, v in SOURCES.items() if k in src},
+        "script": "scripts/train_offline_moderator.py --protocol recalibrate",
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (args.out / WEIGHTS_JSON).write_text(json.dumps(meta, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    print(f"threshold {thr:.4f} {per}; {time.time() - t_start:.0f}s")
+
+
 def main(argv=None):
     global EMB, EMB_SCALE, TFIDF_SCALE, HARM_MODE, EMB_C, EMB_WEIGHT, EMB_HIDDEN, HARM_C
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1451,7 +1555,7 @@ def main(argv=None):
     ap.add_argument("--target-fpr", type=float, default=0.08,
                     help="out-of-fold FPR on authored benign look-alikes that sets the threshold")
     ap.add_argument("--folds", default="ABCD", help="--protocol folds: which of the four folds")
-    ap.add_argument("--protocol", choices=("loso", "folds"), default="loso",
+    ap.add_argument("--protocol", choices=("loso", "folds", "recalibrate"), default="loso",
                     help="loso (default): every source of guard/ + train2/ + authored, leave-one-source-out, "
                          "tfidf backend only; folds: the wave-1 four-fold protocol (both backends)")
     ap.add_argument("--harm-c", type=float, default=None, help="C of the text regression (default: 8 for "
@@ -1479,6 +1583,9 @@ def main(argv=None):
         HARM_C = args.harm_c
     elif args.protocol == "loso":
         HARM_C = LOSO_HARM_C
+    if args.protocol == "recalibrate":
+        recalibrate_shipped(args)
+        return
     if args.protocol == "loso":
         if args.backend == "minilm":
             ap.error("--protocol loso trains the tfidf backend only; the minilm weights come from --protocol folds")
