@@ -1506,7 +1506,7 @@ def recalibrate_shipped(args) -> None:
     arrays.update({"calib_x": cx, "calib_y": cy})
     np.savez_compressed(npz, **arrays)
     meta = json.loads((args.out / WEIGHTS_JSON).read_text(encoding="utf-8"))
-    meta["threshold_uncalibrated_wave1"] = meta["threshold"]
+    meta.setdefault("threshold_uncalibrated_wave1", meta["threshold"])
     meta["threshold"] = thr
     meta["thresholds_by_target_fpr"] = {f"{t:.2f}": lookalike_threshold(negs, t)[0] for t in ALT_TARGETS}
     meta["calibration"] = {
