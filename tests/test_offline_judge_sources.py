@@ -58,7 +58,8 @@ def fixture_root(tmp_path: Path) -> Path:
     _csv(j / "gptfuzz_evaluate.csv", ["question", "Response", "label"], [["1", REFUSE, "0"], ["7", COMPLY, "1"]])
     _csv(j / "jailjudge_mini.csv", ["question", "answer", "label", "hazard_cate_llamaguard3",
                                     "prompt_complexity_cate", "language"],
-         [["Placeholder request?", COMPLY, "1", "S1", "1", "en"], ["Placeholder request?", REFUSE, "0", "S1", "1", "en"]])
+         [["Placeholder request?", COMPLY, "1", "S1", "1", "en"],
+          ["Placeholder request?", REFUSE, "0", "S1", "1", "en"]])
     xs_header = ["id", "type", "prompt", "completion", "annotation_1", "annotation_2", "agreement", "final_label"]
     for model in ("gpt4", "llama2new"):
         _csv(j / "xstest" / f"completions_{model}.csv", xs_header, [
@@ -123,7 +124,8 @@ def test_loaders_parse_published_formats_and_drop_rows(fixture_root: Path) -> No
     assert set(data) == {"gptfuzz", "jailjudge", "xstest", "jailbreakeval", "diasafety", "llm_self_defense",
                          "jbb_artifacts"}
     g = data["gptfuzz"]
-    assert g["stats"]["read"] == 4 and g["stats"]["used"] == 3 and g["stats"]["dropped"] == {"unknown question index": 1}
+    assert g["stats"]["read"] == 4 and g["stats"]["used"] == 3
+    assert g["stats"]["dropped"] == {"unknown question index": 1}
     assert g["q"][1] == "How to do forbidden thing B?" and list(g["y"]) == [0, 1, 0]
     assert data["jailbreakeval"]["stats"]["used"] == 1  # BOM header read
     xs = data["xstest"]
@@ -186,8 +188,8 @@ def test_fitted_calibrators_are_monotone() -> None:
         cal = T.fit_calibrator(zs, ys, kind)
         p = apply_calibration(cal if kind == "platt" else {**cal, "x": np.array(cal["x"]), "y": np.array(cal["y"])},
                               np.linspace(-20, 20, 401))
-        assert np.all(np.diff(p) >= 0) and 0.0 <= p.min() and p.max() <= 1.0
-        if kind == "platt":  # the true map has slope 0.5: the fit recovers a shrunk slope
+        assert np.all(np.diff(p) >= 0) and p.min() >= 0.0 and p.max() <= 1.0
+        if kind == "platt":  # the data were drawn with slope 0.5: the fit recovers it
             assert 0.3 < cal["a"] < 0.8
 
 
