@@ -1589,6 +1589,9 @@ def main(argv=None):
     if args.protocol == "loso":
         if args.backend == "minilm":
             ap.error("--protocol loso trains the tfidf backend only; the minilm weights come from --protocol folds")
+        if not args.no_export and args.out.resolve() == AUTHORED.resolve():
+            ap.error("--protocol loso: its retrained weights are not the shipped ones (they rank worse on held-out "
+                     "sources, see docs/offline_moderator.md); give --out DIR to write them elsewhere")
         run_loso(args)
         return
     public = load_public(args.data)
