@@ -119,16 +119,12 @@ def connect(address: str | None) -> Any:
     return ray
 
 
-def _warm(modules: list[str]) -> int:
+def _warm(modules: list[str]) -> None:
     """A Ray task: import ``modules`` in this worker process (what its shards will need)."""
     import importlib
 
     for m in modules:
         importlib.import_module(m)
-    return os.getpid()
-
-
-_warming: list[Any] = []  # the warm-up tasks' refs (kept, so the driver can wait for them if it wants)
 
 
 def prewarm(address: str | None, workers: int | None, *parts: object) -> None:
@@ -143,7 +139,8 @@ def prewarm(address: str | None, workers: int | None, *parts: object) -> None:
     mods = ["mmsafe.runner.run", "mmsafe.runner.ray_exec", "mmsafe.runner.modes"]
     mods += [type(p).__module__ for p in parts if p is not None and type(p).__module__.startswith("mmsafe")]
     task = ray.remote(_warm).options(num_cpus=1, max_retries=0)
-    _warming.extend(task.remote(mods) for _ in range(max(1, n)))
+    for _ in range(max(1, n)):  # fire and forget: a task runs even once its ref is dropped
+        task.remote(mods)
 
 
 def shard_size(n: int, workers: int) -> int:

@@ -66,9 +66,6 @@ async def rejudge(run_dir: Path, judge: Judge, *, primary: bool = False, benchma
                   ray_address: str | None = None, workers: int | None = None) -> RejudgeOutcome:
     if not has_store(run_dir):  # run.sqlite, or store.json naming a PostgreSQL run
         raise StoreError(f"{run_dir}: no run store here ({STORE_FILE} missing)")
-    if executor == "ray":  # Ray's workers start while this process opens the run and its benchmark
-        from mmsafe.runner.ray_exec import prewarm
-        prewarm(ray_address, workers, judge)
     store = open_store(run_dir)
     try:
         cfg = store.get_meta("config") or {}
@@ -80,6 +77,9 @@ async def rejudge(run_dir: Path, judge: Judge, *, primary: bool = False, benchma
         if want.get("samples_sha256") and _file_sha256(bench.samples_path) != want["samples_sha256"]:
             raise InputError(f"{bench.samples_path}: the samples differ from those {run_dir} ran on; "
                              "judging would pair replies with other questions")
+        if executor == "ray":  # the run and benchmark are valid: Ray's workers start (and import mmsafe)
+            from mmsafe.runner.ray_exec import prewarm  # while this process reads what is left to judge
+            prewarm(ray_address, workers, judge)
         judge_id = store.register_judge(judge.identity)
         old_primary = store.get_meta("primary_judge") or judge_id
         ok_ids = store.ok_sample_ids()

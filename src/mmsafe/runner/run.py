@@ -250,9 +250,6 @@ async def execute(opts: RunOptions) -> RunOutcome:
     Bad input (an unknown ``--mode``, a sample or asset the target cannot take, another
     run's directory) raises an :class:`~mmsafe.types.InputError` before any request."""
     mode_spec(opts.mode)  # the executors registry knows the run modes
-    if opts.executor == "ray" and not opts.shard:  # Ray's workers start while this process validates the run
-        from mmsafe.runner.ray_exec import prewarm
-        prewarm(opts.ray_address, opts.workers, opts.judge, opts.defense)
     if opts.defense is not None and not isinstance(opts.defense, Defense):
         raise ConfigError(f"--defense: {type(opts.defense).__name__} is not a defense (needs identity, bind, "
                           "start, close, before, after)")
@@ -272,6 +269,9 @@ async def execute(opts: RunOptions) -> RunOutcome:
     # every key, spec and extra of every role, before --out is created (a failed start claims nothing)
     if not opts.shard:  # a Ray shard's driver checked them before any shard started
         check_endpoints(target, opts.judge, opts.attacker, opts.defense)
+    if opts.executor == "ray" and not opts.shard:  # the run is valid: Ray's workers start (and import
+        from mmsafe.runner.ray_exec import prewarm  # mmsafe) while this process opens the store and streams
+        prewarm(opts.ray_address, opts.workers, opts.judge, opts.defense)
 
     if opts.out.exists() and not opts.out.is_dir():
         raise InputError(f"--out {opts.out}: exists and is not a directory")
