@@ -127,7 +127,7 @@ def _worker_pids(run_dir: Path) -> set[int]:
 
 
 def test_a_ray_worker_killed_mid_shard_is_retried_with_nothing_lost_or_duplicated(tmp_path, llm, cluster):
-    n, model = 60, "slow-100"
+    n, model = 60, "slow-250"  # a shard of 15 at 2 in flight takes ~2 s: progress polls see it move
     bench = make_benchmark(tmp_path / "b", n=n, image=False)
     out = tmp_path / "ray"
     proc = subprocess.Popen(_cmd(bench, llm.url, out, model, "--max-connections", "4", "--executor", "ray",

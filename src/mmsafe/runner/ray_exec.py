@@ -154,11 +154,12 @@ def _split(cap: int | None, workers: int) -> int | None:
 
 
 PROGRESS_FILE = "progress"  # in a shard's directory: the samples its worker has done so far
+PROGRESS_EVERY_S = 0.1  # a worker replaces its progress file at most this often (a local write, no round trip)
 
 
 def _reporter(shard_dir: str) -> Callable[[dict[str, Any]], None]:
     """A worker's ``on_progress``: the shard's done count into ``SHARD_DIR/progress``, at most
-    twice a second (replaced atomically; a retried shard's count replaces its own). A file
+    every :data:`PROGRESS_EVERY_S` (replaced atomically; a retried shard's count replaces its own). A file
     and not a Ray actor: an actor is one more process importing ray on the same cores. A
     worker on another node writes its own copy, which the driver does not see: its progress
     then moves when the shard ends."""
@@ -167,7 +168,7 @@ def _reporter(shard_dir: str) -> Callable[[dict[str, Any]], None]:
 
     def report(stats: dict[str, Any]) -> None:
         now = time.monotonic()
-        if now - last[0] >= 0.5:
+        if now - last[0] >= PROGRESS_EVERY_S:
             last[0] = now
             try:
                 tmp = path.with_suffix(f".{os.getpid()}")
@@ -194,7 +195,7 @@ def _wait_one(ray: Any, in_flight: dict[Any, tuple[Path, str]], stats: dict[str,
               on_progress: Callable[[dict[str, Any]], None] | None) -> Any:
     """The next shard to end; meanwhile the progress line shows the running shards' counts."""
     while True:
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.25)
         if ready:
             return ready[0]
         if on_progress is not None:
