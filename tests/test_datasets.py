@@ -252,6 +252,21 @@ def test_reader_streams_and_reports_file_line_field(tmp_path):
         list(open_benchmark(out))
 
 
+def test_reader_picks_a_shards_samples_at_their_positions_and_still_names_a_bad_line(tmp_path):
+    out = tmp_path / "bench"
+    write_demo(out, n=6)
+    b = open_benchmark(out)
+    assert [(i, s.id) for i, s in b.iter_indexed()] == [(i, f"s{i}") for i in range(6)]
+    got = list(b.iter_indexed({"s4", "s1", "nowhere"}))
+    assert [(i, s.id) for i, s in got] == [(1, "s1"), (4, "s4")]  # file order, positions over all samples
+    assert got[1][1] == next(s for s in b.iter_samples() if s.id == "s4")  # the whole sample, validated
+    sp = out / "samples.jsonl"
+    lines = sp.read_text().splitlines()
+    sp.write_text("\n".join(lines[:2] + ["{not json"] + lines[2:]) + "\n")  # line 3: another shard's? unknown
+    with pytest.raises(DatasetError, match=r"samples\.jsonl:3: json: Invalid JSON"):
+        list(open_benchmark(out).iter_indexed({"s4"}))
+
+
 def test_reader_never_reads_whole_file(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     write_demo(out, n=5)

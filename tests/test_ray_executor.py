@@ -22,6 +22,8 @@ from conftest import make_benchmark
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'mmsafe[ray]')")
 
+from mmsafe.runner.ray_exec import MAX_SHARD, shard_sizes  # noqa: E402 (after the skip)
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 TIMING = {"latency_ms", "created", "started", "finished", "elapsed_s", "wall_s", "duration_s", "at", "run_dir"}
 
@@ -152,9 +154,11 @@ def test_a_ray_worker_killed_mid_shard_is_retried_with_nothing_lost_or_duplicate
     assert 0 <= resent <= 2  # at most the killed worker's requests in flight (its cap: 4 // 2)
     rows = _results(out)
     assert [r["id"] for r in rows] == [f"s{i}" for i in range(n)]  # each once, in order
-    # one progress line that moves while shards run (not only as they end: 4 shards of 15 here)
+    # one progress line that moves while shards run, not only as they end: below the smaller of the
+    # first two shards (15 and 12 samples here), a count can only come from the running shards
+    first = min(list(shard_sizes(n, 2))[:2])
     counts = {int(m) for m in re.findall(r": (\d+)/60 ", stderr)}
-    assert len(counts - {0, 15, 30, 45, 60}) >= 2, stderr[-2000:]
+    assert len({c for c in counts if 0 < c < first}) >= 2, stderr[-2000:]
     db = sqlite3.connect(out / "run.sqlite")
     assert db.execute("SELECT COUNT(*), COUNT(DISTINCT sample_id) FROM responses WHERE status='ok'").fetchone() \
         == (n, n)
@@ -238,3 +242,13 @@ def test_a_killed_ray_driver_is_resumed_by_rerunning_the_command_with_nothing_lo
     assert sum(sent.values()) - n <= 4  # at most what the two workers had in flight (2 each)
     assert [r["id"] for r in _results(out)] == [f"s{i}" for i in range(n)]
     assert not (out / "ray-shards").exists()
+
+
+@pytest.mark.parametrize("n,workers", [(20000, 2), (60, 2), (7, 1), (1, 4), (300000, 4)])
+def test_shards_cover_every_sample_once_large_first_and_end_small(n, workers):
+    sizes = list(shard_sizes(n, workers))
+    assert sum(sizes) == n and all(0 < z <= MAX_SHARD for z in sizes)
+    assert sizes == sorted(sizes, reverse=True)  # large shards first, never a large one last
+    # the workers end within a small shard of each other: the last shards are the floor size or less
+    floor = -(-n // (16 * workers))
+    assert all(z <= floor for z in sizes[-workers:])

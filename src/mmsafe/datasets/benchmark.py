@@ -21,7 +21,7 @@ import os
 import shutil
 import uuid
 import wave
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -443,19 +443,40 @@ class Benchmark:
         for a malformed line (bad JSON, wrong field, a conversation that does not end in
         a user turn, ...). Blank lines are skipped.
         """
+        for _, s in self.iter_indexed():
+            yield s
+
+    def iter_indexed(self, only: Collection[str] | None = None) -> Iterator[tuple[int, Sample]]:
+        """``(position, sample)`` for every sample, as :meth:`iter_samples`; with ``only``, for
+        the samples whose id is in it: the other lines are read for their id but not
+        validated into samples (a Ray shard's few hundred samples out of a large file cost
+        what they are, not what the file is). Positions count every sample either way."""
         path = self.samples_path
         try:
             fh = open(path, "rb")  # noqa: SIM115 (a with block below; opened here for the missing-file error)
         except FileNotFoundError:
             raise DatasetError(f"{path}: missing") from None
         with fh:
+            i = 0
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
+                if only is not None:
+                    try:
+                        rec = orjson.loads(line)
+                        sid = rec.get("id") if isinstance(rec, dict) else None
+                    except orjson.JSONDecodeError:
+                        sid = None  # validated below, where its error names the line
+                    if isinstance(sid, str) and sid not in only:
+                        i += 1
+                        continue
                 try:
-                    yield Sample.model_validate_json(line)
+                    s = Sample.model_validate_json(line)
                 except ValidationError as e:
                     raise DatasetError(f"{path}:{lineno}: {describe_validation_error(e)}") from None
+                if only is None or s.id in only:
+                    yield i, s
+                i += 1
 
     def unchanged_since_written(self) -> bool:
         """True when samples.jsonl is byte-identical to what the writer validated and wrote

@@ -51,6 +51,7 @@ class RunOptions:
     workers: int | None = None  # --workers: Ray workers (default: the cluster's CPUs)
     sample_ids: frozenset[str] | None = None  # only these samples (a Ray worker's shard); None: all selected
     shard: bool = False  # a Ray worker's shard: the driver writes results and summary, the worker does not
+    shard_pre: dict[str, Any] | None = None  # a shard's copy of the driver's preflight (not repeated per shard)
     batch: bool = False  # --batch: the target's replies through its provider's batch API (mmsafe.runner.batch)
     batch_fallback: str = "batch"  # --batch-fallback: failed batch lines retried as a new "batch" or sent "live"
     batch_poll_s: float = 30.0  # --batch-poll: seconds between batch status polls

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import math
 import os
 import shutil
@@ -51,7 +52,7 @@ _BY_OPTION = ("ray",)  # the registry's executors that --executor names (batch i
 _MERGED_KEY = "ray_merged:"  # meta key prefix: a shard store already merged into the run's store
 
 __all__ = ["SHARDS_DIR", "check_executor", "connect", "drive_run", "judge_pool", "merge_shard", "prewarm",
-           "shard_size"]
+           "shard_sizes"]
 
 
 def check_executor(name: str, *, ray_address: str | None = None, workers: int | None = None) -> str:
@@ -116,7 +117,22 @@ def connect(address: str | None) -> Any:
     except Exception as e:  # ConnectionError, ValueError, RuntimeError: ray's own wording, one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ConfigError(f"--ray-address {addr}: cannot connect to a Ray cluster: {first}") from None
+    _connected[0] = True
     return ray
+
+
+_connected = [False]  # this process called ray.init (a caller's own connection is left alone)
+
+
+def disconnect() -> None:
+    """Leave the cluster once the shards are in, if :func:`connect` joined it: explicitly, as
+    Ray's exit hook takes about 0.9 s here against 0.3 s (and a local cluster of this command's
+    own stops with it). A connection the caller made stays open."""
+    if _connected[0]:
+        _connected[0] = False
+        ray = _ray()
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def _warm(modules: list[str]) -> None:
@@ -125,6 +141,7 @@ def _warm(modules: list[str]) -> None:
 
     for m in modules:
         importlib.import_module(m)
+    gc.freeze()  # as the CLI does: the import-time objects leave the collector's scans
 
 
 def prewarm(address: str | None, workers: int | None, *parts: object) -> None:
@@ -143,10 +160,35 @@ def prewarm(address: str | None, workers: int | None, *parts: object) -> None:
         task.remote(mods)
 
 
-def shard_size(n: int, workers: int) -> int:
-    """Samples per shard: about two shards per worker (so a slow shard does not leave a worker
-    idle), at most :data:`MAX_SHARD`."""
-    return max(1, min(MAX_SHARD, math.ceil(n / max(1, 2 * workers))))
+def shard_sizes(n: int, workers: int) -> Iterator[int]:
+    """Samples per shard, in the order the shards are sent, for ``n`` samples: guided
+    self-scheduling. Each shard takes a quarter of what is left per worker pair (the first
+    ``n / 4`` for two workers, at most :data:`MAX_SHARD`), down to a floor of ``n / (16 x
+    workers)``: large shards first (few start-ups, few merges), small ones last, so the
+    workers end within a small shard of each other instead of one idling through the other's
+    last large shard."""
+    workers = max(1, workers)
+    floor = max(1, math.ceil(n / (16 * workers)))
+    left = n
+    while left > 0:
+        size = min(left, MAX_SHARD, max(floor, math.ceil(left / (2 * workers))))
+        yield size
+        left -= size
+
+
+def _chunks(items: Iterable[Any], n: int, workers: int) -> Iterator[list[Any]]:
+    """``items`` cut into shards of :func:`shard_sizes` (``n``: how many there are, about; a
+    longer stream goes on in shards of the floor size)."""
+    sizes = shard_sizes(n, workers)
+    floor = max(1, math.ceil(n / (16 * max(1, workers))))
+    size, chunk = next(sizes, floor), []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            size, chunk = next(sizes, floor), []
+    if chunk:
+        yield chunk
 
 
 def _split(cap: int | None, workers: int) -> int | None:
@@ -307,7 +349,7 @@ def _drive(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, A
     base = dataclasses.replace(
         opts, max_connections=_split(cap, workers), store_url=shared, on_progress=None,
         judge_max_connections=_split(opts.judge_max_connections, workers),
-        samples_in_flight=_split(opts.samples_in_flight, workers))
+        samples_in_flight=_split(opts.samples_in_flight, workers), shard_pre=pre)
     gpus = 1 if opts.target.provider == "hf" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
     task = ray.remote(_run_shard).options(max_retries=3, retry_exceptions=False, num_cpus=1, num_gpus=gpus)
     base_ref = ray.put(base)
@@ -317,19 +359,16 @@ def _drive(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, A
         if opts.on_progress:
             opts.on_progress(stats)
 
-    def shards() -> Iterator[list[str]]:
-        size, chunk = shard_size(total, workers), []
+    def todo() -> Iterator[str]:
         for s in iter_selected(bench, opts.limit):
             if s.id in done_ok and s.id in judged:
                 stats["done"] += 1
                 stats["skipped_done"] += 1
                 continue
-            chunk.append(s.id)
-            if len(chunk) >= size:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
+            yield s.id
+
+    def shards() -> Iterator[list[str]]:
+        return _chunks(todo(), total - len(done_ok & judged), workers)
 
     in_flight: dict[Any, tuple[Path, str]] = {}
 
@@ -380,6 +419,7 @@ def _drive(opts: RunOptions, bench: Benchmark, store: RunStore, pre: dict[str, A
         for ref in in_flight:
             ray.cancel(ref, force=True)
         raise
+    disconnect()
     if shards_root.is_dir() and not any(shards_root.iterdir()):
         shards_root.rmdir()
     progress()
@@ -499,7 +539,6 @@ def judge_pool(run_dir: Path, store: RunStore, judge: Any, judge_id: str, stats:
         n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         pointer = read_pointer(run_dir)
         task = ray.remote(_judge_shard).options(max_retries=3, retry_exceptions=False, num_cpus=1)
-        size = shard_size(int(stats.get("total") or 1), n_workers)
         shards_root = run_dir / SHARDS_DIR
         in_flight: dict[Any, tuple[Path, str]] = {}
         count = 0
@@ -534,19 +573,12 @@ def judge_pool(run_dir: Path, store: RunStore, judge: Any, judge_id: str, stats:
             if on_progress:
                 on_progress(stats)
 
-        chunk: list[Any] = []
         try:
-            for s in items:
-                chunk.append(s)
-                if len(chunk) < size:
-                    continue
+            for chunk in _chunks(items, int(stats.get("total") or 1), n_workers):
                 while len(in_flight) >= 2 * n_workers:
                     finish(_wait_one(ray, in_flight, stats, on_progress))
                 if stop["reason"]:
                     break
-                submit(chunk)
-                chunk = []
-            if chunk and not stop["reason"]:
                 submit(chunk)
             while in_flight:
                 finish(_wait_one(ray, in_flight, stats, on_progress))
@@ -554,6 +586,7 @@ def judge_pool(run_dir: Path, store: RunStore, judge: Any, judge_id: str, stats:
             for ref in in_flight:
                 ray.cancel(ref, force=True)
             raise
+        disconnect()
         if shards_root.is_dir() and not any(shards_root.iterdir()):
             shards_root.rmdir()
 

@@ -261,7 +261,9 @@ async def execute(opts: RunOptions) -> RunOutcome:
         target = target.model_copy(update={"params": {**target.params, "seed": opts.seed}})
     opts.target = target
     provider = build_provider(target)  # its capabilities may be narrower than declared (e.g. a local text-only model)
-    pre = preflight(bench, target, opts.limit, provider.capabilities)
+    # a Ray shard gets the driver's preflight: the whole benchmark was checked once, before any shard
+    pre = opts.shard_pre if opts.shard and opts.shard_pre else preflight(bench, target, opts.limit,
+                                                                         provider.capabilities)
     check_mode(opts, pre)
     if opts.batch:  # fixed mode only, no defense (one-line error before --out is created)
         from mmsafe.runner.batch import check_batch
@@ -418,11 +420,9 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
         progress()
 
     def todo() -> Iterator[tuple[int, Sample]]:
-        for i, s in enumerate(iter_selected(bench, opts.limit)):
-            if stop["reason"]:
+        for i, s in bench.iter_indexed(opts.sample_ids):  # with sample_ids: a Ray shard's (or --batch's rest)
+            if stop["reason"] or (opts.limit is not None and i >= opts.limit):
                 return
-            if opts.sample_ids is not None and s.id not in opts.sample_ids:
-                continue  # another shard's (--executor ray)
             if s.id in done_ok and s.id in judged:
                 stats["done"] += 1
                 stats["skipped_done"] += 1
@@ -447,12 +447,10 @@ async def _execute(opts: RunOptions, bench, store, pre: dict[str, Any], judge_id
                 yield i, s, c
 
     def held_by_others() -> Iterator[tuple[int, Sample]]:
-        ids = set(pending)
-        for i, s in enumerate(iter_selected(bench, opts.limit)):
-            if stop["reason"]:
+        for i, s in bench.iter_indexed(set(pending)):
+            if stop["reason"] or (opts.limit is not None and i >= opts.limit):
                 return
-            if s.id in ids:
-                yield i, s
+            yield i, s
 
     async def heartbeat() -> None:
         while True:
