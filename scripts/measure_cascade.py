@@ -19,6 +19,10 @@ on the rows it decided, and the cascade's agreement with the LLM judge alone (|a
 for reference only; they are read off this data and are not held-out figures.
 
     .venv/bin/python scripts/measure_cascade.py [--data ../shared/data] [--json OUT.json]
+        [--request-gate moderator[:minilm|:tfidf]]
+
+``--request-gate`` also simulates ``cascade:offline?request_gate=...&abstain=LO,HI>LLM`` (the offline
+moderator screens the request; see docs/offline_judge.md, *Request gate*) with the same band.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as json here")
+    ap.add_argument("--request-gate", default=None, choices=("moderator", "moderator:auto", "moderator:minilm",
+                                                             "moderator:tfidf"),
+                    help="also simulate the first stage with offline?request_gate=... (same band)")
     a = ap.parse_args(argv)
     train2 = a.data / "train2" if (a.data / "train2").is_dir() else a.data.parent
     if not (train2 / "jbb_artifacts").is_dir():
@@ -96,6 +103,31 @@ def main(argv: list[str] | None = None) -> int:
             "reference_bands": [{"band": [b0, b1], "decided": float(((ps <= b0) | (ps >= b1)).mean()),
                                  "acc_on_decided": float(ok[(ps <= b0) | (ps >= b1)].mean())
                                  if ((ps <= b0) | (ps >= b1)).any() else None} for b0, b1 in REFERENCE_BANDS]}
+    if a.request_gate:
+        from mmsafe.defense.offline_model import OfflineModeratorModel
+        from mmsafe.judges.offline import gated_score
+
+        mod = OfflineModeratorModel.load(backend=a.request_gate.partition(":")[2] or "auto")
+        mthr = float(mod.threshold)
+
+        def gate(q: list[str], pp: np.ndarray) -> np.ndarray:
+            pm = mod.score_texts(q)
+            return np.asarray([gated_score(float(x), float(c), mthr, thr) for x, c in zip(pp, pm)])
+
+        g: dict = {"spec": f"offline?request_gate={a.request_gate}", "moderator_backend": mod.backend,
+                   "moderator_threshold": mthr}
+        pj = gate(jbb["q"], p)
+        g["jbb_artifacts"] = {"offline_alone_agreement": float(((pj >= thr).astype(int) == y).mean()),
+                              "chosen_band": cascade_figures(pj, y, lo, hi, thr)}
+        if sd_root.is_dir():
+            pg = gate(sd["q"], ps)
+            dec = (pg <= lo) | (pg >= hi)
+            ok = (pg >= thr).astype(int) == ys
+            g["llm_self_defense"] = {
+                "offline_alone_acc": float(ok.mean()), "decided_share": float(dec.mean()),
+                "offline_acc_on_decided": float(ok[dec].mean()) if dec.any() else None,
+                "offline_acc_on_passed_on": float(ok[~dec].mean()) if (~dec).any() else None}
+        res["request_gate"] = g
     if a.json is not None:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(res, indent=1), encoding="utf-8")
@@ -119,6 +151,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"LLM Self Defense: {s['rows']} rows, human labels (never trained on): offline alone "
               f"{s['offline_alone_acc']:.3f}; chosen band decides {s['decided_share']:.1%} at accuracy "
               f"{'—' if s['offline_acc_on_decided'] is None else format(s['offline_acc_on_decided'], '.3f')}")
+    if "request_gate" in res:
+        g = res["request_gate"]
+        c = g["jbb_artifacts"]["chosen_band"]
+        print(f"{g['spec']} (moderator {g['moderator_backend']}, threshold {g['moderator_threshold']:.3f}), same band:")
+        print(f"  JBB: offline alone {g['jbb_artifacts']['offline_alone_agreement']:.3f}; LLM calls saved "
+              f"{c['saved']:.1%}, offline accuracy on decided {c['offline_acc_on_decided']:.3f}, agreement "
+              f"{c['agreement_with_llm_alone']:.3f}")
+        if "llm_self_defense" in g:
+            s = g["llm_self_defense"]
+            print(f"  LLM Self Defense: offline alone {s['offline_alone_acc']:.3f}; band decides "
+                  f"{s['decided_share']:.1%} at accuracy "
+                  f"{'—' if s['offline_acc_on_decided'] is None else format(s['offline_acc_on_decided'], '.3f')}"
+                  f" (passed on: it would have got {s['offline_acc_on_passed_on'] or 0:.3f} of them right)")
     return 0
 
 

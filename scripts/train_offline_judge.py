@@ -5,6 +5,13 @@
     python scripts/train_offline_judge.py --variant NAME --no-export --fast   # a "variants tried" row
     python scripts/train_offline_judge.py --bench [--out DIR]     # throughput only
     python scripts/train_offline_judge.py --cascade-eval [--cache DIR]   # MiniLM cascade (not shipped)
+    python scripts/train_offline_judge.py --variant minilm --no-export --cache DIR   # MiniLM block (not shipped)
+
+The ``minilm*`` variants add a frozen all-MiniLM-L6-v2 block (the embedding of the reply's first 62
+word pieces and the standardised cosine between it and the request's) to the linear model; every
+distinct text is encoded once and cached under ``DIR/minilm_emb`` (needs the ``offline`` extra,
+HF_HUB_OFFLINE=1 works). They are evaluation-only (no export): they did not beat the shipped model on
+held-out sources (docs/offline_judge.md, "Variants tried").
 
 Reads the (request, reply, label) sources under ``../shared/data`` (``judge/`` and
 ``train2/``; default computed relative to this repository), never copying their text:
@@ -81,6 +88,9 @@ CONFIG = {
     # DiaSafety is held out whole (evaluation only): trained on, it lowers every other held-out
     # source and flattens the calibrator (variant "with_diasafety_training", docs/offline_judge.md)
     "train_sources": ["gptfuzz", "jailjudge", "xstest", "jailbreakeval"],
+    # frozen all-MiniLM-L6-v2 block (variants "minilm*"): embedding of the reply opening (first 62
+    # word pieces) + standardised cosine(request, reply opening); None = not used (the shipped model)
+    "minilm": None,
 }
 
 # Alternatives measured with the same protocol (``--variant NAME``); rows of "variants tried".
@@ -93,6 +103,11 @@ VARIANTS: dict[str, dict] = {
     "isotonic_by_rows": {"calibration_balance": 0.0},
     "balance_1": {"dataset_balance": 1.0},
     "class_balance": {"class_balance": True},
+    "minilm": {"minilm": {"weight": 1.0}},
+    "minilm_w3": {"minilm": {"weight": 3.0}},
+    "minilm_with_diasafety_training": {
+        "minilm": {"weight": 1.0},
+        "train_sources": ["gptfuzz", "jailjudge", "xstest", "jailbreakeval", "diasafety"]},
 }
 
 LEGACY_SOURCES = ("gptfuzz", "jailjudge", "xstest", "jailbreakeval")  # the MiniLM cascade study
@@ -357,6 +372,50 @@ def data_fingerprint(root: Path) -> dict[str, str]:
     return fp
 
 
+# ----------------------------------------------------------------------------- MiniLM block
+MINILM_TOKENS = 62  # word pieces embedded per text (+ [CLS], [SEP] = 64)
+MINILM_KEY_CHARS = 1000  # the embedded text is a function of its first 1,000 characters
+
+
+class MiniLMStore:
+    """all-MiniLM-L6-v2 embeddings (first MINILM_TOKENS word pieces of text[:MINILM_KEY_CHARS]),
+    each distinct text encoded once and cached on disk (``DIR/minilm_emb/part_*.npz``)."""
+
+    def __init__(self, cache: Path | None):
+        self.dir = cache / "minilm_emb" if cache is not None else None
+        self.vec: dict[str, np.ndarray] = {}
+        self.mini = None
+        if self.dir is not None and self.dir.is_dir():
+            for f in sorted(self.dir.glob("*.npz")):
+                with np.load(f, allow_pickle=False) as z:
+                    for k, e in zip(z["keys"], z["E"]):
+                        self.vec[str(k)] = e
+
+    @staticmethod
+    def key(text: str) -> str:
+        return hashlib.sha1((text or "")[:MINILM_KEY_CHARS].encode("utf-8", "replace")).hexdigest()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        keys = [self.key(t) for t in texts]
+        miss = sorted({k: (t or "")[:MINILM_KEY_CHARS] for k, t in zip(keys, texts) if k not in self.vec}.items())
+        if miss:
+            if self.mini is None:
+                self.mini = _MiniLM()
+            ids = [x[:MINILM_TOKENS] for x in self.mini.ids([t for _, t in miss])]
+            E = self.mini.embed_ids(ids)
+            for (k, _), e in zip(miss, E):
+                self.vec[k] = e
+            if self.dir is not None:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                tag = hashlib.sha1("".join(k for k, _ in miss).encode()).hexdigest()[:12]
+                np.savez(self.dir / f"part_new_{tag}.npz", keys=np.asarray([k for k, _ in miss]),
+                         E=E.astype(np.float32))
+        return np.vstack([self.vec[k] for k in keys]) if keys else np.zeros((0, 384), dtype=np.float32)
+
+
+EMBED: MiniLMStore | None = None  # set by main() for the minilm variants
+
+
 # ----------------------------------------------------------------------------- model
 class Pipeline:
     """sklearn training pipeline; exported to numpy arrays for OfflineJudgeModel."""
@@ -401,6 +460,16 @@ class Pipeline:
             self.scale = np.where(sd > 1e-12, sd, 1.0)
         Hs = (H - self.mean) / self.scale * self.config["hand_weight"]
         blocks.append(sparse.csr_matrix(Hs))
+        if self.config.get("minilm"):
+            if EMBED is None:
+                raise RuntimeError("minilm variant: no embedding store (set EMBED)")
+            Eq = EMBED([x or "" for x in q]).astype(np.float64)
+            Er = EMBED(rw).astype(np.float64)
+            cos = (Eq * Er).sum(axis=1)
+            if fit:
+                self.cos_mu, self.cos_sd = float(cos.mean()), float(cos.std()) or 1.0
+            w = float(self.config["minilm"]["weight"])
+            blocks.append(sparse.csr_matrix(np.column_stack([Er * w, (cos - self.cos_mu) / self.cos_sd])))
         return sparse.hstack(blocks, format="csr")
 
     def fit(self, q, r, y, sample_weight=None, H=None):
@@ -634,7 +703,7 @@ class Runner:
         self.data, self.H_all, self.config, self.cache, self.verbose = data, H_all, config, cache, verbose
         self.fits = 0
         key = {k: v for k, v in config.items() if k not in ("train_sources", "calibration", "calibration_balance",
-                                                             "threshold")}
+                                                             "threshold") and not (k == "minilm" and v is None)}
         sizes = {k: len(d["y"]) for k, d in data.items()}
         self._ckey = json.dumps([key, sizes, VERSION], sort_keys=True, default=str)
 
@@ -1234,6 +1303,14 @@ def main(argv=None) -> int:
     data = load_data(args.data)
     _, train2 = data_dirs(args.data)
     pairs = load_hh_pairs(train2 / "hh_rlhf") if (train2 / "hh_rlhf").is_dir() else None
+    if config.get("minilm"):
+        global EMBED
+        EMBED = MiniLMStore(args.cache)
+        pairs = None  # not encoded for the MiniLM variants (4,600 more replies)
+        if not args.no_export:
+            print("train_offline_judge: the minilm variants are evaluation-only here; add --no-export",
+                  file=sys.stderr)
+            return 2
     print("| source | role | read | dropped | used | positives |")
     print("|---|---|---:|---|---:|---:|")
     for k, d in data.items():
