@@ -1435,7 +1435,12 @@ def recalibrate_shipped(args) -> None:
     threshold keeps each unseen benign look-alike source's FPR <= 10%.  The per-source
     figures use, for each held-out source, a calibrator and threshold fitted without it."""
     t_start = time.time()
-    m = OfflineModeratorModel.load(args.out, backend="tfidf")
+    backend = "minilm" if args.backend == "minilm" else "tfidf"
+    npz_name, json_name = ((WEIGHTS_MINILM_NPZ, WEIGHTS_MINILM_JSON) if backend == "minilm"
+                           else (WEIGHTS_NPZ, WEIGHTS_JSON))
+    m = OfflineModeratorModel.load(args.out, backend=backend)
+    if backend == "minilm":  # score from the turn-embedding cache (same model and truncation)
+        m._encoder = CachedTurnEncoder(TurnEmbeddings(args.emb_cache if str(args.emb_cache) else None))
     m.calib_x = m.calib_y = None  # raw aggregator probabilities
     prov = m.meta.get("provenance", {})
     if any(k in prov.get("trained_on", {}) for k in ("aart", "hh_rlhf", "coconot")):
@@ -1500,12 +1505,12 @@ def recalibrate_shipped(args) -> None:
     thr, per = lookalike_threshold(negs, TARGET_FPR_LOOKALIKE)
     if args.no_export:
         return
-    npz = args.out / WEIGHTS_NPZ
+    npz = args.out / npz_name
     with np.load(npz, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     arrays.update({"calib_x": cx, "calib_y": cy})
     np.savez_compressed(npz, **arrays)
-    meta = json.loads((args.out / WEIGHTS_JSON).read_text(encoding="utf-8"))
+    meta = json.loads((args.out / json_name).read_text(encoding="utf-8"))
     meta.setdefault("threshold_uncalibrated_wave1", meta["threshold"])
     meta["threshold"] = thr
     meta["thresholds_by_target_fpr"] = {f"{t:.2f}": lookalike_threshold(negs, t)[0] for t in ALT_TARGETS}
@@ -1527,8 +1532,287 @@ def recalibrate_shipped(args) -> None:
         "sources": {k: v for k, v in SOURCES.items() if k in src},
         "script": "scripts/train_offline_moderator.py --protocol recalibrate",
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (args.out / WEIGHTS_JSON).write_text(json.dumps(meta, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    (args.out / json_name).write_text(json.dumps(meta, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
     print(f"threshold {thr:.4f} {per}; {time.time() - t_start:.0f}s")
+
+
+# ============================================================ wave 2b: MiniLM under LOSO
+# Text models on frozen all-MiniLM-L6-v2 turn embeddings, measured with the same
+# leave-one-source-out protocol as the tfidf retrain (``--protocol loso-minilm``).
+MINILM_LOSO_C = 1.0  # C of the MiniLM-embedding logistic regression under LOSO
+MINILM_LOSO_HIDDEN = 0  # 0: logistic regression on the unit embedding; >0: MLP of that width
+MINILM_LOSO_WEIGHTING = "sqrt"  # training-unit weights: "sqrt" (text_unit_weights) or "source"
+# (each (source, label) group the same total weight, so large sources do not dominate)
+EMB_LR_FEATURES = ["z_joined", "z_last"]  # variant emb_lr: mean-pooled user turns + last turn
+
+
+class CachedTurnEncoder(MiniLMTurnEncoder):
+    """A ``MiniLMTurnEncoder`` that answers from a ``TurnEmbeddings`` cache (same
+    model, same truncation), so a shipped model can be scored on tens of thousands
+    of cached turns without re-encoding them; misses are encoded and cached."""
+
+    def __init__(self, emb: TurnEmbeddings):
+        super().__init__(max_tokens=EMB_MAX_TOKENS, cache_size=0)
+        self.emb = emb
+
+    def encode(self, texts):
+        return self.emb.get([t or "" for t in texts])
+
+
+class EmbTable:
+    """The MiniLM embedding of every unit (a tuple of user turns): the l2-normalised
+    mean of its turns' embeddings, as the ``minilm`` backend computes it."""
+
+    def __init__(self, units, emb: TurnEmbeddings):
+        turns = sorted({t for u in units for t in u})
+        te = emb.get(turns)
+        tix = {t: i for i, t in enumerate(turns)}
+        self.row: dict[tuple[str, ...], int] = {}
+        for u in units:
+            self.row.setdefault(tuple(u), len(self.row))
+        self.X = unit_embeddings([[tix[t] for t in u] for u in self.row], te).astype(np.float32)
+
+    def rows(self, units) -> np.ndarray:
+        return np.array([self.row[tuple(u)] for u in units], dtype=np.int64)
+
+
+def unit_weights(items: list[dict], weighting: str) -> tuple[list, np.ndarray, np.ndarray]:
+    """Training units with weights: ``sqrt`` = ``text_unit_weights``; ``source`` = each
+    (source, label) group of items gets the same total weight, then classes balanced."""
+    if weighting == "sqrt":
+        return text_unit_weights(items)
+    units, y, groups, _ = text_examples(items)
+    by_group = {it["group"]: it for it in items}
+    key = [(by_group[g]["source"], int(lab)) for g, lab in zip(groups, y)]
+    cnt = Counter(key)
+    w = np.array([1.0 / cnt[k] for k in key])
+    for c in (0, 1):
+        m = y == c
+        if m.any():
+            w[m] *= (len(y) / 2.0) / w[m].sum()
+    return units, y, w
+
+
+def fit_emb_head(X: np.ndarray, y: np.ndarray, w: np.ndarray, hidden: int, C: float):
+    if hidden:
+        clf = MLPClassifier(hidden_layer_sizes=(hidden,), alpha=EMB_ALPHA, max_iter=200, early_stopping=True,
+                            random_state=SEED)
+        clf.fit(X, y, sample_weight=w)
+    else:
+        clf = LogisticRegression(C=C, max_iter=3000, solver="lbfgs", random_state=SEED)
+        clf.fit(X, y, sample_weight=w)
+    return clf
+
+
+def contrast_sources(sources: dict[str, list[dict]]) -> set[str]:
+    """Sources that hold both harmful items and benign ones (look-alikes, non-abusive turns)."""
+    return {s for s, its in sources.items() if s not in EVAL_ONLY and 0 < sum(it["label"] for it in its) < len(its)}
+
+
+def loso_minilm(sources: dict[str, list[dict]], emb: TurnEmbeddings, weighting: str = MINILM_LOSO_WEIGHTING,
+                hidden: int = MINILM_LOSO_HIDDEN, C: float = MINILM_LOSO_C, folds: list[str] | None = None,
+                train_sources: str = "all"):
+    """Leave-one-source-out for the MiniLM text model: per held-out source, the head is
+    trained on every other source (items whose text equals a held-out text dropped);
+    returns (items, out-of-source aggregator features, last-turn-only features) in the
+    same item order as ``loso``."""
+    train_names = [s for s in sources if s not in EVAL_ONLY]
+    items = [it for s in sources for it in sources[s]]
+    for i, it in enumerate(items):
+        it["_i"] = i
+    all_units = [u for it in items for u in item_units(it)]
+    all_units += list(text_examples([it for it in items if it["source"] not in EVAL_ONLY])[0])
+    t0 = time.time()
+    et = EmbTable(all_units, emb)
+    print(f"  embedding table: {len(et.row)} units, {time.time() - t0:.0f}s", flush=True)
+    keep = contrast_sources(sources)
+    F = np.zeros((len(items), len(STACK_FEATURE_NAMES_MT)))
+    F_last = np.zeros_like(F)
+    for s in (folds or train_names):
+        t0 = time.time()
+        test = [it for it in items if it["source"] == s or EVAL_ONLY.get(it["source"]) == s]
+        test_keys = {_norm(it["text"]) for it in test}
+        train = [it for it in items if it["source"] not in (s, *EVAL_ONLY) and _norm(it["text"]) not in test_keys
+                 and (train_sources == "all" or it["source"] in keep)]
+        units, y, w = unit_weights(train, weighting)
+        clf = fit_emb_head(et.X[et.rows(units)], y, w, hidden, C)
+        need = sorted({u for it in test for u in item_units(it)})
+        zmap = dict(zip(need, emb_logit(clf, et.X[et.rows(need)].astype(np.float64))))
+        for it in test:
+            us = item_units(it)
+            zt = [zmap[u] for u in us[:-2]]
+            F[it["_i"]] = mt_features(zt, zmap[us[-2]], zmap[us[-1]], us[-3][0])
+            F_last[it["_i"]] = mt_features(zt[-1:], zt[-1], zt[-1], us[-3][0])
+        print(f"  fold {s}: train {len(train)} items / {len(units)} units, test {len(test)}, {time.time() - t0:.0f}s",
+              flush=True)
+    return items, F, F_last
+
+
+def _cols(names: list[str]) -> list[int]:
+    return [STACK_FEATURE_NAMES_MT.index(n) for n in names]
+
+
+class FinalStackModel(FinalModel):
+    """The ``minilm`` backend trained on every source: the TF-IDF regression and a
+    MiniLM-embedding head, each giving a log-odds column, combined by the 26-feature
+    aggregator (13 multi-turn features per column, fitted on their leave-one-source-out
+    values), isotonic calibration and the look-alike operating point.  Exported in the
+    ``stack2`` format that ``OfflineModeratorModel`` loads."""
+
+    def fit(self, items: list[dict], F: np.ndarray, target: float, emb: TurnEmbeddings | None = None,
+            weighting: str = MINILM_LOSO_WEIGHTING, hidden: int = MINILM_LOSO_HIDDEN, C: float = MINILM_LOSO_C):
+        global EMB, HARM_MODE
+        EMB, HARM_MODE = emb, "stack2"
+        units, y, w = text_unit_weights(items)
+        self.fz = Featurizer(use_emb=False).fit(units)
+        self.clf = text_lr(self.fz.transform(units), y, w)
+        units_e, ye, we = unit_weights(items, weighting)
+        self.emb_clf = fit_emb_head(emb.units(units_e), ye, we, hidden, C)
+        self.tm = TextModel(self.fz, self.clf, self.emb_clf)
+        yi = np.array([it["label"] for it in items])
+        wi = source_weights(items)
+        self.stack = stacker_fit(F, items)
+        raw = self.stack.predict_proba(F)[:, 1]
+        self.calib_x, self.calib_y = fit_calibrator(raw, yi, wi)
+        cal = calibrate(raw, self.calib_x, self.calib_y)
+        negs = {b: cal[[it["source"] == b and it["label"] == 0 for it in items]] for b in LOOKALIKE_SOURCES}
+        self.threshold, per = lookalike_threshold(negs, target)
+        self.thresholds = {f"{t:.2f}": lookalike_threshold(negs, t)[0] for t in ALT_TARGETS}
+        self.threshold_choice = {
+            "method": "strictest per-source threshold keeping each benign look-alike source's out-of-source "
+                      f"false-positive rate <= {target:.2f} (calibrated scores from leave-one-source-out)",
+            "target_fpr": target, "sources": list(LOOKALIKE_SOURCES),
+            "per_source_threshold": {k: round(v, 4) for k, v in per.items()},
+            "out_of_source_fpr_at_threshold": {b: round(rate(v, self.threshold), 4) for b, v in negs.items()},
+        }
+        units_s, ys, _g, scen = text_examples(items)
+        st = [u for u, lab, s in zip(units_s, ys, scen) if lab == 1 and s]
+        sl = [SCENARIOS.index(s) for lab, s in zip(ys, scen) if lab == 1 and s]
+        X = sparse.hstack([self.fz.transform(st), sparse.csr_matrix(emb.units(st) * EMB_SCALE)]).tocsr()
+        self.scen = LogisticRegression(C=SCEN_C, max_iter=3000, random_state=SEED)
+        self.scen.fit(X, sl)
+        self.scen_counts = Counter(SCENARIOS[i] for i in sl)
+        return self
+
+    def score_items(self, items: list[dict]) -> np.ndarray:
+        all_u, plan = [], []
+        for it in items:
+            us = item_units(it)
+            plan.append((len(all_u), len(us)))
+            all_u.extend(us)
+        z = self.tm.decision(all_u)
+        F = np.array([[v for c in range(z.shape[1])
+                       for v in mt_features(z[b:b + n - 2, c], z[b + n - 2, c], z[b + n - 1, c], all_u[b + n - 3][0])]
+                      for b, n in plan])
+        return calibrate(self.stack.predict_proba(F)[:, 1], self.calib_x, self.calib_y)
+
+
+def export_minilm_stack(args, sources, items, F: np.ndarray, emb: TurnEmbeddings, rows: list[dict],
+                        summary: dict, tag: str) -> None:
+    """Fit the stack on every source whose licence allows it and write moderator_minilm.*"""
+    t_start = time.time()
+    train = [it for it in items if it["source"] not in EVAL_ONLY]
+    ti = np.array([it["_i"] for it in train])
+    m = FinalStackModel().fit(train, F[ti], TARGET_FPR_LOOKALIKE, emb, args.weighting, args.emb_hidden, args.emb_c)
+    print(f"final fit {time.time() - t_start:.0f}s threshold={m.threshold:.4f} {m.threshold_choice}", flush=True)
+    counts = {k: {"items": len(v), "harmful": sum(it["label"] for it in v)} for k, v in sources.items()}
+    names = STACK_FEATURE_NAMES_MT + [f"e_{n}" for n in STACK_FEATURE_NAMES_MT]
+    meta_extra = {
+        "format": "mmsafe-offline-moderator/2",
+        "stack_features": names,
+        "calibration": {"method": "isotonic (sklearn IsotonicRegression, out_of_bounds=clip), linear interpolation",
+                        "fitted_on": "leave-one-source-out aggregator scores of every training source, "
+                                     "each (source, label) group weighted equally, classes balanced",
+                        "points": len(m.calib_x)},
+        "threshold_choice": m.threshold_choice,
+        "provenance": {
+            "protocol": "leave-one-source-out (--protocol loso-minilm)",
+            "trained_on": {k: v for k, v in counts.items() if k not in EVAL_ONLY},
+            "evaluated_only": {k: v for k, v in counts.items() if k in EVAL_ONLY},
+            "sources": {k: v for k, v in SOURCES.items()},
+            "licences": "every training source is MIT, Apache-2.0 or CC-BY-4.0 (attributions in sources); "
+                        "no source whose licence forbids redistribution of derived weights is used",
+            "not_used": {"diasafety": "labels judge the bot reply, not the user's intent",
+                         "llm_self_defense, jbb_artifacts": "judge sets (request + reply), AdvBench overlap"},
+            "script": f"scripts/train_offline_moderator.py --protocol loso-minilm --export (variant stack_tfidf+{tag})",
+            "backend": "minilm", "seed": SEED,
+            "params": {"word": {k: v for k, v in WORD_PARAMS.items() if k != "dtype"},
+                       "char": {k: v for k, v in CHAR_PARAMS.items() if k != "dtype"},
+                       "harm_C": HARM_C, "scen_C": SCEN_C, "stack_C": STACK_C,
+                       "emb_head": f"mlp {args.emb_hidden}" if args.emb_hidden else "logistic",
+                       "emb_C": args.emb_c, "emb_weighting": args.weighting, "emb_max_tokens": EMB_MAX_TOKENS,
+                       "target_fpr_lookalike": TARGET_FPR_LOOKALIKE},
+            "scenario_training_counts": dict(m.scen_counts),
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "figures": {"loso": rows, "summary": summary},
+    }
+    export(m, args.out, meta_extra)
+    nm = OfflineModeratorModel.load(args.out, backend="minilm")
+    nm._encoder = CachedTurnEncoder(emb)
+    probe = [it for it in train if it["source"] in ("hh_rlhf", "sst", "coconot", "mt_bench_101")][::7][:300]
+    p_sk = m.score_items(probe)
+    p_np = np.array([r["score"] for r in nm.assess_many([[("user", t) for t in it["turns"]] if it["kind"] != "single"
+                                                          else [("user", it["text"])] for it in probe])])
+    print(f"inference vs sklearn max |diff| = {np.abs(p_sk - p_np).max():.2e}")
+    sz = sum((args.out / f).stat().st_size for f in (WEIGHTS_MINILM_NPZ, WEIGHTS_MINILM_JSON))
+    print(f"weights {sz / 1e6:.2f} MB in {args.out}; {time.time() - t_start:.0f}s")
+
+
+def run_loso_minilm(args) -> None:
+    """``--protocol loso-minilm``: every variant's leave-one-source-out table (MiniLM
+    heads; the TF-IDF + MiniLM stack when the tfidf LOSO features are cached)."""
+    t_start = time.time()
+    emb = TurnEmbeddings(args.emb_cache if str(args.emb_cache) else None)
+    sources = all_sources(args.data, args.train2, args.authored)
+    variants = {}
+    tag = (f"{'mlp' + str(args.emb_hidden) if args.emb_hidden else 'lr'}_C{args.emb_c:g}_{args.weighting}"
+           + ("" if args.train_sources == "all" else f"_{args.train_sources}"))
+    cache = Path(f"{args.minilm_loso_cache}.{tag}.npz") if str(args.minilm_loso_cache) else None
+    if cache and cache.exists():
+        items = [it for s in sources for it in sources[s]]
+        for i, it in enumerate(items):
+            it["_i"] = i
+        with np.load(cache) as z:
+            Fe, Fe_last = z["F"], z["F_last"]
+        print(f"out-of-source MiniLM features from {cache}", flush=True)
+    else:
+        items, Fe, Fe_last = loso_minilm(sources, emb, args.weighting, args.emb_hidden, args.emb_c,
+                                         train_sources=args.train_sources)
+        if cache:
+            np.savez(cache, F=Fe, F_last=Fe_last)
+    emb.save()
+    cl = _cols(EMB_LR_FEATURES)
+    variants[f"emb_{tag}"] = (Fe[:, cl], Fe_last[:, cl])
+    variants[f"emb_{tag}_mt"] = (Fe, Fe_last)
+    tf = args.loso_cache if str(args.loso_cache) else None
+    if tf and tf.exists():
+        with np.load(tf) as z:
+            Ft, Ft_last = z["F"], z["F_last"]
+        if len(Ft) == len(Fe):
+            variants[f"stack_tfidf+{tag}"] = (np.hstack([Ft, Fe]), np.hstack([Ft_last, Fe_last]))
+            variants["tfidf_loso"] = (Ft, Ft_last)
+    else:
+        print(f"no tfidf LOSO features in {tf}: the stack variant is skipped (run --protocol loso first)")
+    out = {}
+    for name, (F, Fl) in variants.items():
+        print(f"=== {name}", flush=True)
+        rows = evaluate_loso(items, F, Fl)
+        out[name] = {"rows": rows, "summary": loso_summary(rows), "table": loso_tables(rows)}
+        print(out[name]["table"])
+        print(json.dumps(out[name]["summary"], indent=1), flush=True)
+    if args.table_out:
+        args.table_out.write_text("\n\n".join(f"### {k}\n\n{v['table']}\n\n{json.dumps(v['summary'], indent=1)}"
+                                              for k, v in out.items()) + "\n")
+        args.table_out.with_suffix(".json").write_text(json.dumps({k: {"rows": v["rows"], "summary": v["summary"]}
+                                                                   for k, v in out.items()}, default=float))
+    stack = f"stack_tfidf+{tag}"
+    if args.export:
+        if stack not in out:
+            raise SystemExit(f"--export needs the tfidf LOSO features ({tf}); run --protocol loso first")
+        export_minilm_stack(args, sources, items, variants[stack][0], emb, out[stack]["rows"], out[stack]["summary"],
+                            tag)
+    print(f"total {time.time() - t_start:.0f}s")
 
 
 def main(argv=None):
@@ -1544,10 +1828,12 @@ def main(argv=None):
     ap.add_argument("--harm-mode", choices=("stack2", "sum", "concat"), default=HARM_MODE,
                     help="minilm backend: separate MiniLM regression whose log-odds are a second aggregator "
                          "column (stack2) or added to the TF-IDF log-odds (sum), or one concatenated regression")
-    ap.add_argument("--emb-hidden", type=int, default=EMB_HIDDEN,
-                    help="hidden width of the MiniLM MLP (0: logistic regression)")
+    ap.add_argument("--emb-hidden", type=int, default=None,
+                    help="hidden width of the MiniLM MLP (0: logistic regression; default: EMB_HIDDEN for "
+                         "--protocol folds, MINILM_LOSO_HIDDEN for loso-minilm)")
     ap.add_argument("--emb-weight", type=float, default=EMB_WEIGHT, help="sum mode: weight of the MiniLM log-odds")
-    ap.add_argument("--emb-c", type=float, default=EMB_C, help="C of the MiniLM regression (stack2)")
+    ap.add_argument("--emb-c", type=float, default=None,
+                    help="C of the MiniLM regression (default: EMB_C for --protocol folds, MINILM_LOSO_C for loso-minilm)")
     ap.add_argument("--tfidf-scale", type=float, default=TFIDF_SCALE,
                     help="weight of the TF-IDF blocks in the minilm backend")
     ap.add_argument("--emb-cache", type=Path, default=Path("/tmp/mmsafe_moderator_emb.npz"),
@@ -1555,7 +1841,7 @@ def main(argv=None):
     ap.add_argument("--target-fpr", type=float, default=0.08,
                     help="out-of-fold FPR on authored benign look-alikes that sets the threshold")
     ap.add_argument("--folds", default="ABCD", help="--protocol folds: which of the four folds")
-    ap.add_argument("--protocol", choices=("loso", "folds", "recalibrate"), default="loso",
+    ap.add_argument("--protocol", choices=("loso", "folds", "recalibrate", "loso-minilm"), default="loso",
                     help="loso (default): every source of guard/ + train2/ + authored, leave-one-source-out, "
                          "tfidf backend only; folds: the wave-1 four-fold protocol (both backends)")
     ap.add_argument("--harm-c", type=float, default=None, help="C of the text regression (default: 8 for "
@@ -1565,6 +1851,15 @@ def main(argv=None):
                     help="npz cache of the out-of-source text-model features (keyed by the data and text-model "
                          "settings); '' disables")
     ap.add_argument("--train2", type=Path, default=TRAIN2_DEFAULT, help="wave-2 sources (default ../shared/data/train2)")
+    ap.add_argument("--weighting", choices=("sqrt", "source"), default=MINILM_LOSO_WEIGHTING,
+                    help="loso-minilm: training-unit weights per (source, label): 1/sqrt(n) (sqrt) or 1/n (source)")
+    ap.add_argument("--minilm-loso-cache", type=Path, default=Path("/tmp/mmsafe_moderator_loso_minilm"),
+                    help="loso-minilm: prefix of the npz caches of the out-of-source MiniLM features; '' disables")
+    ap.add_argument("--train-sources", choices=("all", "contrast"), default="all",
+                    help="loso-minilm: train the MiniLM head on every other source, or only on the other sources "
+                         "that hold both harmful and benign items (contrast)")
+    ap.add_argument("--export", action="store_true",
+                    help="loso-minilm: also fit the TF-IDF + MiniLM stack on every source and write moderator_minilm.*")
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--table-out", type=Path, default=None, help="also write the markdown table(s) here")
@@ -1586,6 +1881,11 @@ def main(argv=None):
     if args.protocol == "recalibrate":
         recalibrate_shipped(args)
         return
+    if args.protocol == "loso-minilm":
+        args.emb_c = MINILM_LOSO_C if args.emb_c is None else args.emb_c
+        args.emb_hidden = MINILM_LOSO_HIDDEN if args.emb_hidden is None else args.emb_hidden
+        run_loso_minilm(args)
+        return
     if args.protocol == "loso":
         if args.backend == "minilm":
             ap.error("--protocol loso trains the tfidf backend only; the minilm weights come from --protocol folds")
@@ -1604,9 +1904,9 @@ def main(argv=None):
             EMB_SCALE = args.emb_scale
             TFIDF_SCALE = args.tfidf_scale
             HARM_MODE = args.harm_mode
-            EMB_C = args.emb_c
+            EMB_C = EMB_C if args.emb_c is None else args.emb_c
             EMB_WEIGHT = args.emb_weight
-            EMB_HIDDEN = args.emb_hidden
+            EMB_HIDDEN = EMB_HIDDEN if args.emb_hidden is None else args.emb_hidden
         else:
             EMB = None
         print(f"=== backend {backend}" + (f" (mode {HARM_MODE}, emb scale {EMB_SCALE}, emb C {EMB_C}, "

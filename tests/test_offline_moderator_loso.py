@@ -262,3 +262,47 @@ def test_real_sources_load(trainer):
     assert {it["label"] for it in src["cyberseceval"]} == {0, 1}
     assert sum(it["subset"] == "advice" and it["label"] == 0 for it in src["do_not_answer"]) > 200
     assert 300 < sum(it["label"] for it in src["convabuse"]) < len(src["convabuse"]) // 2
+
+
+# ---------------------------------------------------------------- MiniLM under LOSO (issue 16)
+def _src_items():
+    def one(text, label, source):
+        return {"text": text, "label": label, "source": source, "kind": "single", "group": f"{source}:{text}",
+                "scenario": None}
+    return ([one(f"harmful request number {i}", 1, "big") for i in range(30)]
+            + [one(f"benign look-alike number {i}", 0, "big") for i in range(10)]
+            + [one(f"small harmful ask {i}", 1, "small") for i in range(3)])
+
+
+def test_source_weighting_gives_each_source_label_group_the_same_weight(trainer):
+    items = _src_items()
+    units, y, w = trainer.unit_weights(items, "source")
+    groups = {}
+    for u, lab, wi in zip(units, y, w):
+        src = "big" if "number" in u[0] else "small"
+        groups[(src, int(lab))] = groups.get((src, int(lab)), 0.0) + wi
+    # 30 big harmful and 3 small harmful items weigh the same in total; classes balanced
+    assert groups[("big", 1)] == pytest.approx(groups[("small", 1)])
+    assert groups[("big", 1)] + groups[("small", 1)] == pytest.approx(groups[("big", 0)])
+    # the default (sqrt) weighting only dampens: the big source still weighs more
+    _, y2, w2 = trainer.unit_weights(items, "sqrt")
+    assert w2[:30].sum() > w2[-3:].sum()
+
+
+def test_contrast_sources_are_those_with_both_labels(trainer):
+    srcs = {"a": [{"label": 1}, {"label": 0}], "b": [{"label": 1}], "c": [{"label": 0}],
+            "multijail_other": [{"label": 1}, {"label": 0}]}
+    assert trainer.contrast_sources(srcs) == {"a"}
+
+
+def test_unit_embedding_table_is_the_normalised_mean_of_turns(trainer):
+    emb = trainer.TurnEmbeddings(None)
+    rng = np.random.default_rng(0)
+    vecs = {t: rng.normal(size=om.EMB_DIM).astype(np.float32) for t in ("first turn", "second turn")}
+    for t, v in vecs.items():
+        emb.cache[emb.key(t)] = v / np.linalg.norm(v)
+    et = trainer.EmbTable([("first turn",), ("first turn", "second turn")], emb)
+    both = et.X[et.rows([("first turn", "second turn")])][0]
+    m = emb.cache[emb.key("first turn")] + emb.cache[emb.key("second turn")]
+    np.testing.assert_allclose(both, m / np.linalg.norm(m), atol=1e-6)
+    np.testing.assert_allclose(et.X[et.rows([("first turn",)])][0], emb.cache[emb.key("first turn")], atol=1e-6)

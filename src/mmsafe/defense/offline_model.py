@@ -107,6 +107,11 @@ EMB_MAX_TOKENS = 128
 TURN_MAX_CHARS = 2000
 JOINED_MAX_CHARS = 6000
 
+# weight formats this module reads: 1 = wave 1 (7 aggregator features, optional isotonic
+# calibration added in wave 2); 2 = leave-one-source-out weights (aggregator features
+# named in the json, e.g. 13 multi-turn features per text-model column, calibration required)
+WEIGHTS_FORMATS = ("mmsafe-offline-moderator/1", "mmsafe-offline-moderator/2")
+
 STACK_FEATURE_NAMES = ["z_joined", "z_max", "z_mean", "z_last", "z_trend", "z_tail2", "log_n_turns"]
 
 
@@ -575,6 +580,13 @@ class OfflineModeratorModel:
     def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any],
                  encoder: MiniLMTurnEncoder | None = None,
                  fallback: Callable[[], OfflineModeratorModel] | None = None):
+        fmt = str(meta.get("format", WEIGHTS_FORMATS[0]))
+        if fmt not in WEIGHTS_FORMATS:
+            raise ValueError(f"moderator weights format {fmt!r} is not supported by this mmsafe (it reads "
+                             f"{', '.join(WEIGHTS_FORMATS)}); upgrade mmsafe or use weights of a supported format")
+        if fmt == WEIGHTS_FORMATS[1] and not ("calib_x" in arrays and "stack_features" in meta):
+            raise ValueError(f"moderator weights of format {fmt!r} need calib_x/calib_y and stack_features")
+        self.format = fmt
         self.meta = meta
         wcfg, ccfg = meta["word"], meta["char"]
         n_word = len(wcfg["vocab"])
