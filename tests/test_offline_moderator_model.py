@@ -157,13 +157,14 @@ def test_gradual_escalation_caught_as_a_whole(model):
     r = model.assess(ESCALATION)
     assert len(r["turn_scores"]) == 4
     assert all(s < r["threshold"] for s in r["turn_scores"]), r
-    if model.backend == "minilm":
+    if model.calib_x is None:  # uncalibrated wave-1 weights: flagged at their in-sample threshold
         assert r["flagged"], r
         assert r["scenario"] != "none"
     else:
-        # tfidf: operating point since wave 2 = <= 10% FP on unseen look-alike sources; the
-        # escalation (0.62) is no longer flagged at 0.70 (see docs), but the whole
-        # conversation still scores above each of its turns and above benign dialogues
+        # both backends since wave 2: operating point = <= 10% FP on unseen look-alike sources;
+        # the escalation (tfidf 0.62 < 0.70, minilm 0.62 < 0.717) is no longer flagged (see
+        # docs), but the whole conversation still scores above each of its turns and above
+        # benign dialogues
         assert r["score"] > max(r["turn_scores"]) + 0.05, r
         assert r["score"] > max(model.assess(c)["score"] for c in BENIGN_DIALOGUES), r
 
@@ -413,6 +414,9 @@ def test_shared_data_figures(model):
     if model.backend == "tfidf":
         _tfidf_calibrated_figures(model, rec, safe, unsafe, sst, ail, oai)
         return
+    if model.calib_x is not None:
+        _minilm_calibrated_figures(model, rec, safe, unsafe, sst, ail, oai)
+        return
     # both shipped weight sets were trained on all of these: in-sample floors (measured
     # minus a margin).  Measured at export, TF-IDF / MiniLM: SST 0.94 / 0.98, AILuminate
     # 0.97 / 0.993, XSTest-unsafe 0.75 / 0.955, XSTest-safe 0.00 / 0.00, OpenAI-moderation
@@ -449,4 +453,22 @@ def _tfidf_calibrated_figures(model, rec, safe, unsafe, sst, ail, oai):
     rows = {r["source"]: r for r in model.figures["unseen_sources"]}
     pair = rows["hh_rlhf vs mt_bench_101"]  # red-team vs benign dialogues, never trained on
     assert pair["auc"] >= 0.68 and pair["auc"] > pair["auc_last_turn_only"]
+    assert rows["hh_rlhf"]["recall"] > rows["hh_rlhf"]["recall_last_turn_only"]
+
+
+def _minilm_calibrated_figures(model, rec, safe, unsafe, sst, ail, oai):
+    """minilm weights, recalibrated in issue 16 like the tfidf ones (threshold 0.717: <= 10%
+    FP on look-alike sources they never saw).  In-sample floors at that threshold (measured
+    minus a margin: SST 0.76, AILuminate 0.764, XSTest-unsafe 0.495, XSTest-safe 0.00,
+    OpenAI-moderation benign 0.00) and the unseen-source figures recorded with the weights
+    (they beat the tfidf weights' on mean recall and on the red-team dialogues)."""
+    assert rec(sst) >= 0.70 and rec(ail) >= 0.70 and rec(unsafe) >= 0.43
+    assert rec(safe) <= 0.03
+    oai_neg = [d["prompt"] for d in oai if not any(v for k, v in d.items() if k != "prompt")]
+    assert rec(oai_neg[:400]) <= 0.03
+    s = model.figures["unseen_summary"]
+    assert s["single_recall"]["mean"] >= 0.27 and s["single_auc"]["mean"] >= 0.62
+    rows = {r["source"]: r for r in model.figures["unseen_sources"]}
+    pair = rows["hh_rlhf vs mt_bench_101"]  # red-team vs benign dialogues, never trained on
+    assert pair["auc"] >= 0.78 and pair["auc"] > pair["auc_last_turn_only"]
     assert rows["hh_rlhf"]["recall"] > rows["hh_rlhf"]["recall_last_turn_only"]

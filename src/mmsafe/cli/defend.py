@@ -192,8 +192,9 @@ def serve_guard(
     never saw (docs/offline_moderator.md): --moderator offline (= offline:tfidf, the
     default): threshold set for <= 10% per source; measured with each source also held
     out of that choice: CyberSecEval MITRE 4%, CoCoNot 11%, HateCheck non-hateful 9%.
-    Its recall on unseen harmful prompts is low (0.05-0.41 per source). --moderator offline:minilm (older,
-    wave-1 weights): 7-9% on held-out XSTest-safe, not re-measured on the new sources.
+    Its recall on unseen harmful prompts is low (0.05-0.41 per source). --moderator offline:minilm
+    (recalibrated the same way, threshold 0.717): MITRE 5.5%, CoCoNot 7.5%, HateCheck non-hateful 17%
+    (10.0% when HateCheck is in the choice), MT-Bench-101 benign dialogues 3.5%; recall 0.05-0.45.
     --mode inject (the default) only adds policy text when a request is flagged.
     """
     from aiohttp import web
