@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--request-gate", default=None, choices=("moderator", "moderator:auto", "moderator:minilm",
                                                              "moderator:tfidf"),
                     help="also simulate the first stage with offline?request_gate=... (same band)")
+    ap.add_argument("--moderator-weights", type=Path, default=None,
+                    help="with --request-gate: moderator weights directory (default: the package's)")
     a = ap.parse_args(argv)
     train2 = a.data / "train2" if (a.data / "train2").is_dir() else a.data.parent
     if not (train2 / "jbb_artifacts").is_dir():
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         from mmsafe.defense.offline_model import OfflineModeratorModel
         from mmsafe.judges.offline import gated_score
 
-        mod = OfflineModeratorModel.load(backend=a.request_gate.partition(":")[2] or "auto")
+        mod = OfflineModeratorModel.load(a.moderator_weights, backend=a.request_gate.partition(":")[2] or "auto")
         mthr = float(mod.threshold)
 
         def gate(q: list[str], pp: np.ndarray) -> np.ndarray:
