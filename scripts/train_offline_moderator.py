@@ -4,6 +4,9 @@
     python scripts/train_offline_moderator.py                # both backends: evaluate folds + train + export
     python scripts/train_offline_moderator.py --no-export    # evaluation only
     python scripts/train_offline_moderator.py --backend minilm|tfidf --data DIR --out DIR
+    python scripts/train_offline_moderator.py --protocol loso-minilm [--emb-hidden 256] [--weighting source]
+                                              [--train-sources contrast] [--export --out DIR]
+    python scripts/train_offline_moderator.py --protocol recalibrate --backend minilm|tfidf
 
 Backends (two weight sets, see docs/offline_moderator.md)
   * ``tfidf`` -> ``moderator.npz/.json``: TF-IDF logistic regression (numpy-only inference,
