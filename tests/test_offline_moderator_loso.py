@@ -285,7 +285,7 @@ def test_source_weighting_gives_each_source_label_group_the_same_weight(trainer)
     assert groups[("big", 1)] == pytest.approx(groups[("small", 1)])
     assert groups[("big", 1)] + groups[("small", 1)] == pytest.approx(groups[("big", 0)])
     # the default (sqrt) weighting only dampens: the big source still weighs more
-    _, y2, w2 = trainer.unit_weights(items, "sqrt")
+    _, _, w2 = trainer.unit_weights(items, "sqrt")
     assert w2[:30].sum() > w2[-3:].sum()
 
 
