@@ -1515,6 +1515,9 @@ def recalibrate_shipped(args) -> None:
     np.savez_compressed(npz, **arrays)
     meta = json.loads((args.out / json_name).read_text(encoding="utf-8"))
     meta.setdefault("threshold_uncalibrated_wave1", meta["threshold"])
+    # the wave-1 operating point on the new scale (the map is increasing): a consumer that
+    # wants the old flags back passes this threshold (e.g. offline:minilm:0.554)
+    meta["threshold_wave1_calibrated"] = float(calibrate(meta["threshold_uncalibrated_wave1"], cx, cy))
     meta["threshold"] = thr
     meta["thresholds_by_target_fpr"] = {f"{t:.2f}": lookalike_threshold(negs, t)[0] for t in ALT_TARGETS}
     meta["calibration"] = {

@@ -84,6 +84,11 @@ def test_minilm_scores_a_dialogue_through_its_calibration_and_threshold(minilm):
         minilm.calib_x, minilm.calib_y = x, y
     assert r["score"] == pytest.approx(float(om.calibrate(raw, x, y)), abs=1e-12)
     assert r["score"] != pytest.approx(raw, abs=1e-3)
+    # the wave-1 operating point (0.837 on the raw scale) maps to the recorded calibrated value
+    meta = _meta()
+    assert float(om.calibrate(meta["threshold_uncalibrated_wave1"], x, y)) == pytest.approx(
+        meta["threshold_wave1_calibrated"], abs=1e-9)
+    assert (raw >= meta["threshold_uncalibrated_wave1"]) == (r["score"] >= meta["threshold_wave1_calibrated"])
     s = minilm.score_texts([HARMFUL, BENIGN])
     assert s[0] >= minilm.threshold > s[1], s
 
