@@ -568,6 +568,28 @@ def _read_weights(path: str | Path | None, npz_name: str, json_name: str) -> tup
     return arrays, meta
 
 
+def _weights_format(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
+    """The weights' format, refused by name when this mmsafe cannot read it."""
+    fmt = str(meta.get("format", WEIGHTS_FORMATS[0]))
+    if fmt not in WEIGHTS_FORMATS:
+        raise ValueError(f"moderator weights format {fmt!r} is not supported by this mmsafe (it reads "
+                         f"{', '.join(WEIGHTS_FORMATS)}); upgrade mmsafe or use weights of a supported format")
+    if fmt == WEIGHTS_FORMATS[1] and not ("calib_x" in arrays and "stack_features" in meta):
+        raise ValueError(f"moderator weights of format {fmt!r} need calib_x/calib_y and stack_features")
+    return fmt
+
+
+def _calibration_arrays(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The isotonic calibration points (x, y), or (None, None) for weights without them."""
+    if "calib_x" not in arrays or "calib_y" not in arrays:
+        return None, None
+    x = np.asarray(arrays["calib_x"], dtype=np.float64).ravel()
+    y = np.asarray(arrays["calib_y"], dtype=np.float64).ravel()
+    if x.shape != y.shape or x.size < 2:
+        raise ValueError("moderator calibration arrays are malformed")
+    return x, y
+
+
 class OfflineModeratorModel:
     """Conversation-level harm classifier with shipped weights.
 
@@ -580,13 +602,7 @@ class OfflineModeratorModel:
     def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any],
                  encoder: MiniLMTurnEncoder | None = None,
                  fallback: Callable[[], OfflineModeratorModel] | None = None):
-        fmt = str(meta.get("format", WEIGHTS_FORMATS[0]))
-        if fmt not in WEIGHTS_FORMATS:
-            raise ValueError(f"moderator weights format {fmt!r} is not supported by this mmsafe (it reads "
-                             f"{', '.join(WEIGHTS_FORMATS)}); upgrade mmsafe or use weights of a supported format")
-        if fmt == WEIGHTS_FORMATS[1] and not ("calib_x" in arrays and "stack_features" in meta):
-            raise ValueError(f"moderator weights of format {fmt!r} need calib_x/calib_y and stack_features")
-        self.format = fmt
+        self.format = _weights_format(arrays, meta)
         self.meta = meta
         wcfg, ccfg = meta["word"], meta["char"]
         n_word = len(wcfg["vocab"])
@@ -650,13 +666,7 @@ class OfflineModeratorModel:
             raise ValueError("moderator aggregator weights do not match the text model")
         # calibration (weights since wave 2): isotonic map raw aggregator probability ->
         # P(harmful), fitted on out-of-source scores; identity for older weights
-        self.calib_x: np.ndarray | None = None
-        self.calib_y: np.ndarray | None = None
-        if "calib_x" in arrays and "calib_y" in arrays:
-            self.calib_x = np.asarray(arrays["calib_x"], dtype=np.float64).ravel()
-            self.calib_y = np.asarray(arrays["calib_y"], dtype=np.float64).ravel()
-            if self.calib_x.shape != self.calib_y.shape or self.calib_x.size < 2:
-                raise ValueError("moderator calibration arrays are malformed")
+        self.calib_x, self.calib_y = _calibration_arrays(arrays)
 
     # ------------------------------------------------------------------ load
     @classmethod
