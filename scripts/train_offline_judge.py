@@ -103,6 +103,7 @@ VARIANTS: dict[str, dict] = {
     "isotonic_by_rows": {"calibration_balance": 0.0},
     "balance_1": {"dataset_balance": 1.0},
     "class_balance": {"class_balance": True},
+    "continuation": {"continuation_feature": True},
     "minilm": {"minilm": {"weight": 1.0}},
     "minilm_w3": {"minilm": {"weight": 3.0}},
     "minilm_with_diasafety_training": {
@@ -372,6 +373,13 @@ def data_fingerprint(root: Path) -> dict[str, str]:
     return fp
 
 
+def is_continuation(reply: str) -> bool:
+    """The reply starts mid-sentence (a lower-case letter or punctuation): a base model carrying on
+    the request's sentence, where no refusal or compliance opener can occur (variant "continuation")."""
+    t = (reply or "").lstrip()
+    return bool(t) and (t[0].islower() or t[0] in "-,.;:)'\"")
+
+
 # ----------------------------------------------------------------------------- MiniLM block
 MINILM_TOKENS = 62  # word pieces embedded per text (+ [CLS], [SEP] = 64)
 MINILM_KEY_CHARS = 1000  # the embedded text is a function of its first 1,000 characters
@@ -454,6 +462,8 @@ class Pipeline:
         if self.vc is not None:
             rc = [prepare_char_text(x) for x in r]
             blocks.append(self.vc.fit_transform(rc) if fit else self.vc.transform(rc))
+        if self.config.get("continuation_feature"):
+            H = np.column_stack([H, [float(is_continuation(x)) for x in r]])
         if fit:
             self.mean = H.mean(axis=0)
             sd = H.std(axis=0)
