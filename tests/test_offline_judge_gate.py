@@ -48,6 +48,7 @@ def test_request_gate_spec_parses_and_is_part_of_the_identity():
     assert gated.judge_id != plain.judge_id
     g = gated.identity.settings["request_gate"]
     assert g["moderator_backend"] == "tfidf" and 0.0 < g["moderator_threshold"] < 1.0
+    assert len(g["moderator_weights"]) == 16  # retrained moderator weights make a new judge
 
 
 def test_benign_request_compliance_is_safe_with_the_gate():

@@ -63,6 +63,13 @@ def parse_band(text: str, where: str, example: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _moderator_hash(backend: str) -> str:
+    """sha256 (16 hex) of the shipped moderator weights of ``backend`` (part of the judge's identity:
+    retrained moderator weights make a new judge)."""
+    name = "moderator_minilm.npz" if backend == "minilm" else "moderator.npz"
+    return hashlib.sha256(resources.files("mmsafe").joinpath("data", "moderator", name).read_bytes()).hexdigest()[:16]
+
+
 REQUEST_GATES = ("moderator", "moderator:auto", "moderator:minilm", "moderator:tfidf")
 
 
@@ -128,7 +135,8 @@ class OfflineJudge(Judge):
                                   f"be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                                   ) from None
             settings["request_gate"] = {"moderator_backend": self.moderator.backend,
-                                        "moderator_threshold": float(self.moderator.threshold)}
+                                        "moderator_threshold": float(self.moderator.threshold),
+                                        "moderator_weights": _moderator_hash(self.moderator.backend)}
         self.identity = JudgeIdentity(kind="offline", models=[f"offline-judge@{whash}"], prompt_hash=whash,
                                       settings=settings, label="offline CPU classifier (no API calls)")
 
