@@ -86,7 +86,7 @@ def test_flagged_requests_keep_the_judges_score():
 def test_gate_helps_on_a_held_out_mixed_benchmark():
     """LLM Self Defense (never trained on by the judge or the moderator) mixes harmless and harmful
     requests, every reply complies: the judge alone is near chance; with the MiniLM moderator in front
-    it must be clearly better (0.852 with the committed moderator weights, docs/offline_judge.md)."""
+    it must be clearly better (0.710 with the moderator weights at 2491443, docs/offline_judge.md)."""
     from pathlib import Path
 
     from mmsafe.defense.offline_model import minilm_backend_available
