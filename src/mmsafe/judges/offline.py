@@ -32,6 +32,7 @@ import numpy as np
 
 from mmsafe.judges.base import Judge
 from mmsafe.models.base import ConfigError
+from mmsafe.registry import registry
 from mmsafe.types import JudgeIdentity, Label, Response, Sample, Verdict
 
 WEIGHT_FILES = ("model.npz", "model.json")
@@ -127,10 +128,10 @@ class OfflineJudge(Judge):
                 raise ConfigError(f"judge spec {spec!r}: request_gate={request_gate!r}: choose one of "
                                   + ", ".join(REQUEST_GATES))
             backend = request_gate.partition(":")[2] or "auto"
-            try:
-                from mmsafe.defense.offline_model import OfflineModeratorModel
-                self.moderator = OfflineModeratorModel.load(backend=backend)
-            except (ImportError, FileNotFoundError, OSError, KeyError, ValueError) as e:
+            try:  # through the registry: the moderator is a defense, and judges sit below defenses in the house
+                moderator = registry("defenses").get("moderator.offline")(backend=backend)
+                self.moderator = moderator.model
+            except (ConfigError, ImportError, FileNotFoundError, OSError, KeyError, ValueError) as e:
                 raise ConfigError(f"judge spec {spec!r}: request_gate={request_gate}: the offline moderator cannot "
                                   f"be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                                   ) from None
