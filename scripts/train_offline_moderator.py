@@ -1314,11 +1314,9 @@ class FinalModel:
     """The shipped model's sklearn side (TfidfVectorizer + text LR + stacker +
     isotonic calibration + scenario model), with the attributes ``export`` reads."""
 
-    def fit(self, items: list[dict], F: np.ndarray, target: float):
-        units, y, w = text_unit_weights(items)
-        self.fz = Featurizer(use_emb=False).fit(units)
-        self.clf = text_lr(self.fz.transform(units), y, w)
-        self.tm = TextModel(self.fz, self.clf)
+    def fit_operating_point(self, items: list[dict], F: np.ndarray, target: float) -> None:
+        """The aggregator on the leave-one-source-out features ``F``, its isotonic calibration and
+        the threshold keeping every benign look-alike source at <= ``target`` false positives."""
         yi = np.array([it["label"] for it in items])
         wi = source_weights(items)
         self.stack = stacker_fit(F, items)
@@ -1335,6 +1333,13 @@ class FinalModel:
             "per_source_threshold": {k: round(v, 4) for k, v in per.items()},
             "out_of_source_fpr_at_threshold": {b: round(rate(v, self.threshold), 4) for b, v in negs.items()},
         }
+
+    def fit(self, items: list[dict], F: np.ndarray, target: float):
+        units, y, w = text_unit_weights(items)
+        self.fz = Featurizer(use_emb=False).fit(units)
+        self.clf = text_lr(self.fz.transform(units), y, w)
+        self.tm = TextModel(self.fz, self.clf)
+        self.fit_operating_point(items, F, target)
         units_s, ys, _g, scen = text_examples(items)
         st = [u for u, lab, s in zip(units_s, ys, scen) if lab == 1 and s]
         sl = [SCENARIOS.index(s) for lab, s in zip(ys, scen) if lab == 1 and s]
@@ -1675,22 +1680,7 @@ class FinalStackModel(FinalModel):
         units_e, ye, we = unit_weights(items, weighting)
         self.emb_clf = fit_emb_head(emb.units(units_e), ye, we, hidden, C)
         self.tm = TextModel(self.fz, self.clf, self.emb_clf)
-        yi = np.array([it["label"] for it in items])
-        wi = source_weights(items)
-        self.stack = stacker_fit(F, items)
-        raw = self.stack.predict_proba(F)[:, 1]
-        self.calib_x, self.calib_y = fit_calibrator(raw, yi, wi)
-        cal = calibrate(raw, self.calib_x, self.calib_y)
-        negs = {b: cal[[it["source"] == b and it["label"] == 0 for it in items]] for b in LOOKALIKE_SOURCES}
-        self.threshold, per = lookalike_threshold(negs, target)
-        self.thresholds = {f"{t:.2f}": lookalike_threshold(negs, t)[0] for t in ALT_TARGETS}
-        self.threshold_choice = {
-            "method": "strictest per-source threshold keeping each benign look-alike source's out-of-source "
-                      f"false-positive rate <= {target:.2f} (calibrated scores from leave-one-source-out)",
-            "target_fpr": target, "sources": list(LOOKALIKE_SOURCES),
-            "per_source_threshold": {k: round(v, 4) for k, v in per.items()},
-            "out_of_source_fpr_at_threshold": {b: round(rate(v, self.threshold), 4) for b, v in negs.items()},
-        }
+        self.fit_operating_point(items, F, target)
         units_s, ys, _g, scen = text_examples(items)
         st = [u for u, lab, s in zip(units_s, ys, scen) if lab == 1 and s]
         sl = [SCENARIOS.index(s) for lab, s in zip(ys, scen) if lab == 1 and s]
