@@ -12,6 +12,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 from llm_server import ScriptedLLM  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str, module: str | None = None):
+    """``scripts/NAME.py`` imported as module ``module`` (default NAME), once per test session:
+    the training and measuring scripts are not part of the package."""
+    import importlib.util
+
+    module = module or name
+    if module in sys.modules:
+        return sys.modules[module]
+    spec = importlib.util.spec_from_file_location(module, REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

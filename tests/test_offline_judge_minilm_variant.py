@@ -4,25 +4,17 @@ shipped configuration's fold-score cache key does not change because the option 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
 
+from conftest import load_script
+
 
 def _T():
-    if "train_offline_judge" in sys.modules:
-        return sys.modules["train_offline_judge"]
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train_offline_judge.py"
-    spec = importlib.util.spec_from_file_location("train_offline_judge", script)
-    T = importlib.util.module_from_spec(spec)
-    sys.modules["train_offline_judge"] = T
-    spec.loader.exec_module(T)
-    return T
+    return load_script("train_offline_judge")
 
 
 class _FakeMiniLM:

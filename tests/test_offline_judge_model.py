@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_script
 from mmsafe.judges.offline_model import (
     HAND_FEATURE_NAMES,
     OfflineJudgeModel,
@@ -70,17 +71,7 @@ DUAL_REFUSE = (
 
 
 def _load_training_script():
-    import importlib.util
-    import sys
-
-    if "train_offline_judge" in sys.modules:
-        return sys.modules["train_offline_judge"]
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train_offline_judge.py"
-    spec = importlib.util.spec_from_file_location("train_offline_judge", script)
-    T = importlib.util.module_from_spec(spec)
-    sys.modules["train_offline_judge"] = T
-    spec.loader.exec_module(T)
-    return T
+    return load_script("train_offline_judge")
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
+from conftest import load_script
 from mmsafe.judges.offline_model import SUPPORTED_FORMATS, OfflineJudgeModel, apply_calibration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,14 +25,7 @@ WEIGHTS = ROOT / "src" / "mmsafe" / "data" / "offline_judge"
 
 
 def _script() -> ModuleType:
-    if "train_offline_judge" in sys.modules:
-        return sys.modules["train_offline_judge"]
-    spec = importlib.util.spec_from_file_location("train_offline_judge", ROOT / "scripts" / "train_offline_judge.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_offline_judge"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("train_offline_judge")
 
 
 def _csv(path: Path, header: list[str], rows: list[list[str]], bom: bool = False) -> None:
