@@ -115,6 +115,16 @@ def test_an_unknown_executor_is_one_line_and_exit_2(tmp_path, llm):
     assert not (tmp_path / "o").exists()  # found before --out is created
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _worker_pids(run_dir: Path) -> set[int]:
     """The pids of the Ray workers holding claims in the run's shard stores right now."""
     pids: set[int] = set()
@@ -232,9 +242,15 @@ def test_a_killed_ray_driver_is_resumed_by_rerunning_the_command_with_nothing_lo
     while sum(_sent(llm, model).values()) < 10 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[1]
+    workers = _worker_pids(out)
     proc.kill()  # SIGKILL of the driver: Ray ends its tasks; the shard stores stay in RUN_DIR/ray-shards
     proc.wait()
-    time.sleep(1.0)  # Ray reaps the dead driver's workers
+    deadline = time.monotonic() + 20  # Ray reaps the dead driver's workers (their replies are then all stored)
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers), "the dead driver's Ray workers kept running"
+    if not workers:  # no claim open when it was killed: give Ray its usual second
+        time.sleep(1.0)
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=90)
     assert p.returncode == 0, p.stderr
     sent = _sent(llm, model)
