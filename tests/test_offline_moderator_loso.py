@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_script
 from mmsafe.defense import offline_model as om
 from mmsafe.defense.offline_model import OfflineModeratorModel
 
@@ -28,13 +27,7 @@ TRAIN2 = REPO.parent / "shared" / "data" / "train2"
 def trainer():
     """The training script as a module (it needs scikit-learn)."""
     pytest.importorskip("sklearn")
-    spec = importlib.util.spec_from_file_location("train_offline_moderator_t",
-                                                  REPO / "scripts" / "train_offline_moderator.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("train_offline_moderator", "train_offline_moderator_t")
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,13 @@ The prompts and dialogues are written for this test (benchmark-style questions o
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_script
 from mmsafe.defense import offline_model as om
 from mmsafe.defense.offline_model import WEIGHTS_FORMATS, OfflineModeratorModel
 
@@ -118,12 +117,7 @@ def test_red_team_dialogues_rank_above_benign_ones_on_unseen_sources(minilm):
     dialogues against MT-Bench-101 benign dialogues (neither seen in training; recorded
     AUC 0.815 on all of them), on a sample of 150 each."""
     pytest.importorskip("sklearn")
-    spec = importlib.util.spec_from_file_location("train_offline_moderator_m",
-                                                  REPO / "scripts" / "train_offline_moderator.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    mod = load_script("train_offline_moderator", "train_offline_moderator_m")
     pos = mod.load_hh_rlhf(TRAIN2 / "hh_rlhf")[::15][:150]
     neg = mod.load_mt_bench_101(TRAIN2 / "mt_bench_101")[::9][:150]
     convs = [[("user", t) for t in it["turns"]] for it in pos + neg]
