@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from conftest import load_script
 from mmsafe.judges import make_judge
 from mmsafe.judges.offline import gated_score
 from mmsafe.models import ConfigError
@@ -96,17 +97,8 @@ def test_gate_helps_on_a_held_out_mixed_benchmark():
         pytest.skip("../shared/data/train2/llm_self_defense not available")
     if not minilm_backend_available():
         pytest.skip("the MiniLM moderator backend needs the offline extra")
-    import csv
-
-    qs, rs, ys = [], [], []
-    for name in ("all_repsonses_gpt.csv", "all_repsonses_llama.csv"):
-        with open(root / name, encoding="utf-8-sig", newline="") as f:
-            for row in csv.DictReader(f):
-                lab = (row.get("is harmful?") or "").strip().lower()
-                if lab in ("yes", "no"):
-                    qs.append(row["prompt"])
-                    rs.append(row["response"])
-                    ys.append(lab == "yes")
+    d = load_script("train_offline_judge").load_llm_self_defense(root)  # the loader the figures come from
+    qs, rs, ys = list(d["q"]), list(d["r"]), [bool(y) for y in d["y"]]
     plain = make_judge("offline").predict(qs, rs)
     gated = make_judge("offline?request_gate=moderator:minilm").predict(qs, rs)
     acc_plain = sum((p >= 0.5) == y for p, y in zip(plain, ys)) / len(ys)
