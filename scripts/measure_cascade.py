@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as json here")
-    ap.add_argument("--request-gate", default=None, choices=("moderator", "moderator:auto", "moderator:minilm",
-                                                             "moderator:tfidf"),
+    from mmsafe.judges.offline import REQUEST_GATES
+
+    ap.add_argument("--request-gate", default=None, choices=REQUEST_GATES,
                     help="also simulate the first stage with offline?request_gate=... (same band)")
     ap.add_argument("--moderator-weights", type=Path, default=None,
                     help="with --request-gate: moderator weights directory (default: the package's)")
