@@ -1605,14 +1605,10 @@ def unit_weights(items: list[dict], weighting: str) -> tuple[list, np.ndarray, n
 
 
 def fit_emb_head(X: np.ndarray, y: np.ndarray, w: np.ndarray, hidden: int, C: float):
-    if hidden:
-        clf = MLPClassifier(hidden_layer_sizes=(hidden,), alpha=EMB_ALPHA, max_iter=200, early_stopping=True,
-                            random_state=SEED)
-        clf.fit(X, y, sample_weight=w)
-    else:
-        clf = LogisticRegression(C=C, max_iter=3000, solver="lbfgs", random_state=SEED)
-        clf.fit(X, y, sample_weight=w)
-    return clf
+    clf = (MLPClassifier(hidden_layer_sizes=(hidden,), alpha=EMB_ALPHA, max_iter=200, early_stopping=True,
+                         random_state=SEED) if hidden
+           else LogisticRegression(C=C, max_iter=3000, solver="lbfgs", random_state=SEED))
+    return clf.fit(X, y, sample_weight=w)
 
 
 def contrast_sources(sources: dict[str, list[dict]]) -> set[str]:
