@@ -168,7 +168,7 @@ def shard_sizes(n: int, workers: int) -> Iterator[int]:
     workers end within a small shard of each other instead of one idling through the other's
     last large shard."""
     workers = max(1, workers)
-    floor = max(1, math.ceil(n / (16 * workers)))
+    floor = _floor(n, workers)
     left = n
     while left > 0:
         size = min(left, MAX_SHARD, max(floor, math.ceil(left / (2 * workers))))
@@ -176,11 +176,15 @@ def shard_sizes(n: int, workers: int) -> Iterator[int]:
         left -= size
 
 
+def _floor(n: int, workers: int) -> int:
+    """The smallest shard :func:`shard_sizes` makes for ``n`` samples."""
+    return max(1, math.ceil(n / (16 * max(1, workers))))
+
+
 def _chunks(items: Iterable[Any], n: int, workers: int) -> Iterator[list[Any]]:
     """``items`` cut into shards of :func:`shard_sizes` (``n``: how many there are, about; a
     longer stream goes on in shards of the floor size)."""
-    sizes = shard_sizes(n, workers)
-    floor = max(1, math.ceil(n / (16 * max(1, workers))))
+    sizes, floor = shard_sizes(n, workers), _floor(n, workers)
     size, chunk = next(sizes, floor), []
     for item in items:
         chunk.append(item)
