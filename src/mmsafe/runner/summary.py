@@ -672,8 +672,9 @@ def compute_summary(store: SummaryStore, judge_id: str | None, *, bench_manifest
         s.multiturn = multiturn_block(store, judge_id)
     others = [jid for jid in judges if jid != judge_id]
     if others and judge_id is not None:
-        s.judges = {jid: _judge_short(judge_name(judges.get(jid)), judge_block(store, jid, si_grouping=si_grouping))
-                    for jid in [judge_id, *others]}
+        s.judges = {jid: _judge_short(judge_name(judges.get(jid)),
+                                      primary if jid == judge_id else judge_block(store, jid, si_grouping=si_grouping))
+                    for jid in [judge_id, *others]}  # the primary's block is the one computed above
         s.agreement = judge_agreement(store, list(judges))
     return s
 
