@@ -99,11 +99,39 @@ def test_last_stage_unscored_stays_unscored_never_safe(llm):
     assert v.label == "unscored" and v.parse_status == "unparsable" and v.extra["cascade"]["stage"] == 1
 
 
-def test_non_final_offline_stage_gets_a_default_band():
-    from mmsafe.judges.cascade import DEFAULT_BAND
+def test_non_final_offline_stage_gets_the_band_chosen_with_its_weights():
+    from mmsafe.judges.offline_model import OfflineJudgeModel
+    stored = OfflineJudgeModel.load().info["figures"]["cascade_band"]
     j = make_judge("cascade:offline>keyword")
-    assert j.stages[0].abstain == DEFAULT_BAND
+    # the band chosen out of source with the shipped weights, not a generic default
+    assert j.stages[0].abstain == (stored["lo"], stored["hi"])
+    assert j.stages[0].identity.settings["abstain_from"] == "weights"
+    # the same band as asking for it, so both are the same judge
+    assert make_judge("offline?abstain=weights").identity.id == j.stages[0].identity.id
+    assert make_judge("cascade:offline?abstain=0.2,0.8>keyword").stages[0].abstain == (0.2, 0.8)  # as given
     assert make_judge("cascade:keyword>offline").stages[1].abstain is None  # the last stage always decides
+
+
+def test_weights_without_a_stored_band_fall_back_to_the_default_band(tmp_path):
+    from importlib import resources
+
+    from mmsafe.judges.cascade import DEFAULT_BAND
+    from mmsafe.judges.offline import WEIGHT_FILES
+    src = resources.files("mmsafe").joinpath("data", "offline_judge")
+    w = tmp_path / "w"
+    w.mkdir()
+    for name in WEIGHT_FILES:
+        (w / name).write_bytes(src.joinpath(name).read_bytes())
+    meta = json.loads((w / "model.json").read_text())
+    del meta["info"]["figures"]["cascade_band"]
+    (w / "model.json").write_text(json.dumps(meta))
+    st = make_judge(f"cascade:offline?weights={w}>keyword").stages[0]
+    assert st.abstain == DEFAULT_BAND and st.identity.settings["abstain_from"] == "fallback"
+
+
+def test_a_bad_abstain_value_is_a_one_line_config_error():
+    with pytest.raises(ConfigError, match=r"abstain='wieghts'.*LO,HI"):
+        make_judge("offline?abstain=wieghts")
 
 
 def test_run_with_a_cascade_judge_counts_abstentions_and_llm_calls(llm, tmp_path):

@@ -7,8 +7,10 @@ next stage. The last stage always decides (its ``unscored`` stays ``unscored`` â
 ``safe``). The verdict records which stage decided and why earlier ones passed it on, so
 the summary can show the share decided per stage and the LLM calls and cost saved.
 
-A non-final ``offline`` stage with no ``abstain=`` band gets :data:`DEFAULT_BAND`: a
-cascade whose first stage never abstains would never call the second.
+A non-final ``offline`` stage with no ``abstain=`` band gets ``abstain=weights``: the band
+recorded with its weights, chosen on the training sources' out-of-source scores (the shipped
+weights: 0.05,0.9), or :data:`DEFAULT_BAND` for weights that record none. A cascade whose
+first stage never abstains would never call the second.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from mmsafe.judges.base import Judge
+from mmsafe.judges.offline import FALLBACK_BAND
 from mmsafe.models import CostLedger, ResponseCache
 from mmsafe.types import ConfigError, JudgeIdentity, Response, Sample, Verdict
 
-DEFAULT_BAND = (0.2, 0.8)
-"""The offline stage's default abstention band inside a cascade (P(unsafe) strictly between)."""
+DEFAULT_BAND = FALLBACK_BAND
+"""The offline stage's band inside a cascade when its weights record none (P(unsafe) strictly between)."""
 
 
 def split_stages(arg: str, spec: str) -> list[str]:
@@ -68,7 +71,7 @@ class CascadeJudge(Judge):
             last = i == len(specs) - 1
             extra: dict[str, Any] = {}
             if not last and s.split("?", 1)[0] == "offline" and "abstain=" not in s:
-                extra["abstain"] = f"{DEFAULT_BAND[0]},{DEFAULT_BAND[1]}"
+                extra["abstain"] = "weights"
             stages.append(make_judge(s, models_file=models_file, options=extra or None))
         return cls(stages, specs)
 
