@@ -140,7 +140,9 @@ class AttackState(BaseModel):
     ``transcript`` is the list of judged target exchanges (``turn``, ``user``, ``reply``,
     ``label``, ``images``, …) the run stores; ``images`` every image the attack made;
     ``history`` the target's final conversation; ``pending`` the calls of the step in flight
-    (re-made when a killed run resumes); ``rounds`` the number of steps whose calls were made."""
+    (re-made when a killed run resumes); ``rounds`` the number of steps whose calls were made;
+    ``defenses`` what a defended target's defense did at each target call (``round``, ``call``
+    and the defense's record: action, moderation, added latency), in call order."""
 
     model_config = ConfigDict(extra="forbid")
     rounds: int = 0
@@ -157,6 +159,7 @@ class AttackState(BaseModel):
     target: dict[str, Any] = Field(default_factory=dict)
     attacker: dict[str, Any] = Field(default_factory=dict)
     judge_cost_usd: float = 0.0
+    defenses: list[dict[str, Any]] = Field(default_factory=list)
 
 
 @dataclass
@@ -178,6 +181,7 @@ class AttackResult:
     images: list[dict[str, Any]] = field(default_factory=list)  # images the attack made
     rounds: int = 0
     details: dict[str, Any] = field(default_factory=dict)  # the attack's own record (TAP's tree, ...)
+    defenses: list[dict[str, Any]] = field(default_factory=list)  # a defended target's record per target call
 
     @property
     def backtracks(self) -> int:
@@ -541,6 +545,8 @@ class Attack(Generic[C, S]):
         res = await client.chat(ctx.messages(call.messages), root=self.root, system=system)
         rows.extend(request_log(res, "target" if call.role == "target" else "attacker", ctx.sample_id, client.name))
         _acc(acc, res)
+        if call.role == "target" and isinstance(res.extra.get("defense"), dict):  # a defended target (--defense)
+            state.defenses.append({"round": state.rounds, "call": call.id, **res.extra["defense"]})
         return Reply(id=call.id, role=call.role, ok=res.ok, text=res.text if res.ok else None, error=res.error)
 
     async def execute(self, calls: list[Call], state: AttackState, ctx: SampleContext,
@@ -587,7 +593,7 @@ class Attack(Generic[C, S]):
                             first_unsafe_turn=state.first_unsafe_turn, final_reply=state.final_reply,
                             error=state.error, target=state.target, attacker=state.attacker,
                             judge_cost_usd=state.judge_cost_usd, images=state.images, rounds=state.rounds,
-                            details=self.details(state))
+                            details=self.details(state), defenses=state.defenses)
 
     def details(self, state: AttackState) -> dict[str, Any]:
         """The attack's own part of the stored record (``extra.details``; e.g. TAP's tree)."""

@@ -193,6 +193,7 @@ class ModeRunner:
         model = ""
         finish = None
         user_turns = 0
+        defenses: list[dict[str, Any]] = []
         for m in _inline_images(sample.messages, self.root):
             if m.role == "system":
                 hist.append(m)
@@ -202,6 +203,8 @@ class ModeRunner:
                 res = await self.target.chat(hist, root=self.root, system=self.opts.system_prompt)
                 rows.extend(request_log(res, "target", sample.id, self.target.name))
                 _acc(tgt, res)
+                if isinstance(res.extra.get("defense"), dict):  # a defended target (--defense): what it did
+                    defenses.append({"turn": user_turns, **res.extra["defense"]})
                 if not res.ok:
                     error = f"turn {user_turns}: {res.error}"
                     break
@@ -215,7 +218,7 @@ class ModeRunner:
                 hist.append(Message(role="assistant", content=reply))
             # pre-written assistant turns are dropped: the target's own answers form the history
         status = "target_error" if error else "completed"
-        extra = _extra("live", status, transcript, [], [], tgt, {}, sample, error=error)
+        extra = _extra("live", status, transcript, [], [], tgt, {}, sample, error=error, defenses=defenses)
         return _response(sample, transcript, extra, tgt, model or self.target.cfg.model, finish, error), rows
 
     # -- adaptive
@@ -245,7 +248,7 @@ class ModeRunner:
         error = r.error if r.status in ("attacker_error", "target_error") else None
         extra = _extra("adaptive", r.status, r.transcript, r.backtracked, r.attacker_log, r.target, r.attacker,
                        sample, error=r.error, attack={**atk.identity(), "attack": atk.name}, images=r.images,
-                       rounds=r.rounds)
+                       rounds=r.rounds, defenses=r.defenses)
         if r.details:
             extra["details"] = r.details
         return _response(sample, r.transcript, extra, r.target, self.target.cfg.model, None, error), []
@@ -363,7 +366,7 @@ def _outcome_labels(transcript: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _extra(mode: str, status: str, transcript, backtracked, attacker_log, tgt, atk, sample: Sample, *,
            error: str | None = None, attack: dict[str, Any] | None = None, images: list[dict[str, Any]] | None = None,
-           rounds: int | None = None) -> dict[str, Any]:
+           rounds: int | None = None, defenses: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     img = first_image(sample)
     outcome = {"mode": mode, "status": status, **_outcome_labels(transcript), "backtracks": len(backtracked),
                "sample_turns": sample.turns, "image": img.sha256 if isinstance(img, ImagePart) else None,
@@ -375,6 +378,8 @@ def _extra(mode: str, status: str, transcript, backtracked, attacker_log, tgt, a
     if rounds is not None:
         outcome["rounds"] = rounds
     extra: dict[str, Any] = {"mode": mode, "outcome": outcome, "transcript": transcript}
+    if defenses:  # one record per defended target call (live: ``turn``; adaptive: ``round`` and ``call``)
+        extra["defenses"] = defenses
     if mode == "adaptive":
         extra["backtracked"] = backtracked
         extra["attacker_log"] = attacker_log

@@ -272,7 +272,9 @@ class ModeratorCascadeBlock(_Block):
 
 class DefenseBlock(_Block):
     """What the defense did over the run (``--defense``); older or synthetic runs may carry
-    only a ``name`` and their own keys. ``cascade``: only when the moderator is a cascade."""
+    only a ``name`` and their own keys. ``n``: the defense's decisions (fixed mode: one per
+    reply; live and adaptive: one per defended target call). ``cascade``: only when the
+    moderator is a cascade."""
 
     identity: dict[str, Any] | None = None
     n: int | None = None
@@ -723,16 +725,18 @@ def defense_block(store: SummaryStore, identity: dict[str, Any]) -> DefenseBlock
     names = _stage_names(mod_ident)
     tally = _cascade_tally() if mod_ident.get("kind") == "cascade" else None
     for row in store.iter_rows(None):
-        d = (row.get("response_extra") or {}).get("defense")
-        if not d:
-            continue
-        n += 1
-        actions[d["action"]] += 1
-        mod = d.get("moderation") or {}
-        n_mod_errors += bool(mod.get("error"))
-        lat.append(d.get("added_latency_ms") or 0.0)
-        if tally is not None:
-            _add_cascade_record(tally, names, mod.get("cascade"))
+        ex = row.get("response_extra") or {}
+        # fixed mode: one record per reply; live and adaptive: one per defended target call
+        for d in ([ex["defense"]] if ex.get("defense") else []) + list(ex.get("defenses") or []):
+            if not isinstance(d, dict) or "action" not in d:
+                continue
+            n += 1
+            actions[d["action"]] += 1
+            mod = d.get("moderation") or {}
+            n_mod_errors += bool(mod.get("error"))
+            lat.append(d.get("added_latency_ms") or 0.0)
+            if tally is not None:
+                _add_cascade_record(tally, names, mod.get("cascade"))
     led = store.ledger().get("moderator", {})
     lat.sort()
     b = DefenseBlock(identity=identity, n=n, actions=dict(actions), n_moderation_errors=n_mod_errors,
