@@ -672,13 +672,20 @@ def compute_summary(store: SummaryStore, judge_id: str | None, *, bench_manifest
     _add_defense_and_cascade(s, store, fingerprint, judges.get(judge_id or "") or {}, judge_id)
     if s.mode in MULTI_TURN_MODES:
         s.multiturn = multiturn_block(store, judge_id)
-    others = [jid for jid in judges if jid != judge_id]
-    if others and judge_id is not None:
-        s.judges = {jid: _judge_short(judge_name(judges.get(jid)),
-                                      primary if jid == judge_id else judge_block(store, jid, si_grouping=si_grouping))
-                    for jid in [judge_id, *others]}  # the primary's block is the one computed above
-        s.agreement = judge_agreement(store, list(judges))
+    _add_other_judges(s, store, judges, judge_id, primary, si_grouping)
     return s
+
+
+def _add_other_judges(s: RunSummary, store: SummaryStore, judges: dict[str, Any], judge_id: str | None,
+                      primary: JudgeStats, si_grouping: str) -> None:
+    """With several judges in the store: each one's short block (the primary's is ``primary``,
+    not computed again) and their agreement."""
+    others = [jid for jid in judges if jid != judge_id]
+    if not others or judge_id is None:
+        return
+    blocks = {judge_id: primary, **{jid: judge_block(store, jid, si_grouping=si_grouping) for jid in others}}
+    s.judges = {jid: _judge_short(judge_name(judges.get(jid)), b) for jid, b in blocks.items()}
+    s.agreement = judge_agreement(store, list(judges))
 
 
 def build_summary(store: SummaryStore, judge_id: str, *, bench_manifest: BenchmarkManifest | None = None,
