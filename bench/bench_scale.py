@@ -12,7 +12,7 @@ durability (fsync on); mmsafe's sessions use synchronous_commit=off (see
 mmsafe.store.postgres). It shares the machine's cores with the client, as a database on
 the same host would.
 
-usage: python bench/bench_scale.py [--n 2000] [--conc 100] [--repeat 2] [--parts store]
+usage: python bench/bench_scale.py [--n 2000] [--conc 100] [--repeat 2] [--parts store,ray,ray_cpu,ray_floor,replicas]
 
 Needs ../shared/bench beside the repo and a PostgreSQL installation (Debian's
 ``postgresql``) plus ``mmsafe[postgres]``; says what is missing and exits 0 without them.
@@ -287,6 +287,124 @@ def part_ray_cpu(args: argparse.Namespace, results: dict) -> None:
           f"(wall x 2 / CPU = {2 * wall / max(0.01, sum(c for _, c in got)):.2f}: 1.0 = both cores the workers')")
 
 
+# --------------------------------------------------------------------------- ray_floor: the best Ray could do here
+
+# run in a child process: the mmsafe CLI with its sample pool timed (the part shards could split)
+_PHASES = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import mmsafe.runner.rejudge as rj, mmsafe.runner.run as rr
+pool_s = []
+def timed(orig):
+    async def pool(*a, **k):
+        t = time.perf_counter()
+        try:
+            return await orig(*a, **k)
+        finally:
+            pool_s.append(time.perf_counter() - t)
+    return pool
+rj.run_pool, rr.run_pool = timed(rj.run_pool), timed(rr.run_pool)
+from mmsafe.cli.app import main
+sys.argv = ["mmsafe", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+print(json.dumps({"pool_s": sum(pool_s), "in_python_s": time.perf_counter() - t0}))
+"""
+
+# a fresh process joining the sitting's cluster as a Ray command does: import ray, connect, the
+# job's first two tasks (each on a new worker that starts Ray's worker process and imports what a
+# judge shard needs), disconnect -- what every Ray command pays besides its shards
+_RAY_FIXED = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import ray
+t1 = time.perf_counter()
+ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, configure_logging=False)
+t2 = time.perf_counter()
+@ray.remote(num_cpus=1)
+def boot():
+    import time
+    import mmsafe.judges.offline, mmsafe.runner.ray_exec  # noqa: F401
+    return time.process_time()
+cpu = ray.get([boot.remote() for _ in range(2)])
+t3 = time.perf_counter()
+ray.shutdown()
+t4 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "connect_s": t2 - t1, "disconnect_s": t4 - t3,
+                  "first_tasks_s": t3 - t2, "worker_boot_cpu_s": sum(cpu) / len(cpu)}))
+"""
+
+
+def _child_json(code: str, *args: str) -> tuple[dict, float]:
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=_env())
+    wall = time.perf_counter() - t
+    if p.returncode:
+        raise SystemExit(f"ray_floor: child failed: {p.stderr.strip()[-500:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1]), wall
+
+
+def part_ray_floor(args: argparse.Namespace, results: dict) -> None:
+    """Amdahl's bound for the ``ray`` part on this machine: each one-process workload split into
+    the sample pool (what shards can share) and the rest (start, summary, results: the driver
+    does them alone), plus what joining and leaving a Ray cluster costs a fresh process. With 2
+    perfect workers that start for free and never wait, the best Ray wall is
+    rest + pool / 2 + import ray + connect + disconnect. Also measured, and left out of that bound:
+    the CPU each new worker spends starting before it can take a shard."""
+    try:
+        import ray
+    except ImportError:
+        print("ray_floor part skipped: ray is not installed")
+        return
+    base = rb.OUT / f"ray-base-{args.judge_n}"
+    if not (base / "summary.json").exists():
+        print(f"ray_floor part skipped: run --parts ray first (needs {base})")
+        return
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    addr = ctx.address_info["gcs_address"]
+    out: dict = {}
+    try:
+        runs = [_child_json(_RAY_FIXED, addr)[0] for _ in range(3)]
+        got = {k: round(min(f[k] for f in runs), 3) for k in runs[0]}  # the best of 3 for each
+        ray_fixed = {k: got[k] for k in ("import_s", "connect_s", "disconnect_s")}
+        boot = {k: got[k] for k in ("worker_boot_cpu_s", "first_tasks_s")}
+        d = rb.OUT / "ray-floor"
+        work = {"judge": lambda: ["judge", str(d), "--judge", "offline", "--no-cache"],
+                "defense": lambda: ["run", str(_text_bench(args.defense_n)), "-t", "mock/mixed", "--judge", "keyword",
+                                    "--no-cache", "--defense", "moderator:offline", "--max-connections", "64",
+                                    "-o", str(d)]}
+        for name, argv in work.items():
+            best: tuple[dict, float] | None = None
+            for _ in range(2):
+                shutil.rmtree(d, ignore_errors=True)
+                if name == "judge":
+                    shutil.copytree(base, d)
+                got = _child_json(_PHASES, *argv())
+                best = got if best is None or got[1] < best[1] else best
+            assert best is not None
+            ph, wall = best
+            rest = wall - ph["pool_s"]
+            floor = rest + ph["pool_s"] / 2 + sum(ray_fixed.values())
+            out[name] = {"one_process_wall_s": round(wall, 2), "pool_s": round(ph["pool_s"], 2),
+                         "rest_s": round(rest, 2), "ray_floor_wall_s": round(floor, 2),
+                         "max_speedup": round(wall / floor, 3)}
+        shutil.rmtree(d, ignore_errors=True)
+    finally:
+        ray.shutdown()
+    results["ray_floor"] = {"ray_fixed_s": ray_fixed, "worker_boot": boot, **out}
+    print(f"ray_floor: a fresh process joining Ray: import {ray_fixed['import_s']:.2f} s, connect "
+          f"{ray_fixed['connect_s']:.2f} s, disconnect {ray_fixed['disconnect_s']:.2f} s; each new worker spends "
+          f"{boot['worker_boot_cpu_s']:.2f} s of CPU before its first shard (first 2 tasks back after "
+          f"{boot['first_tasks_s']:.2f} s; not in the bound below)")
+    for name, o in out.items():
+        print(f"ray_floor {name}: one process {o['one_process_wall_s']:.1f} s = sample pool {o['pool_s']:.1f} s "
+              f"+ the rest {o['rest_s']:.1f} s; with 2 perfect workers Ray needs >= {o['ray_floor_wall_s']:.1f} s: "
+              f"at most {o['max_speedup']}x")
+
+
 # --------------------------------------------------------------------------- replicas: 2 servers vs 1
 
 _CPU_SERVER = r"""
@@ -342,7 +460,8 @@ def part_replicas(args: argparse.Namespace, results: dict) -> None:
           f"1 server / 2 replicas = {speedup}x (best of 2 each)")
 
 
-PARTS = {"store": part_store, "ray": part_ray, "ray_cpu": part_ray_cpu, "replicas": part_replicas}
+PARTS = {"store": part_store, "ray": part_ray, "ray_cpu": part_ray_cpu, "ray_floor": part_ray_floor,
+         "replicas": part_replicas}
 
 
 def main() -> None:
