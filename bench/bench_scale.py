@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -231,6 +232,21 @@ def part_ray(args: argparse.Namespace, results: dict) -> None:
               f"best of 2 each); results identical: {o['identical']}")
 
 
+def _ray_and_base(part: str, args: argparse.Namespace) -> tuple[Any, Path]:
+    """(the ray module, the stored replies of the ``ray`` part); ray None (and why, printed) when
+    ray is not installed or ``--parts ray`` has not stored the replies yet."""
+    base = rb.OUT / f"ray-base-{args.judge_n}"
+    try:
+        import ray
+    except ImportError:
+        print(f"{part} part skipped: ray is not installed")
+        return None, base
+    if not (base / "summary.json").exists():
+        print(f"{part} part skipped: run --parts ray first (needs {base})")
+        return None, base
+    return ray, base
+
+
 def _timed_shard(*a: object) -> tuple[float, float]:
     """(wall s, CPU s) of one judge shard (mmsafe.runner.ray_exec._judge_shard) in this process."""
     from mmsafe.runner.ray_exec import _judge_shard
@@ -244,18 +260,12 @@ def part_ray_cpu(args: argparse.Namespace, results: dict) -> None:
     """Where the Ray judge's time goes: the offline judge's CPU per sample in one process and in
     each Ray worker (4 shards of N/4 on 2 workers), and the workers' wall: on a machine whose
     cores other work shares, wall/CPU > 1 says the workers waited for a core."""
-    try:
-        import ray
-    except ImportError:
-        print("ray_cpu part skipped: ray is not installed")
+    ray, base = _ray_and_base("ray_cpu", args)
+    if ray is None:
         return
     from mmsafe.datasets import open_benchmark
     from mmsafe.judges import make_judge
 
-    base = rb.OUT / f"ray-base-{args.judge_n}"
-    if not (base / "summary.json").exists():
-        print(f"ray_cpu part skipped: run --parts ray first (needs {base})")
-        return
     bench = open_benchmark(_text_bench(args.judge_n))
     samples = list(bench.iter_samples())
     judge = make_judge("offline")
@@ -353,14 +363,8 @@ def part_ray_floor(args: argparse.Namespace, results: dict) -> None:
     perfect workers that start for free and never wait, the best Ray wall is
     rest + pool / 2 + import ray + connect + disconnect. Also measured, and left out of that bound:
     the CPU each new worker spends starting before it can take a shard."""
-    try:
-        import ray
-    except ImportError:
-        print("ray_floor part skipped: ray is not installed")
-        return
-    base = rb.OUT / f"ray-base-{args.judge_n}"
-    if not (base / "summary.json").exists():
-        print(f"ray_floor part skipped: run --parts ray first (needs {base})")
+    ray, base = _ray_and_base("ray_floor", args)
+    if ray is None:
         return
     os.environ.setdefault("RAY_worker_niceness", "0")
     ctx = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
